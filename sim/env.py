@@ -1,0 +1,308 @@
+"""Gymnasium env for the tabletop tasks: end-effector delta control at 5 Hz, SIMPLER-style judging.
+
+Observation (dict):
+    pixels.image        (H, W, 3) uint8, the front camera
+    agent_pos           (7,) float32: hand x, y, z (m), roll, pitch, yaw (rad), gripper closure in [0, 1]
+    environment_state   (8,) float32: source x, y, z, yaw, target x, y, z, yaw (privileged; experts use it)
+    task                the instruction string
+Action (7,): dx, dy, dz (m), droll, dpitch, dyaw (rad), gripper closure command in [0, 1] (1 = closed).
+info: is_success (object on target and released; SIMPLER judges it at the last step), grasped (both
+fingers touched the source object at some step so far), grasped_now.
+"""
+
+import string
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+from sim import robot as kin
+from sim.scene import (
+    FINGER_LENGTH,
+    FINGER_SQUEEZE,
+    FINGER_TRAVEL,
+    OBJECT_HALF_HEIGHT,
+    OBJECT_NAMES,
+    OBJECT_RADIUS,
+    TABLE_MATERIALS,
+    SceneSpec,
+    build_scene_xml,
+    look_at_xyaxes,
+)
+from sim.tasks import PROTOCOLS, get_task
+
+ACTION_LOW = np.array([-0.05, -0.05, -0.05, -0.3, -0.3, -0.3, 0.0], dtype=np.float32)
+ACTION_HIGH = -ACTION_LOW + np.array([0, 0, 0, 0, 0, 0, 1], dtype=np.float32)
+HAND_LOW = np.array([0.05, -0.32, FINGER_LENGTH + 0.004])  # fingertips stay above the table
+HAND_HIGH = np.array([0.62, 0.32, 0.40])
+RP_LIMIT = 0.5  # |roll|, |pitch| limit (rad); yaw is limited to [-pi/2, pi/2] (the gripper is symmetric)
+PLACE_LOW, PLACE_HIGH = np.array([0.18, -0.24]), np.array([0.50, 0.24])  # where objects are placed
+CAMERA_POS, CAMERA_TARGET = np.array([0.78, 0.0, 0.42]), np.array([0.3, 0.0, 0.0])
+DISTRACTOR_POOL = ("spoon", "carrot", "green_block", "eggplant", "red_ball", "cyan_can", "pink_cup", "plate")
+INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " .,'-"
+SUBSTEP_CHUNKS = 2  # the hand target is interpolated in this many pieces within one control step
+
+
+class TabletopEnv(gym.Env):
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 5}
+
+    def __init__(
+        self,
+        task: str = "spoon_on_towel",
+        protocol: str = "visual_matching",
+        image_size: int = 64,
+        robot: str = "widowx",
+        max_episode_steps: int | None = None,
+        render_mode: str = "rgb_array",
+        control_hz: float = 5.0,
+    ):
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+        if render_mode != "rgb_array":
+            raise ValueError(f"render_mode must be 'rgb_array', got {render_mode!r}")
+        if not isinstance(image_size, int) or image_size < 16:
+            raise ValueError(f"image_size must be an int >= 16, got {image_size!r}")
+        self.spec_task = get_task(task)
+        self.task = task
+        self.task_description = self.spec_task.instruction
+        self.protocol = protocol
+        self.robot = robot
+        self.image_size = image_size
+        self.render_mode = render_mode
+        self.max_episode_steps = max_episode_steps or self.spec_task.max_steps
+
+        scene = SceneSpec(robot=robot, image_size=image_size)
+        self.model = mujoco.MjModel.from_xml_string(build_scene_xml(scene))
+        self.data = mujoco.MjData(self.model)
+        self._substeps = max(1, round(1.0 / (control_hz * self.model.opt.timestep)))
+        self._renderer = None  # created on first reset, so vector-env workers don't inherit a GL context
+        self._index_model()
+        self._nominal = self._appearance()
+
+        s = image_size
+        self.observation_space = gym.spaces.Dict({
+            "pixels": gym.spaces.Dict({"image": gym.spaces.Box(0, 255, (s, s, 3), np.uint8)}),
+            "agent_pos": gym.spaces.Box(-np.inf, np.inf, (7,), np.float32),
+            "environment_state": gym.spaces.Box(-np.inf, np.inf, (8,), np.float32),
+            "task": gym.spaces.Text(max_length=128, min_length=1, charset=INSTRUCTION_CHARSET),
+        })
+        self.action_space = gym.spaces.Box(ACTION_LOW, ACTION_HIGH, dtype=np.float32)
+
+    # ---- model bookkeeping -------------------------------------------------------------------
+    def _index_model(self) -> None:
+        m = self.model
+        body = lambda name: mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, name)  # noqa: E731
+        self._hand_mocap = m.body_mocapid[body("hand_target")]
+        self._hand_body = body("hand")
+        self._hand_qpos = m.jnt_qposadr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, "hand")]
+        self._arm_mocap = {
+            name: m.body_mocapid[body(name)] for name in ("upper_arm", "forearm", "wrist_link") if body(name) >= 0
+        }
+        self._src_body, self._tgt_body = body(self.spec_task.source), body(self.spec_task.target)
+        geoms_of = lambda b: np.flatnonzero(m.geom_bodyid == b)  # noqa: E731
+        self._geom_role = np.zeros(m.ngeom, dtype=np.int64)
+        self._geom_role[geoms_of(self._src_body)] = 1
+        self._geom_role[geoms_of(body("finger_left"))] = 2
+        self._geom_role[geoms_of(body("finger_right"))] = 3
+        self._obj_qpos = {
+            n: m.jnt_qposadr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, n)] for n in OBJECT_NAMES
+        }
+        self._finger_qpos = m.jnt_qposadr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, "finger_left")]
+        self._table_geom = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, "table")
+        self._backdrop_mat = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_MATERIAL, "backdrop")
+        self._table_mats = [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_MATERIAL, n) for n in TABLE_MATERIALS]
+        self._camera = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_CAMERA, "main")
+
+    def _appearance(self) -> dict[str, np.ndarray]:
+        m = self.model
+        return {
+            "light_diffuse": m.light_diffuse.copy(),
+            "light_dir": m.light_dir.copy(),
+            "mat_rgba": m.mat_rgba.copy(),
+            "geom_matid": m.geom_matid.copy(),
+            "cam_fovy": m.cam_fovy.copy(),
+            "geom_rgba": m.geom_rgba.copy(),
+            "geom_contype": m.geom_contype.copy(),
+            "geom_conaffinity": m.geom_conaffinity.copy(),
+            "body_gravcomp": m.body_gravcomp.copy(),
+        }
+
+    # ---- reset ------------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        rng = self.np_random
+        if self._renderer is None:
+            self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
+        mujoco.mj_resetData(self.model, self.data)
+        variant = self.protocol == "variant_aggregation"
+        self._apply_appearance(rng if variant else None)
+        self._place_objects(rng, num_distractors=int(rng.integers(1, 4)) if variant else 1)
+
+        self._hand_pos = np.array([0.25, 0.0, 0.18]) + rng.uniform(-0.02, 0.02, 3)
+        self._hand_rpy = np.zeros(3)
+        self._grip_cmd = 0.0
+        self._set_hand(self._hand_pos, self._hand_rpy)
+        self.data.qpos[self._hand_qpos : self._hand_qpos + 3] = self._hand_pos
+        self.data.qpos[self._hand_qpos + 3 : self._hand_qpos + 7] = kin.euler_to_quat(self._hand_rpy)
+        mujoco.mj_kinematics(self.model, self.data)
+        self._pose_arm()
+        self.data.ctrl[0] = FINGER_TRAVEL
+        self.data.qpos[self._finger_qpos : self._finger_qpos + 2] = FINGER_TRAVEL
+        mujoco.mj_forward(self.model, self.data)
+        mujoco.mj_step(self.model, self.data, nstep=25)  # let objects settle on the table
+        self._steps = 0
+        self._ever_grasped = False
+        obs = self._observation()
+        return obs, self._info()
+
+    def _apply_appearance(self, rng: np.random.Generator | None) -> None:
+        """Nominal scene when rng is None (visual matching), else a random variant."""
+        m, nominal = self.model, self._nominal
+        m.light_diffuse[:] = nominal["light_diffuse"]
+        m.light_dir[:] = nominal["light_dir"]
+        m.mat_rgba[:] = nominal["mat_rgba"]
+        m.geom_matid[:] = nominal["geom_matid"]
+        m.cam_fovy[:] = nominal["cam_fovy"]
+        for key in ("geom_rgba", "geom_contype", "geom_conaffinity", "body_gravcomp"):
+            getattr(m, key)[:] = nominal[key]
+        cam_pos, cam_target = CAMERA_POS.copy(), CAMERA_TARGET.copy()
+        if rng is not None:
+            m.light_diffuse[:] *= rng.uniform(0.5, 1.6) * rng.uniform(0.85, 1.15, 3)
+            m.light_dir[0, :2] += rng.uniform(-0.4, 0.4, 2)
+            table_mat = self._table_mats[int(rng.integers(len(self._table_mats)))]
+            m.geom_matid[self._table_geom] = table_mat
+            m.mat_rgba[table_mat, :3] = rng.uniform(0.3, 0.95, 3)
+            m.mat_rgba[self._backdrop_mat, :3] = rng.uniform(0.1, 1.0, 3)
+            cam_pos += rng.uniform(-0.04, 0.04, 3)
+            cam_target += rng.uniform(-0.03, 0.03, 3)
+            m.cam_fovy[self._camera] += rng.uniform(-3, 3)
+        xy = look_at_xyaxes(cam_pos, cam_target)
+        m.cam_pos[self._camera] = cam_pos
+        m.cam_quat[self._camera] = kin.mat_to_quat(np.stack([xy[:3], xy[3:], np.cross(xy[:3], xy[3:])], axis=1))
+
+    def _place_objects(self, rng: np.random.Generator, num_distractors: int) -> None:
+        """Source, target and distractors at random non-overlapping poses; every other object parked."""
+        src, tgt = self.spec_task.source, self.spec_task.target
+        pool = [n for n in DISTRACTOR_POOL if n not in (src, tgt)]
+        names = [src, tgt] + list(rng.choice(pool, size=num_distractors, replace=False))
+        placed: list[tuple[str, np.ndarray]] = []
+        for name in names:
+            for _ in range(200):
+                xy = rng.uniform(PLACE_LOW, PLACE_HIGH)
+                if all(np.linalg.norm(xy - p) > OBJECT_RADIUS[name] + OBJECT_RADIUS[o] for o, p in placed):
+                    break
+            else:
+                raise RuntimeError(f"could not place {name!r} on the table after 200 tries")
+            placed.append((name, xy))
+            self._set_object(name, [xy[0], xy[1], OBJECT_HALF_HEIGHT[name] + 0.001], rng.uniform(-np.pi, np.pi))
+        for name in set(OBJECT_NAMES) - set(names):
+            self._park(name)
+
+    def _park(self, name: str) -> None:
+        """Take an object out of the scene: invisible, no contacts, floating (so it costs nothing)."""
+        body = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, name)
+        geoms = self.model.geom_bodyid == body
+        self.model.geom_rgba[geoms, 3] = 0.0  # alpha 0: not rendered
+        self.model.geom_contype[geoms] = 0
+        self.model.geom_conaffinity[geoms] = 0
+        self.model.body_gravcomp[body] = 1.0
+        self._set_object(name, [3.0, 0.0, 1.0], 0.0)
+
+    def _set_object(self, name: str, pos, yaw: float) -> None:
+        adr = self._obj_qpos[name]
+        self.data.qpos[adr : adr + 3] = pos
+        self.data.qpos[adr + 3 : adr + 7] = [np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
+
+    def _set_hand(self, pos: np.ndarray, rpy: np.ndarray) -> None:
+        self.data.mocap_pos[self._hand_mocap] = pos
+        self.data.mocap_quat[self._hand_mocap] = kin.euler_to_quat(rpy)
+
+    def _pose_arm(self) -> None:
+        """Draw the visual arm links from the shoulder to the hand (they have no physics)."""
+        if self._arm_mocap:
+            pos, quat = self.data.xpos[self._hand_body], self.data.xquat[self._hand_body]
+            elbow, wrist, shoulder = kin.arm_points(pos, quat)
+            for name, (a, b) in {"upper_arm": (shoulder, elbow), "forearm": (elbow, wrist), "wrist_link": (wrist, pos)}.items():
+                centre, q = kin.segment_pose(a, b)
+                self.data.mocap_pos[self._arm_mocap[name]] = centre
+                self.data.mocap_quat[self._arm_mocap[name]] = q
+
+    # ---- step -------------------------------------------------------------------------------
+    def step(self, action):
+        action = np.asarray(action, dtype=np.float32)
+        if action.shape != (7,):
+            raise ValueError(
+                f"action must have shape (7,) = [dx, dy, dz, droll, dpitch, dyaw, gripper], got {action.shape}"
+            )
+        if not np.all(np.isfinite(action)):
+            raise ValueError(f"action must be finite, got {action.tolist()}")
+        action = np.clip(action, ACTION_LOW, ACTION_HIGH)
+
+        start_pos, start_rpy = self._hand_pos, self._hand_rpy
+        self._hand_pos = np.clip(start_pos + action[:3], HAND_LOW, HAND_HIGH)
+        rpy = start_rpy + action[3:6]
+        self._hand_rpy = np.array([
+            np.clip(rpy[0], -RP_LIMIT, RP_LIMIT), np.clip(rpy[1], -RP_LIMIT, RP_LIMIT),
+            np.clip(rpy[2], -np.pi / 2, np.pi / 2),
+        ])
+        self._grip_cmd = float(action[6])
+        self.data.ctrl[0] = FINGER_TRAVEL - (FINGER_TRAVEL + FINGER_SQUEEZE) * self._grip_cmd
+        chunk = self._substeps // SUBSTEP_CHUNKS
+        for k in range(1, SUBSTEP_CHUNKS + 1):
+            a = k / SUBSTEP_CHUNKS
+            self._set_hand(start_pos + a * (self._hand_pos - start_pos), start_rpy + a * (self._hand_rpy - start_rpy))
+            mujoco.mj_step(self.model, self.data, nstep=chunk)
+        self._pose_arm()
+
+        self._steps += 1
+        info = self._info()
+        truncated = self._steps >= self.max_episode_steps
+        return self._observation(), float(info["is_success"]), False, truncated, info
+
+    # ---- observation and judging ---------------------------------------------------------------
+    def _finger_contacts(self) -> tuple[bool, bool]:
+        """Whether the left and right fingers touch the source object."""
+        n = self.data.ncon
+        # Map each geom to its role (0 other, 1 source, 2 left finger, 3 right finger) with one lookup.
+        pair = self._geom_role[self.data.contact.geom1[:n]] * 4 + self._geom_role[self.data.contact.geom2[:n]]
+        return bool(np.any((pair == 6) | (pair == 9))), bool(np.any((pair == 7) | (pair == 13)))
+
+    def _info(self) -> dict:
+        left, right = self._finger_contacts()
+        grasped_now = left and right
+        self._ever_grasped = self._ever_grasped or grasped_now
+        d = self.data
+        src_rot = d.xmat[self._src_body].reshape(3, 3)
+        tgt_rot = d.xmat[self._tgt_body].reshape(3, 3)
+        placed = self.spec_task.is_placed(d.xpos[self._src_body], src_rot, d.xpos[self._tgt_body], tgt_rot)
+        released = not (left or right)
+        return {"is_success": bool(placed and released), "grasped": self._ever_grasped, "grasped_now": grasped_now}
+
+    def _gripper_closure(self) -> float:
+        return float(1.0 - self.data.qpos[self._finger_qpos] / FINGER_TRAVEL)
+
+    def _observation(self) -> dict:
+        d = self.data
+        yaw = lambda b: np.arctan2(d.xmat[b][3], d.xmat[b][0])  # noqa: E731
+        hand_rpy = kin.mat_to_euler(d.xmat[self._hand_body].reshape(3, 3))
+        agent_pos = np.concatenate([d.xpos[self._hand_body], hand_rpy, [self._gripper_closure()]])
+        env_state = np.concatenate([
+            d.xpos[self._src_body], [yaw(self._src_body)], d.xpos[self._tgt_body], [yaw(self._tgt_body)],
+        ])
+        return {
+            "pixels": {"image": self.render()},
+            "agent_pos": agent_pos.astype(np.float32),
+            "environment_state": env_state.astype(np.float32),
+            "task": self.task_description,
+        }
+
+    def render(self) -> np.ndarray:
+        if self._renderer is None:
+            raise RuntimeError("call reset() before render(): the renderer is created on the first reset")
+        self._renderer.update_scene(self.data, camera=self._camera)
+        return self._renderer.render().copy()
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None

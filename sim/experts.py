@@ -1,0 +1,160 @@
+"""Scripted experts (privileged state machines) and a random policy, behind LeRobot's policy contract.
+
+`ExpertController` drives one env from its agent_pos and environment_state; `ScriptedPolicy` batches
+controllers behind `reset()` / `select_action(batch)` so the harness runs it like a learned policy.
+"""
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import numpy as np
+import torch
+
+from sim.env import ACTION_HIGH, ACTION_LOW
+from sim.tasks import TaskSpec, get_task
+
+STATE_KEY = "observation.state"
+ENV_STATE_KEY = "observation.environment_state"
+
+
+class Phase(IntEnum):
+    APPROACH = 0
+    DESCEND = 1
+    CLOSE = 2
+    LIFT = 3
+    CARRY = 4
+    LOWER = 5
+    RELEASE = 6
+    RETREAT = 7
+
+
+def wrap_yaw(yaw: float, period: float) -> float:
+    """The yaw equivalent to `yaw` under a symmetry of `period`, in [-period/2, period/2)."""
+    return (yaw + period / 2) % period - period / 2
+
+
+@dataclass
+class ExpertController:
+    """Pick-and-place state machine. `noise` > 0 perturbs actions and waypoints for diverse demos."""
+
+    task: TaskSpec
+    noise: float = 0.0
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    hover: float = 0.09  # approach height above the grasp point (m)
+    gain: float = 1.0
+
+    def __post_init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.phase = Phase.APPROACH
+        self.timer = 0
+        self.carry_z = 0.19 if self.task.align_to_target else 0.14
+        # Per-episode waypoint jitter: small enough that the grasp and the placement still succeed.
+        self.offset = self.rng.normal(0, 0.004, 3) * (self.noise > 0)
+        self.gain_ep = self.gain * (1 + self.rng.uniform(-0.3, 0.0) * (self.noise > 0))
+
+    def _grasp_yaw(self, src_yaw: float) -> float:
+        return wrap_yaw(src_yaw, np.pi / 2 if self.task.symmetric_grasp else np.pi)
+
+    def act(self, agent_pos: np.ndarray, env_state: np.ndarray) -> np.ndarray:
+        hand, yaw, closure = agent_pos[:3], agent_pos[5], agent_pos[6]
+        src, src_yaw, tgt, tgt_yaw = env_state[:3], env_state[3], env_state[4:7], env_state[7]
+        grasp = src + np.array([0, 0, self.task.grasp_dz + 0.02]) + self.offset
+        hold_yaw = self._grasp_yaw(src_yaw)
+        grip = 1.0 if Phase.CLOSE <= self.phase <= Phase.LOWER else 0.0
+        goal, goal_yaw = hand.copy(), yaw
+
+        if self.phase == Phase.APPROACH:
+            goal, goal_yaw = grasp + [0, 0, self.hover], hold_yaw
+            if np.linalg.norm(hand[:2] - goal[:2]) < 0.012 and abs(yaw - goal_yaw) < 0.06:
+                self.phase = Phase.DESCEND
+        elif self.phase == Phase.DESCEND:
+            goal, goal_yaw = grasp, hold_yaw
+            if hand[2] - grasp[2] < 0.006 or hand[2] < 0.06:
+                self.phase, self.timer = Phase.CLOSE, 0
+        elif self.phase == Phase.CLOSE:
+            goal, goal_yaw, grip = grasp, hold_yaw, 1.0
+            self.timer += 1
+            if self.timer >= 3:
+                self.phase = Phase.LIFT
+        elif self.phase in (Phase.LIFT, Phase.CARRY, Phase.LOWER) and not self._holding(hand, src, closure):
+            self.phase, grip = Phase.APPROACH, 0.0  # dropped or missed: open and try again
+        elif self.phase == Phase.LIFT:
+            goal = np.array([hand[0], hand[1], self.carry_z])
+            if hand[2] > self.carry_z - 0.015:
+                self.phase = Phase.CARRY
+        elif self.phase == Phase.CARRY:
+            goal = np.array([tgt[0], tgt[1], self.carry_z]) + self.offset * [1, 1, 0]
+            if self.task.align_to_target:
+                goal_yaw = wrap_yaw(tgt_yaw, np.pi)
+            if np.linalg.norm(hand[:2] - goal[:2]) < 0.012 and abs(yaw - goal_yaw) < 0.08:
+                self.phase = Phase.LOWER
+        elif self.phase == Phase.LOWER:
+            goal = np.array([tgt[0], tgt[1], tgt[2] + self.task.release_dz + 0.02]) + self.offset * [1, 1, 0]
+            goal_yaw = wrap_yaw(tgt_yaw, np.pi) if self.task.align_to_target else yaw
+            if hand[2] - goal[2] < 0.006:
+                self.phase, self.timer = Phase.RELEASE, 0
+        elif self.phase == Phase.RELEASE:
+            self.timer += 1
+            if self.timer >= 2:
+                self.phase = Phase.RETREAT
+        else:  # RETREAT
+            goal = np.array([hand[0], hand[1], max(hand[2], 0.2)])
+
+        action = np.zeros(7, dtype=np.float32)
+        action[:3] = self.gain_ep * (goal - hand)
+        action[5] = goal_yaw - yaw
+        action[6] = grip
+        if self.noise > 0:
+            action[:3] += self.rng.normal(0, self.noise, 3)
+            action[5] += self.rng.normal(0, self.noise * 4)
+        return np.clip(action, ACTION_LOW, ACTION_HIGH)
+
+    @staticmethod
+    def _holding(hand: np.ndarray, src: np.ndarray, closure: float) -> bool:
+        """The object is still between the fingers (the fingers did not close on nothing)."""
+        return closure < 0.97 and np.linalg.norm(hand - (src + [0, 0, 0.02])) < 0.05
+
+
+def _to_numpy(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+class ScriptedPolicy:
+    """Batched scripted expert with LeRobot's `reset` / `select_action` contract (privileged state)."""
+
+    name = "scripted"
+
+    def __init__(self, task: str, noise: float = 0.0, seed: int = 0):
+        self.task, self.noise = get_task(task), noise
+        self.rng = np.random.default_rng(seed)
+        self.controllers: list[ExpertController] = []
+
+    def reset(self) -> None:
+        self.controllers = []
+
+    def select_action(self, batch: dict) -> torch.Tensor:
+        if ENV_STATE_KEY not in batch:
+            raise KeyError(f"the scripted expert needs {ENV_STATE_KEY!r} in the batch; got keys {sorted(batch)}")
+        state, env_state = _to_numpy(batch[STATE_KEY]), _to_numpy(batch[ENV_STATE_KEY])
+        while len(self.controllers) < len(state):
+            self.controllers.append(ExpertController(self.task, self.noise, np.random.default_rng(self.rng.integers(2**31))))
+        actions = [c.act(s, e) for c, s, e in zip(self.controllers, state, env_state, strict=False)]
+        return torch.from_numpy(np.stack(actions))
+
+
+class RandomPolicy:
+    """Uniform random actions over the action box: the floor of the results table."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self) -> None:
+        pass
+
+    def select_action(self, batch: dict) -> torch.Tensor:
+        n = len(_to_numpy(batch[STATE_KEY]))
+        return torch.from_numpy(self.rng.uniform(ACTION_LOW, ACTION_HIGH, (n, 7)).astype(np.float32))
