@@ -1,8 +1,12 @@
 """MuJoCo tabletop task suite modelled on SIMPLER's WidowX/Bridge tasks, with its evaluation harness."""
 
-import gymnasium as gym
+import os
 
-from sim.tasks import PROTOCOLS, TASKS, get_task
+os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering; must be set before mujoco creates a context
+
+import gymnasium as gym  # noqa: E402
+
+from sim.tasks import PROTOCOLS, TASKS, get_task  # noqa: E402
 
 for _task in TASKS.values():
     if _task.gym_id not in gym.registry:

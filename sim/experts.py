@@ -149,7 +149,7 @@ class RandomPolicy:
 
     name = "random"
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, task: str | None = None, seed: int = 0):
         self.rng = np.random.default_rng(seed)
 
     def reset(self) -> None:

@@ -1,0 +1,215 @@
+"""SIMPLER-style evaluation harness: any policy with LeRobot's `reset()` / `select_action(batch)`.
+
+Episodes run in waves of `num_envs` parallel envs (gymnasium vector envs); episode i of every task
+and protocol uses seed `seed + i`, so all policies face the same scenes. Success is read at the last
+step, as SIMPLER does; grasp counts episodes in which the source object was grasped at some step.
+
+    python -m sim.evaluate                                  # scripted expert and random policy
+    python -m sim.evaluate eval=full 'task.tasks=[stack_block]' eval.num_envs=2
+"""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import gymnasium as gym
+import hydra
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from lerobot.envs.utils import preprocess_observation
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from sim.env import TabletopEnv
+from sim.metrics import wilson_interval
+from sim.tasks import PROTOCOLS, get_task
+from sim.video import write_mp4
+
+log = logging.getLogger(__name__)
+PolicyFactory = Callable[..., object]  # factory(task=name) -> policy with reset() / select_action(batch)
+
+
+def make_vector_env(task: str, protocol: str, num_envs: int, image_size: int = 64, robot: str = "widowx") -> gym.vector.VectorEnv:
+    def make() -> gym.Env:
+        return TabletopEnv(task, protocol, image_size=image_size, robot=robot)
+
+    if num_envs == 1:
+        return gym.vector.SyncVectorEnv([make])
+    # No shared memory: the instruction is a Text space, which shared memory cannot hold.
+    return gym.vector.AsyncVectorEnv([make] * num_envs, shared_memory=False)
+
+
+def obs_to_batch(obs: dict) -> dict:
+    """Vector-env observation -> LeRobot batch (observation.images.image in [0, 1], observation.state, task)."""
+    batch = preprocess_observation({k: v for k, v in obs.items() if k != "task"})
+    batch["task"] = list(obs["task"])
+    return batch
+
+
+def _actions_to_numpy(action, num_envs: int, policy_name: str) -> np.ndarray:
+    action = action.detach().cpu().numpy() if isinstance(action, torch.Tensor) else np.asarray(action)
+    if action.shape != (num_envs, 7):
+        raise ValueError(f"policy {policy_name!r} returned actions of shape {action.shape}; expected ({num_envs}, 7)")
+    return action.astype(np.float32)
+
+
+def run_episodes(
+    policy,
+    envs: gym.vector.VectorEnv,
+    episodes: int,
+    max_steps: int,
+    seed: int = 0,
+    video_path: Path | None = None,
+    policy_name: str = "policy",
+    progress: tqdm | None = None,
+) -> dict[str, list[bool]]:
+    """Roll out `episodes` episodes; records the first episode to `video_path` if given."""
+    n = envs.num_envs
+    success, grasped = [], []
+    for start in range(0, episodes, n):
+        obs, _ = envs.reset(seed=[seed + start + i for i in range(n)])
+        policy.reset()
+        frames = [obs["pixels"]["image"][0]] if (video_path is not None and start == 0) else None
+        for _ in range(max_steps):
+            with torch.inference_mode():
+                action = policy.select_action(obs_to_batch(obs))
+            obs, _, _, _, info = envs.step(_actions_to_numpy(action, n, policy_name))
+            if frames is not None:
+                frames.append(obs["pixels"]["image"][0])
+        keep = min(n, episodes - start)  # the last wave may run more envs than episodes are left
+        success += [bool(s) for s in info["is_success"][:keep]]
+        grasped += [bool(g) for g in info["grasped"][:keep]]
+        if frames is not None:
+            write_mp4(video_path, frames, fps=TabletopEnv.metadata["render_fps"])
+        if progress is not None:
+            progress.update(keep)
+    return {"success": success, "grasped": grasped}
+
+
+def summarize(outcomes: list[bool]) -> dict:
+    lo, hi = wilson_interval(sum(outcomes), len(outcomes))
+    return {"rate": sum(outcomes) / max(len(outcomes), 1), "ci95": [lo, hi], "n": len(outcomes)}
+
+
+def evaluate(
+    policies: dict[str, PolicyFactory],
+    tasks: list[str],
+    protocols: list[str],
+    episodes: int,
+    num_envs: int = 2,
+    seed: int = 0,
+    image_size: int = 64,
+    video_dir: Path | None = None,
+) -> dict:
+    """Evaluate each policy on each task and protocol; returns the results dict written to results.json."""
+    for p in protocols:
+        if p not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {p!r}; expected one of {PROTOCOLS}")
+    specs = [get_task(t) for t in tasks]
+    total = len(policies) * len(protocols) * len(tasks) * episodes
+    results = {"episodes_per_task": episodes, "seed": seed, "image_size": image_size, "policies": {}}
+    with tqdm(total=total, desc="eval episodes", unit="ep") as progress:
+        for protocol in protocols:
+            for spec in specs:
+                envs = make_vector_env(spec.name, protocol, min(num_envs, episodes), image_size)
+                try:
+                    for name, factory in policies.items():
+                        progress.set_postfix_str(f"{name} {spec.name} {protocol}")
+                        video = video_dir / f"{name}_{spec.name}_{protocol}.mp4" if video_dir else None
+                        out = run_episodes(factory(task=spec.name), envs, episodes, spec.max_steps, seed, video, name, progress)
+                        per_task = results["policies"].setdefault(name, {"tasks": {}})["tasks"].setdefault(spec.name, {})
+                        per_task[protocol] = {"success": summarize(out["success"]), "grasp": summarize(out["grasped"])}
+                finally:
+                    envs.close()
+    for entry in results["policies"].values():
+        entry["average"] = {
+            p: {
+                key: float(np.mean([t[p][key]["rate"] for t in entry["tasks"].values()]))
+                for key in ("success", "grasp")
+            }
+            for p in protocols
+        }
+    return results
+
+
+def _pct(stat: dict) -> str:
+    lo, hi = stat["ci95"]
+    return f"{100 * stat['rate']:.0f} [{100 * lo:.0f}, {100 * hi:.0f}]"
+
+
+def results_markdown(results: dict) -> str:
+    """SIMPLER-style tables: one per protocol, tasks as rows, success and grasp (%) per policy."""
+    names = list(results["policies"])
+    lines = []
+    protocols = list(next(iter(results["policies"].values()))["average"])
+    for protocol in protocols:
+        lines += [f"### {protocol.replace('_', ' ')} ({results['episodes_per_task']} episodes per task, success % [Wilson 95%] / grasp %)", ""]
+        lines.append("| task | " + " | ".join(names) + " |")
+        lines.append("|---|" + "---|" * len(names))
+        tasks = list(results["policies"][names[0]]["tasks"])
+        for task in tasks:
+            cells = [
+                f"{_pct(results['policies'][n]['tasks'][task][protocol]['success'])} / "
+                f"{100 * results['policies'][n]['tasks'][task][protocol]['grasp']['rate']:.0f}"
+                for n in names
+            ]
+            lines.append(f"| {task} | " + " | ".join(cells) + " |")
+        avg = [
+            f"**{100 * results['policies'][n]['average'][protocol]['success']:.1f}** / "
+            f"{100 * results['policies'][n]['average'][protocol]['grasp']:.0f}"
+            for n in names
+        ]
+        lines += ["| average | " + " | ".join(avg) + " |", ""]
+    return "\n".join(lines)
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_report(results: dict, out_dir: Path, command: str) -> str:
+    """results.json and results.md under out_dir, each with the command and commit that made them."""
+    results = {**results, "command": command, "commit": git_commit()}
+    table = results_markdown(results)
+    write_atomic(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    write_atomic(out_dir / "results.md", f"{table}\nCommand: `{command}`  \nCommit: `{results['commit']}`\n")
+    return table
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    out_dir = Path(cfg.eval.report_dir)
+    policies = {name: instantiate(node) for name, node in cfg.policies.items()}
+    results = evaluate(
+        policies,
+        list(cfg.task.tasks),
+        list(cfg.eval.protocols),
+        cfg.eval.episodes_per_task,
+        cfg.eval.num_envs,
+        cfg.eval.seed,
+        cfg.task.image_size,
+        out_dir / "videos" if cfg.eval.save_videos else None,
+    )
+    print(write_report(results, out_dir, "python -m sim.evaluate " + " ".join(sys.argv[1:])))
+    print(f"wrote {out_dir / 'results.json'} and {out_dir / 'results.md'}")
+
+
+if __name__ == "__main__":
+    main()
