@@ -158,3 +158,58 @@ class RandomPolicy:
     def select_action(self, batch: dict) -> torch.Tensor:
         n = len(_to_numpy(batch[STATE_KEY]))
         return torch.from_numpy(self.rng.uniform(ACTION_LOW, ACTION_HIGH, (n, 7)).astype(np.float32))
+
+
+@dataclass
+class PlayController:
+    """Task-free motions for actionless video: wander between waypoints, push an object, wave.
+
+    Waypoints come from the scene (source and target object positions) and the workspace, so the
+    motion is varied but stays on the table. `mode` is fixed per episode.
+    """
+
+    mode: str = "wander"  # "wander", "push" or "wave"
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+
+    MODES = ("wander", "push", "wave")
+
+    def __post_init__(self):
+        if self.mode not in self.MODES:
+            raise ValueError(f"unknown play mode {self.mode!r}; expected one of {self.MODES}")
+        self.waypoints: list[np.ndarray] = []
+        self.grip = 0.0
+
+    def _plan(self, hand: np.ndarray, env_state: np.ndarray) -> list[np.ndarray]:
+        objects = [env_state[:3], env_state[4:7]]
+        if self.mode == "push":
+            obj = objects[int(self.rng.integers(2))]
+            direction = self.rng.normal(size=2)
+            direction /= np.linalg.norm(direction)
+            start = np.array([*(obj[:2] - 0.08 * direction), 0.058])  # fingertips 8 mm above the table
+            return [start + [0, 0, 0.06], start, np.array([*(obj[:2] + 0.06 * direction), 0.058]), start + [0, 0, 0.1]]
+        if self.mode == "wave":
+            centre = np.array([self.rng.uniform(0.25, 0.45), 0.0, self.rng.uniform(0.12, 0.2)])
+            return [centre + [0, s * self.rng.uniform(0.08, 0.16), 0] for s in (1, -1, 1, -1, 1)]
+        points = []
+        for _ in range(4):
+            if self.rng.random() < 0.5:
+                obj = objects[int(self.rng.integers(2))]
+                points.append(obj + [*self.rng.normal(0, 0.02, 2), self.rng.uniform(0.06, 0.12)])
+            else:
+                points.append(np.array([self.rng.uniform(0.15, 0.5), self.rng.uniform(-0.22, 0.22), self.rng.uniform(0.08, 0.22)]))
+        return points
+
+    def act(self, agent_pos: np.ndarray, env_state: np.ndarray) -> np.ndarray:
+        hand = agent_pos[:3]
+        if not self.waypoints:
+            self.waypoints = self._plan(hand, env_state)
+        goal = self.waypoints[0]
+        if np.linalg.norm(goal - hand) < 0.015:
+            self.waypoints.pop(0)
+            if self.mode == "wander" and self.rng.random() < 0.4:
+                self.grip = 1.0 - self.grip
+        action = np.zeros(7, dtype=np.float32)
+        action[:3] = goal - hand
+        action[5] = self.rng.normal(0, 0.05) if self.mode == "wander" else 0.0
+        action[6] = self.grip if self.mode == "wander" else 0.0
+        return np.clip(action, ACTION_LOW, ACTION_HIGH)

@@ -1,0 +1,52 @@
+# Quickstart: `make test` and `make demo`. Each creates .venv and installs everything on first use.
+SHELL := /bin/bash
+PY ?= python3.12
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export MUJOCO_GL ?= egl
+export HF_HUB_OFFLINE := 1
+export PYENV_VERSION ?= 3.12
+DEMO_DIR := outputs/demo
+
+.PHONY: install system-deps test test-all demo lint bench-sim clean
+
+# Offscreen rendering needs EGL and Mesa; install them only when missing (root, Debian).
+system-deps:
+	@if ! ldconfig -p | grep -q 'libEGL.so.1' || ! ldconfig -p | grep -q 'libGL.so.1'; then \
+	  echo "installing EGL/Mesa for offscreen MuJoCo rendering"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libegl1 libgl1 libgl1-mesa-dri >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(MAKE) system-deps
+	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Fast CPU suite (slow tests are marked and skipped); exits non-zero on any failure.
+test: install
+	$(PYTHON) -m pytest -q -m "not slow"
+
+test-all: install
+	$(PYTHON) -m pytest -q
+
+# The main job at this stage: small datasets, then the scripted expert and a random policy in both
+# protocols, and the SIMPLER-style table. Starts from a clean $(DEMO_DIR) each time.
+demo: install
+	rm -rf $(DEMO_DIR)
+	$(PYTHON) -m data.generate data=quick data.root=$(DEMO_DIR)/datasets
+	$(PYTHON) -m sim.evaluate eval=quick eval.report_dir=$(DEMO_DIR)/eval
+
+lint: install
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+# Rendering and physics throughput, expert and random success: writes reports/bench/sim.json.
+bench-sim: install
+	$(PYTHON) -m sim.bench
+
+clean:
+	rm -rf outputs .pytest_cache .ruff_cache

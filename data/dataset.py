@@ -1,0 +1,110 @@
+"""Writing and reading LeRobotDataset v3 through lerobot's own classes.
+
+Datasets are local folders: nothing is fetched from a hub (HF_HUB_OFFLINE is forced on). A dataset is
+written into a hidden temporary folder next to its destination and renamed when `finalize()` is
+done, so a killed job never leaves a half-written dataset under the final name.
+"""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # lerobot falls back to the hub for missing local files
+
+import contextlib  # noqa: E402
+import shutil  # noqa: E402
+from collections.abc import Iterator, Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import av  # noqa: E402
+from lerobot.datasets.lerobot_dataset import LeRobotDataset  # noqa: E402
+
+STATE_NAMES = ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]
+ACTION_NAMES = ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]
+ENV_STATE_NAMES = ["src_x", "src_y", "src_z", "src_yaw", "tgt_x", "tgt_y", "tgt_z", "tgt_yaw"]
+
+
+def image_feature(size: int) -> dict:
+    return {"dtype": "video", "shape": (size, size, 3), "names": ["height", "width", "channels"]}
+
+
+def demo_features(image_size: int) -> dict:
+    """Labelled robot demonstrations: camera, robot state, privileged object state, action."""
+    return {
+        "observation.images.image": image_feature(image_size),
+        "observation.state": {"dtype": "float32", "shape": (7,), "names": STATE_NAMES},
+        "observation.environment_state": {"dtype": "float32", "shape": (8,), "names": ENV_STATE_NAMES},
+        "action": {"dtype": "float32", "shape": (7,), "names": ACTION_NAMES},
+    }
+
+
+def video_features(image_size: int) -> dict:
+    """Actionless video: camera frames and which embodiment is in view (0 robot, 1 hand); no action."""
+    return {
+        "observation.images.image": image_feature(image_size),
+        "embodiment": {"dtype": "int64", "shape": (1,), "names": None},
+    }
+
+
+@contextlib.contextmanager
+def create_dataset(root: str | Path, features: dict, fps: int, robot_type: str) -> Iterator[LeRobotDataset]:
+    """Yield a new LeRobotDataset written in a temporary folder; finalized and renamed to `root` on success.
+
+    Refuses to overwrite an existing `root`. On error (or when killed) the temporary folder is
+    removed or left hidden, and whatever was at other paths is untouched.
+    """
+    root = Path(root)
+    if root.exists():
+        raise FileExistsError(f"dataset path {root} already exists; refusing to overwrite it (delete it or pick another)")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    dataset = LeRobotDataset.create(
+        repo_id=f"local/{root.name}", fps=fps, features=features, root=tmp, robot_type=robot_type, use_videos=True,
+    )
+    try:
+        yield dataset
+        dataset.finalize()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.replace(tmp, root)
+
+
+def load_dataset(
+    root: str | Path,
+    required_keys: Sequence[str] = (),
+    delta_timestamps: dict[str, list[float]] | None = None,
+    episodes: list[int] | None = None,
+    video_backend: str | None = "pyav",  # torchcodec needs system FFmpeg libraries; PyAV ships its own
+) -> LeRobotDataset:
+    """Open a local LeRobotDataset v3, checking that the configured keys and the video files are there."""
+    root = Path(root)
+    if not (root / "meta" / "info.json").is_file():
+        raise FileNotFoundError(f"{root} is not a LeRobotDataset v3 folder: meta/info.json is missing")
+    dataset = LeRobotDataset(
+        repo_id=f"local/{root.name}", root=root, delta_timestamps=delta_timestamps, episodes=episodes,
+        video_backend=video_backend,
+    )
+    missing = [k for k in required_keys if k not in dataset.features]
+    if missing:
+        raise KeyError(f"dataset {root} has no feature(s) {missing}; it has {sorted(dataset.features)}")
+    check_videos(dataset)
+    return dataset
+
+
+def check_videos(dataset: LeRobotDataset) -> None:
+    """Every episode's video files exist and open; the error names the file and the episode."""
+    checked: set[Path] = set()
+    episodes = dataset.episodes if dataset.episodes is not None else range(dataset.meta.total_episodes)
+    for ep in episodes:
+        for key in dataset.meta.video_keys:
+            path = Path(dataset.root) / dataset.meta.get_video_file_path(ep, key)
+            if path in checked:
+                continue
+            if not path.is_file():
+                raise FileNotFoundError(f"video for episode {ep}, key {key!r} is missing: {path}")
+            try:
+                with av.open(str(path)) as container:
+                    next(container.decode(video=0))
+            except (av.error.FFmpegError, StopIteration, OSError) as e:
+                raise ValueError(f"video for episode {ep}, key {key!r} is corrupt or unreadable: {path} ({e})") from e
+            checked.add(path)

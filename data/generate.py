@@ -1,0 +1,176 @@
+"""Generate the two datasets of the pipeline from the simulator, as LeRobotDataset v3:
+
+(a) `demos`: labelled robot demonstrations by the noisy scripted expert (successful ones only),
+    spread evenly over the tasks: image, state, object state, action, task text.
+(b) `video`: actionless clips mixing robot play and a second embodiment (a floating hand) doing the
+    tasks and task-free motions (push, wave, wander): image, embodiment id and task text, no action.
+
+    python -m data.generate                          # default profile (100 demos, >= 2,000 clips)
+    python -m data.generate data=quick data.root=/tmp/ds
+"""
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from data.dataset import create_dataset, demo_features, video_features
+from sim.env import TabletopEnv
+from sim.experts import ExpertController, Phase, PlayController
+from sim.tasks import get_task
+
+log = logging.getLogger(__name__)
+EMBODIMENTS = ("widowx", "hand")
+PLAY_INSTRUCTIONS = {
+    "wander": "move around the table",
+    "push": "push the {obj} across the table",
+    "wave": "wave above the table",
+}
+
+
+@dataclass
+class Episode:
+    images: list[np.ndarray]
+    states: list[np.ndarray]
+    env_states: list[np.ndarray]
+    actions: list[np.ndarray]
+    instruction: str
+    success: bool
+
+
+def rollout(env: TabletopEnv, controller, seed: int, max_steps: int, settle_steps: int = 3) -> Episode:
+    """Run one episode; a task episode stops `settle_steps` after the expert lets go and retreats."""
+    obs, info = env.reset(seed=seed)
+    ep = Episode([], [], [], [], env.task_description, False)
+    retreat_steps = 0
+    for _ in range(max_steps):
+        action = controller.act(obs["agent_pos"], obs["environment_state"])
+        ep.images.append(obs["pixels"]["image"])
+        ep.states.append(obs["agent_pos"])
+        ep.env_states.append(obs["environment_state"])
+        ep.actions.append(action)
+        obs, _, _, _, info = env.step(action)
+        retreat_steps += getattr(controller, "phase", None) == Phase.RETREAT
+        if retreat_steps >= settle_steps:
+            break
+    ep.success = bool(info["is_success"])
+    return ep
+
+
+def generate_demos(cfg: DictConfig, task_cfg: DictConfig, root: Path) -> dict:
+    """Successful noisy-expert demos, `cfg.episodes` in all, evenly over tasks and protocols."""
+    tasks, protocols = list(task_cfg.tasks), list(cfg.protocols)
+    rng = np.random.default_rng(cfg.seed)
+    attempts = kept = 0
+    with create_dataset(root, demo_features(task_cfg.image_size), task_cfg.fps, "widowx_sim") as ds:
+        for i in tqdm(range(cfg.episodes), desc="demos", unit="ep"):
+            task, protocol = tasks[i % len(tasks)], protocols[(i // len(tasks)) % len(protocols)]
+            env = _env(task, protocol, task_cfg.image_size, "widowx")
+            while True:  # failed demos are discarded, as a human would redo them
+                attempts += 1
+                controller = ExpertController(get_task(task), noise=cfg.noise, rng=np.random.default_rng(rng.integers(2**31)))
+                ep = rollout(env, controller, seed=int(cfg.seed) + attempts, max_steps=env.max_episode_steps)
+                if ep.success:
+                    break
+                if attempts > 3 * cfg.episodes + 20:
+                    raise RuntimeError(f"the expert failed too often ({attempts} attempts for {kept} demos) on {task}")
+            for img, state, env_state, action in zip(ep.images, ep.states, ep.env_states, ep.actions, strict=True):
+                ds.add_frame({
+                    "observation.images.image": img, "observation.state": state,
+                    "observation.environment_state": env_state, "action": action, "task": ep.instruction,
+                })
+            ds.save_episode()
+            kept += 1
+        frames = ds.meta.total_frames
+    return {"episodes": kept, "attempts": attempts, "frames": frames, "path": str(root)}
+
+
+def _video_controller(kind: str, task: str, noise: float, rng: np.random.Generator):
+    if kind == "task":
+        return ExpertController(get_task(task), noise=noise, rng=rng)
+    return PlayController(mode=kind, rng=rng)
+
+
+def _instruction(kind: str, env: TabletopEnv) -> str:
+    if kind == "task":
+        return env.task_description
+    return PLAY_INSTRUCTIONS[kind].format(obj=env.spec_task.source.replace("_", " "))
+
+
+def generate_video(cfg: DictConfig, task_cfg: DictConfig, root: Path) -> dict:
+    """Actionless episodes until they hold `cfg.min_clips` non-overlapping clips of `cfg.clip_len` frames."""
+    tasks, protocols = list(task_cfg.tasks), list(cfg.protocols)
+    rng = np.random.default_rng(cfg.seed)
+    clips, counts = 0, {e: 0 for e in EMBODIMENTS}
+    progress = tqdm(total=cfg.min_clips, desc="video clips", unit="clip")
+    with create_dataset(root, video_features(task_cfg.image_size), task_cfg.fps, "widowx_sim+hand") as ds:
+        i = 0
+        while clips < cfg.min_clips:
+            embodiment = EMBODIMENTS[int(rng.random() >= cfg.robot_fraction)]
+            kind = "task" if rng.random() >= cfg.play_fraction else str(rng.choice(PlayController.MODES))
+            task, protocol = tasks[i % len(tasks)], protocols[int(rng.integers(len(protocols)))]
+            env = _env(task, protocol, task_cfg.image_size, embodiment)
+            controller = _video_controller(kind, task, cfg.noise, np.random.default_rng(rng.integers(2**31)))
+            steps = env.max_episode_steps if kind == "task" else cfg.play_steps
+            ep = rollout(env, controller, seed=int(cfg.seed) + i, max_steps=steps)
+            instruction = _instruction(kind, env)
+            for img in ep.images:
+                ds.add_frame({
+                    "observation.images.image": img,
+                    "embodiment": np.array([EMBODIMENTS.index(embodiment)], dtype=np.int64),
+                    "task": instruction,
+                })
+            ds.save_episode()
+            new = len(ep.images) // cfg.clip_len
+            clips, counts[embodiment], i = clips + new, counts[embodiment] + 1, i + 1
+            progress.update(new)
+        frames = ds.meta.total_frames
+    progress.close()
+    return {"episodes": i, "episodes_per_embodiment": counts, "clips": clips, "frames": frames, "path": str(root)}
+
+
+_ENVS: dict[tuple, TabletopEnv] = {}
+
+
+def _env(task: str, protocol: str, image_size: int, robot: str) -> TabletopEnv:
+    """One env per (task, protocol, robot), reused: compiling a model and a renderer costs ~50 ms."""
+    key = (task, protocol, image_size, robot)
+    if key not in _ENVS:
+        _ENVS[key] = TabletopEnv(task, protocol, image_size=image_size, robot=robot)
+    return _ENVS[key]
+
+
+def close_envs() -> None:
+    for env in _ENVS.values():
+        env.close()
+    _ENVS.clear()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="generate")
+def main(cfg: DictConfig) -> None:
+    root = Path(cfg.data.root)
+    # Check both destinations first, so a refusal does not come after minutes of work.
+    for name in (cfg.data.demos.name, cfg.data.video.name):
+        if (root / name).exists():
+            raise FileExistsError(f"dataset path {root / name} already exists; refusing to overwrite it")
+    try:
+        demos = generate_demos(cfg.data.demos, cfg.task, root / cfg.data.demos.name)
+        log.info("demos: %s", demos)
+        video = generate_video(cfg.data.video, cfg.task, root / cfg.data.video.name)
+        log.info("video: %s", video)
+    finally:
+        close_envs()
+    print(f"demos: {demos['episodes']} episodes ({demos['frames']} frames, {demos['attempts']} expert attempts) -> {demos['path']}")
+    print(f"video: {video['episodes']} episodes {video['episodes_per_embodiment']}, {video['clips']} clips of "
+          f"{cfg.data.video.clip_len} frames ({video['frames']} frames) -> {video['path']}")
+    print("command: python -m data.generate " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
+
