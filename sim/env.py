@@ -82,8 +82,8 @@ class TabletopEnv(gym.Env):
         s = image_size
         self.observation_space = gym.spaces.Dict({
             "pixels": gym.spaces.Dict({"image": gym.spaces.Box(0, 255, (s, s, 3), np.uint8)}),
-            "agent_pos": gym.spaces.Box(-np.inf, np.inf, (7,), np.float32),
-            "environment_state": gym.spaces.Box(-np.inf, np.inf, (8,), np.float32),
+            "agent_pos": gym.spaces.Box(-4.0, 4.0, (7,), np.float32),  # metres and radians
+            "environment_state": gym.spaces.Box(-10.0, 10.0, (8,), np.float32),
             "task": gym.spaces.Text(max_length=128, min_length=1, charset=INSTRUCTION_CHARSET),
         })
         self.action_space = gym.spaces.Box(ACTION_LOW, ACTION_HIGH, dtype=np.float32)

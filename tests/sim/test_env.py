@@ -1,0 +1,147 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import sim
+from sim.env import TabletopEnv
+from sim.experts import ExpertController
+from sim.tasks import PROTOCOLS, TASKS
+
+
+@pytest.fixture(scope="module")
+def envs():
+    made = {}
+    yield lambda task, protocol="visual_matching", robot="widowx": made.setdefault(
+        (task, protocol, robot), TabletopEnv(task, protocol, robot=robot)
+    )
+    for env in made.values():
+        env.close()
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_gymnasium_env_checker(task):
+    env = gym.make(TASKS[task].gym_id, protocol="variant_aggregation")
+    try:
+        check_env(env.unwrapped, skip_render_check=True)
+    finally:
+        env.close()
+
+
+def test_registered_ids_and_instructions():
+    for spec in TASKS.values():
+        assert spec.gym_id in gym.registry
+        assert len(spec.instruction.split()) >= 3
+    assert sim.PROTOCOLS == ("visual_matching", "variant_aggregation")
+
+
+def test_observation_layout(envs):
+    env = envs("stack_block")
+    obs, info = env.reset(seed=0)
+    assert obs["pixels"]["image"].shape == (64, 64, 3) and obs["pixels"]["image"].dtype == np.uint8
+    assert obs["agent_pos"].shape == (7,) and obs["environment_state"].shape == (8,)
+    assert obs["task"] == "stack the green block on the yellow block"
+    assert set(info) == {"is_success", "grasped", "grasped_now"}
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_same_seed_same_observations(protocol):
+    a, b = TabletopEnv("carrot_on_plate", protocol), TabletopEnv("carrot_on_plate", protocol)
+    actions = np.random.default_rng(0).uniform(a.action_space.low, a.action_space.high, (5, 7)).astype(np.float32)
+    try:
+        for env in (a, b):
+            env.reset(seed=11)
+        for action in actions:
+            oa, ob = a.step(action)[0], b.step(action)[0]
+            np.testing.assert_array_equal(oa["pixels"]["image"], ob["pixels"]["image"])
+            np.testing.assert_array_equal(oa["agent_pos"], ob["agent_pos"])
+    finally:
+        a.close(), b.close()
+
+
+def test_seeds_and_protocols_change_the_scene(envs):
+    nominal = envs("spoon_on_towel")
+    variant = envs("spoon_on_towel", "variant_aggregation")
+    img0 = nominal.reset(seed=0)[0]["pixels"]["image"]
+    img1 = nominal.reset(seed=1)[0]["pixels"]["image"]
+    state0, state1 = nominal.reset(seed=0)[0]["environment_state"], nominal.reset(seed=1)[0]["environment_state"]
+    assert np.abs(state0 - state1)[:2].max() > 1e-3, "object placement must depend on the seed"
+    assert not np.array_equal(img0, img1)
+    var0 = variant.reset(seed=0)[0]["pixels"]["image"]
+    assert np.abs(var0.astype(int) - img0.astype(int)).mean() > 5, "a variant must look different from the nominal scene"
+    np.testing.assert_array_equal(var0, variant.reset(seed=0)[0]["pixels"]["image"])
+
+
+def test_visual_matching_restores_nominal_after_variants(envs):
+    env = TabletopEnv("stack_block", "visual_matching")
+    try:
+        first = env.reset(seed=5)[0]["pixels"]["image"]
+        env.protocol = "variant_aggregation"
+        env.reset(seed=6)
+        env.protocol = "visual_matching"
+        np.testing.assert_array_equal(first, env.reset(seed=5)[0]["pixels"]["image"])
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_expert_succeeds(envs, task, protocol):
+    env = envs(task, protocol)
+    for seed in (101, 202):
+        obs, info = env.reset(seed=seed)
+        expert = ExpertController(env.spec_task)
+        for _ in range(env.max_episode_steps):
+            obs, reward, terminated, truncated, info = env.step(expert.act(obs["agent_pos"], obs["environment_state"]))
+        assert truncated and not terminated
+        assert info["grasped"] and info["is_success"], f"expert failed {task} {protocol} seed {seed}"
+        assert reward == 1.0
+
+
+def test_second_embodiment_succeeds_and_looks_different(envs):
+    hand, robot = envs("carrot_on_plate", robot="hand"), envs("carrot_on_plate")
+    obs, _ = hand.reset(seed=3)
+    assert np.abs(obs["pixels"]["image"].astype(int) - robot.reset(seed=3)[0]["pixels"]["image"]).mean() > 1
+    expert = ExpertController(hand.spec_task)
+    for _ in range(hand.max_episode_steps):
+        obs, _, _, _, info = hand.step(expert.act(obs["agent_pos"], obs["environment_state"]))
+    assert info["is_success"]
+
+
+def test_idle_policy_neither_grasps_nor_succeeds(envs):
+    env = envs("eggplant_in_basket")
+    env.reset(seed=0)
+    for _ in range(10):
+        info = env.step(np.zeros(7, dtype=np.float32))[4]
+    assert not info["grasped"] and not info["is_success"]
+
+
+@pytest.mark.parametrize(
+    "action, match",
+    [
+        (np.zeros(6), r"shape \(7,\)"),
+        (np.zeros((1, 7)), r"shape \(7,\)"),
+        (np.array([0, 0, np.nan, 0, 0, 0, 0]), "finite"),
+        (np.array([0, 0, 0, 0, 0, np.inf, 1]), "finite"),
+    ],
+)
+def test_bad_actions_raise(envs, action, match):
+    env = envs("spoon_on_towel")
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=match):
+        env.step(action)
+
+
+def test_bad_construction_raises():
+    with pytest.raises(ValueError, match="unknown task 'fold_towel'.*expected one of"):
+        TabletopEnv("fold_towel")
+    with pytest.raises(ValueError, match="unknown protocol"):
+        TabletopEnv("spoon_on_towel", protocol="real")
+    with pytest.raises(ValueError, match="unknown robot"):
+        TabletopEnv("spoon_on_towel", robot="panda")
+
+
+def test_render_before_reset_raises():
+    env = TabletopEnv("spoon_on_towel")
+    with pytest.raises(RuntimeError, match="reset"):
+        env.render()
