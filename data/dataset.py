@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import av  # noqa: E402
-from lerobot.datasets.lerobot_dataset import LeRobotDataset  # noqa: E402
+from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata  # noqa: E402
 
 STATE_NAMES = ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]
 ACTION_NAMES = ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]
@@ -80,24 +80,24 @@ def load_dataset(
     root = Path(root)
     if not (root / "meta" / "info.json").is_file():
         raise FileNotFoundError(f"{root} is not a LeRobotDataset v3 folder: meta/info.json is missing")
-    dataset = LeRobotDataset(
+    meta = LeRobotDatasetMetadata(repo_id=f"local/{root.name}", root=root)
+    missing = [k for k in required_keys if k not in meta.features]
+    if missing:
+        raise KeyError(f"dataset {root} has no feature(s) {missing}; it has {sorted(meta.features)}")
+    # Before LeRobotDataset: it would try to fetch a missing video from the hub instead of failing.
+    check_videos(meta, root, episodes)
+    return LeRobotDataset(
         repo_id=f"local/{root.name}", root=root, delta_timestamps=delta_timestamps, episodes=episodes,
         video_backend=video_backend,
     )
-    missing = [k for k in required_keys if k not in dataset.features]
-    if missing:
-        raise KeyError(f"dataset {root} has no feature(s) {missing}; it has {sorted(dataset.features)}")
-    check_videos(dataset)
-    return dataset
 
 
-def check_videos(dataset: LeRobotDataset) -> None:
+def check_videos(meta: LeRobotDatasetMetadata, root: Path, episodes: list[int] | None = None) -> None:
     """Every episode's video files exist and open; the error names the file and the episode."""
     checked: set[Path] = set()
-    episodes = dataset.episodes if dataset.episodes is not None else range(dataset.meta.total_episodes)
-    for ep in episodes:
-        for key in dataset.meta.video_keys:
-            path = Path(dataset.root) / dataset.meta.get_video_file_path(ep, key)
+    for ep in episodes if episodes is not None else range(meta.total_episodes):
+        for key in meta.video_keys:
+            path = root / meta.get_video_file_path(ep, key)
             if path in checked:
                 continue
             if not path.is_file():
@@ -105,6 +105,6 @@ def check_videos(dataset: LeRobotDataset) -> None:
             try:
                 with av.open(str(path)) as container:
                     next(container.decode(video=0))
-            except (av.error.FFmpegError, StopIteration, OSError) as e:
+            except (av.error.FFmpegError, StopIteration, IndexError, OSError) as e:  # IndexError: no video stream
                 raise ValueError(f"video for episode {ep}, key {key!r} is corrupt or unreadable: {path} ({e})") from e
             checked.add(path)

@@ -8,6 +8,7 @@ step, as SIMPLER does; grasp counts episodes in which the source object was gras
     python -m sim.evaluate eval=full 'task.tasks=[stack_block]' eval.num_envs=2
 """
 
+import functools
 import json
 import logging
 import os
@@ -35,13 +36,12 @@ PolicyFactory = Callable[..., object]  # factory(task=name) -> policy with reset
 
 
 def make_vector_env(task: str, protocol: str, num_envs: int, image_size: int = 64, robot: str = "widowx") -> gym.vector.VectorEnv:
-    def make() -> gym.Env:
-        return TabletopEnv(task, protocol, image_size=image_size, robot=robot)
-
+    make = functools.partial(TabletopEnv, task, protocol, image_size=image_size, robot=robot)
     if num_envs == 1:
         return gym.vector.SyncVectorEnv([make])
-    # No shared memory: the instruction is a Text space, which shared memory cannot hold.
-    return gym.vector.AsyncVectorEnv([make] * num_envs, shared_memory=False)
+    # No shared memory: the instruction is a Text space, which shared memory cannot hold. Workers
+    # come from a fork server, not a fork of this process: a forked EGL context deadlocks.
+    return gym.vector.AsyncVectorEnv([make] * num_envs, shared_memory=False, context="forkserver")
 
 
 def obs_to_batch(obs: dict) -> dict:

@@ -1,0 +1,80 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sim.evaluate import evaluate, make_vector_env, obs_to_batch, results_markdown, run_episodes, write_report
+from sim.experts import RandomPolicy, ScriptedPolicy
+
+
+def test_obs_to_batch_follows_lerobot_keys():
+    envs = make_vector_env("stack_block", "visual_matching", num_envs=1)
+    try:
+        obs, _ = envs.reset(seed=0)
+        batch = obs_to_batch(obs)
+    finally:
+        envs.close()
+    assert batch["observation.images.image"].shape == (1, 3, 64, 64)
+    assert 0.0 <= batch["observation.images.image"].min() and batch["observation.images.image"].max() <= 1.0
+    assert batch["observation.state"].shape == (1, 7) and batch["observation.environment_state"].shape == (1, 8)
+    assert batch["task"] == ["stack the green block on the yellow block"]
+
+
+def test_scripted_and_random_through_parallel_envs(tmp_path):
+    policies = {"scripted": ScriptedPolicy, "random": RandomPolicy}
+    results = evaluate(policies, ["stack_block"], ["visual_matching", "variant_aggregation"], episodes=3,
+                       num_envs=2, seed=0, video_dir=tmp_path / "videos")
+    scripted = results["policies"]["scripted"]
+    random = results["policies"]["random"]
+    for protocol in ("visual_matching", "variant_aggregation"):
+        assert scripted["tasks"]["stack_block"][protocol]["success"]["n"] == 3  # 3 episodes on 2 envs: extras dropped
+        assert scripted["average"][protocol]["success"] == 1.0
+        assert random["average"][protocol]["success"] == 0.0
+        lo, hi = scripted["tasks"]["stack_block"][protocol]["success"]["ci95"]
+        assert 0.4 < lo < 0.5 and hi == 1.0  # Wilson 95% for 3/3
+    assert (tmp_path / "videos" / "scripted_stack_block_visual_matching.mp4").stat().st_size > 1000
+
+    table = write_report(results, tmp_path, "python -m sim.evaluate test")
+    assert "| stack_block | 100 [44, 100] / 100 | 0 [0, 56] / 0 |" in table
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["command"] == "python -m sim.evaluate test" and saved["episodes_per_task"] == 3
+    assert "Command: `python -m sim.evaluate test`" in (tmp_path / "results.md").read_text()
+    assert results_markdown(results).count("| average |") == 2
+
+
+def test_same_seeds_give_same_results():
+    envs = make_vector_env("carrot_on_plate", "variant_aggregation", num_envs=1)
+    try:
+        a = run_episodes(RandomPolicy(seed=3), envs, episodes=2, max_steps=20, seed=5)
+        b = run_episodes(RandomPolicy(seed=3), envs, episodes=2, max_steps=20, seed=5)
+    finally:
+        envs.close()
+    assert a == b
+
+
+class WrongShapePolicy:
+    def reset(self):
+        pass
+
+    def select_action(self, batch):
+        return torch.zeros(len(batch["task"]), 6)
+
+
+def test_policy_with_wrong_action_shape_is_named():
+    envs = make_vector_env("spoon_on_towel", "visual_matching", num_envs=1)
+    try:
+        with pytest.raises(ValueError, match=r"policy 'bad' returned actions of shape \(1, 6\); expected \(1, 7\)"):
+            run_episodes(WrongShapePolicy(), envs, episodes=1, max_steps=2, policy_name="bad")
+    finally:
+        envs.close()
+
+
+def test_unknown_protocol_is_rejected():
+    with pytest.raises(ValueError, match="unknown protocol 'real'"):
+        evaluate({"random": RandomPolicy}, ["stack_block"], ["real"], episodes=1)
+
+
+def test_random_policy_samples_inside_action_box():
+    actions = RandomPolicy(seed=0).select_action({"observation.state": np.zeros((4, 7))})
+    assert actions.shape == (4, 7) and float(actions[:, 6].min()) >= 0.0
