@@ -10,7 +10,9 @@ info: is_success (object on target and released; SIMPLER judges it at the last s
 fingers touched the source object at some step so far), grasped_now.
 """
 
+import os
 import string
+import weakref
 
 import gymnasium as gym
 import mujoco
@@ -22,7 +24,6 @@ from sim.scene import (
     FINGER_SQUEEZE,
     FINGER_TRAVEL,
     OBJECT_HALF_HEIGHT,
-    OBJECT_NAMES,
     OBJECT_RADIUS,
     TABLE_MATERIALS,
     SceneSpec,
@@ -35,7 +36,10 @@ ACTION_LOW = np.array([-0.05, -0.05, -0.05, -0.3, -0.3, -0.3, 0.0], dtype=np.flo
 ACTION_HIGH = -ACTION_LOW + np.array([0, 0, 0, 0, 0, 0, 1], dtype=np.float32)
 HAND_LOW = np.array([0.05, -0.32, FINGER_LENGTH + 0.004])  # fingertips stay above the table
 HAND_HIGH = np.array([0.62, 0.32, 0.40])
-RP_LIMIT = 0.5  # |roll|, |pitch| limit (rad); yaw is limited to [-pi/2, pi/2] (the gripper is symmetric)
+# Hand orientation limits (rad): roll and pitch within 0.5 of pointing down; yaw within [-pi/2, pi/2],
+# which covers every grasp since the two-finger gripper is symmetric under a half turn.
+RPY_HIGH = np.array([0.5, 0.5, np.pi / 2])
+RPY_LOW = -RPY_HIGH
 PLACE_LOW, PLACE_HIGH = np.array([0.18, -0.24]), np.array([0.50, 0.24])  # where objects are placed
 CAMERA_POS, CAMERA_TARGET = np.array([0.78, 0.0, 0.42]), np.array([0.3, 0.0, 0.0])
 DISTRACTOR_POOL = ("spoon", "carrot", "green_block", "eggplant", "red_ball", "cyan_can", "pink_cup", "plate")
@@ -71,7 +75,11 @@ class TabletopEnv(gym.Env):
         self.render_mode = render_mode
         self.max_episode_steps = max_episode_steps or self.spec_task.max_steps
 
-        scene = SceneSpec(robot=robot, image_size=image_size)
+        # Compile only this task's objects and its possible distractors: parked bodies still cost time.
+        self._objects = (self.spec_task.source, self.spec_task.target) + tuple(
+            n for n in DISTRACTOR_POOL if n not in (self.spec_task.source, self.spec_task.target)
+        )
+        scene = SceneSpec(robot=robot, image_size=image_size, objects=self._objects)
         self.model = mujoco.MjModel.from_xml_string(build_scene_xml(scene))
         self.data = mujoco.MjData(self.model)
         self._substeps = max(1, round(1.0 / (control_hz * self.model.opt.timestep)))
@@ -105,7 +113,7 @@ class TabletopEnv(gym.Env):
         self._geom_role[geoms_of(body("finger_left"))] = 2
         self._geom_role[geoms_of(body("finger_right"))] = 3
         self._obj_qpos = {
-            n: m.jnt_qposadr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, n)] for n in OBJECT_NAMES
+            n: m.jnt_qposadr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, n)] for n in self._objects
         }
         self._finger_qpos = m.jnt_qposadr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, "finger_left")]
         self._table_geom = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, "table")
@@ -132,7 +140,15 @@ class TabletopEnv(gym.Env):
         super().reset(seed=seed)
         rng = self.np_random
         if self._renderer is None:
-            self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
+            try:
+                self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
+            except mujoco.FatalError as e:
+                raise RuntimeError(
+                    f"offscreen rendering failed (MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}): set MUJOCO_GL=egl "
+                    "before anything imports mujoco (importing `sim` first does it)"
+                ) from e
+            # Close the GL context before interpreter teardown, even if close() is never called.
+            self._finalizer = weakref.finalize(self, self._renderer.close)
         mujoco.mj_resetData(self.model, self.data)
         variant = self.protocol == "variant_aggregation"
         self._apply_appearance(rng if variant else None)
@@ -178,7 +194,8 @@ class TabletopEnv(gym.Env):
             m.cam_fovy[self._camera] += rng.uniform(-3, 3)
         xy = look_at_xyaxes(cam_pos, cam_target)
         m.cam_pos[self._camera] = cam_pos
-        m.cam_quat[self._camera] = kin.mat_to_quat(np.stack([xy[:3], xy[3:], np.cross(xy[:3], xy[3:])], axis=1))
+        cam_rot = np.stack([xy[:3], xy[3:], np.cross(xy[:3], xy[3:])], axis=1)
+        mujoco.mju_mat2Quat(m.cam_quat[self._camera], cam_rot.flatten())
 
     def _place_objects(self, rng: np.random.Generator, num_distractors: int) -> None:
         """Source, target and distractors at random non-overlapping poses; every other object parked."""
@@ -195,7 +212,7 @@ class TabletopEnv(gym.Env):
                 raise RuntimeError(f"could not place {name!r} on the table after 200 tries")
             placed.append((name, xy))
             self._set_object(name, [xy[0], xy[1], OBJECT_HALF_HEIGHT[name] + 0.001], rng.uniform(-np.pi, np.pi))
-        for name in set(OBJECT_NAMES) - set(names):
+        for name in sorted(set(self._objects) - set(names)):
             self._park(name)
 
     def _park(self, name: str) -> None:
@@ -240,11 +257,7 @@ class TabletopEnv(gym.Env):
 
         start_pos, start_rpy = self._hand_pos, self._hand_rpy
         self._hand_pos = np.clip(start_pos + action[:3], HAND_LOW, HAND_HIGH)
-        rpy = start_rpy + action[3:6]
-        self._hand_rpy = np.array([
-            np.clip(rpy[0], -RP_LIMIT, RP_LIMIT), np.clip(rpy[1], -RP_LIMIT, RP_LIMIT),
-            np.clip(rpy[2], -np.pi / 2, np.pi / 2),
-        ])
+        self._hand_rpy = np.clip(start_rpy + action[3:6], RPY_LOW, RPY_HIGH)
         self._grip_cmd = float(action[6])
         self.data.ctrl[0] = FINGER_TRAVEL - (FINGER_TRAVEL + FINGER_SQUEEZE) * self._grip_cmd
         chunk = self._substeps // SUBSTEP_CHUNKS
@@ -304,5 +317,5 @@ class TabletopEnv(gym.Env):
 
     def close(self) -> None:
         if self._renderer is not None:
-            self._renderer.close()
+            self._finalizer()  # closes the renderer once
             self._renderer = None

@@ -73,6 +73,7 @@ TABLE_MATERIALS = ("table_plain", "table_checker", "table_grid")
 @dataclass(frozen=True)
 class SceneSpec:
     robot: str = "widowx"  # "widowx" (arm with parallel gripper) or "hand" (floating hand)
+    objects: tuple[str, ...] = OBJECT_NAMES  # the objects compiled in: each free body costs simulation time
     image_size: int = 64
     timestep: float = 0.02
 
@@ -124,10 +125,13 @@ def _arm_xml(robot: str) -> str:
     ])
 
 
-def _objects_xml() -> str:
+def _objects_xml(objects: tuple[str, ...]) -> str:
+    unknown = sorted(set(objects) - set(OBJECT_XML))
+    if unknown:
+        raise ValueError(f"unknown object(s) {unknown}; expected names from {OBJECT_NAMES}")
     bodies = []
-    for i, (name, geoms) in enumerate(OBJECT_XML.items()):
-        bodies.append(f'<body name="{name}" pos="{3 + 0.4 * i} 0 0.1"><freejoint name="{name}"/>{geoms}\n    </body>')
+    for i, name in enumerate(objects):
+        bodies.append(f'<body name="{name}" pos="{3 + 0.4 * i} 0 0.1"><freejoint name="{name}"/>{OBJECT_XML[name]}\n    </body>')
     return "\n    ".join(bodies)
 
 
@@ -176,7 +180,7 @@ def build_scene_xml(spec: SceneSpec) -> str:
     <geom name="backdrop" type="box" size="0.02 1.2 0.8" pos="-0.35 0 0.2" material="backdrop" contype="0" conaffinity="0"/>
     {_arm_xml(spec.robot)}
     {_gripper_xml(spec.robot)}
-    {_objects_xml()}
+    {_objects_xml(spec.objects)}
   </worldbody>
   <equality>
     <weld body1="hand_target" body2="hand" solref="{2 * spec.timestep} 1"/>
