@@ -53,12 +53,19 @@ def create_dataset(root: str | Path, features: dict, fps: int, robot_type: str) 
     """
     root = Path(root)
     if root.exists():
-        raise FileExistsError(f"dataset path {root} already exists; refusing to overwrite it (delete it or pick another)")
+        raise FileExistsError(
+            f"dataset path {root} already exists; refusing to overwrite it (delete it or pick another)"
+        )
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     dataset = LeRobotDataset.create(
-        repo_id=f"local/{root.name}", fps=fps, features=features, root=tmp, robot_type=robot_type, use_videos=True,
+        repo_id=f"local/{root.name}",
+        fps=fps,
+        features=features,
+        root=tmp,
+        robot_type=robot_type,
+        use_videos=True,
     )
     try:
         yield dataset
@@ -87,7 +94,10 @@ def load_dataset(
     # Before LeRobotDataset: it would try to fetch a missing video from the hub instead of failing.
     check_videos(meta, root, episodes)
     return LeRobotDataset(
-        repo_id=f"local/{root.name}", root=root, delta_timestamps=delta_timestamps, episodes=episodes,
+        repo_id=f"local/{root.name}",
+        root=root,
+        delta_timestamps=delta_timestamps,
+        episodes=episodes,
         video_backend=video_backend,
     )
 
@@ -105,6 +115,13 @@ def check_videos(meta: LeRobotDatasetMetadata, root: Path, episodes: list[int] |
             try:
                 with av.open(str(path)) as container:
                     next(container.decode(video=0))
-            except (av.error.FFmpegError, StopIteration, IndexError, OSError) as e:  # IndexError: no video stream
-                raise ValueError(f"video for episode {ep}, key {key!r} is corrupt or unreadable: {path} ({e})") from e
+            except (
+                av.error.FFmpegError,
+                StopIteration,
+                IndexError,
+                OSError,
+            ) as e:  # IndexError: no video stream
+                raise ValueError(
+                    f"video for episode {ep}, key {key!r} is corrupt or unreadable: {path} ({e})"
+                ) from e
             checked.add(path)

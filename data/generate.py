@@ -73,17 +73,28 @@ def generate_demos(cfg: DictConfig, task_cfg: DictConfig, root: Path) -> dict:
             env = _env(task, protocol, task_cfg.image_size, "widowx")
             while True:  # failed demos are discarded, as a human would redo them
                 attempts += 1
-                controller = ExpertController(get_task(task), noise=cfg.noise, rng=np.random.default_rng(rng.integers(2**31)))
+                controller = ExpertController(
+                    get_task(task), noise=cfg.noise, rng=np.random.default_rng(rng.integers(2**31))
+                )
                 ep = rollout(env, controller, seed=int(cfg.seed) + attempts, max_steps=env.max_episode_steps)
                 if ep.success:
                     break
                 if attempts > 3 * cfg.episodes + 20:
-                    raise RuntimeError(f"the expert failed too often ({attempts} attempts for {kept} demos) on {task}")
-            for img, state, env_state, action in zip(ep.images, ep.states, ep.env_states, ep.actions, strict=True):
-                ds.add_frame({
-                    "observation.images.image": img, "observation.state": state,
-                    "observation.environment_state": env_state, "action": action, "task": ep.instruction,
-                })
+                    raise RuntimeError(
+                        f"the expert failed too often ({attempts} attempts for {kept} demos) on {task}"
+                    )
+            for img, state, env_state, action in zip(
+                ep.images, ep.states, ep.env_states, ep.actions, strict=True
+            ):
+                ds.add_frame(
+                    {
+                        "observation.images.image": img,
+                        "observation.state": state,
+                        "observation.environment_state": env_state,
+                        "action": action,
+                        "task": ep.instruction,
+                    }
+                )
             ds.save_episode()
             kept += 1
         frames = ds.meta.total_frames
@@ -120,18 +131,26 @@ def generate_video(cfg: DictConfig, task_cfg: DictConfig, root: Path) -> dict:
             ep = rollout(env, controller, seed=int(cfg.seed) + i, max_steps=steps)
             instruction = _instruction(kind, env)
             for img in ep.images:
-                ds.add_frame({
-                    "observation.images.image": img,
-                    "embodiment": np.array([EMBODIMENTS.index(embodiment)], dtype=np.int64),
-                    "task": instruction,
-                })
+                ds.add_frame(
+                    {
+                        "observation.images.image": img,
+                        "embodiment": np.array([EMBODIMENTS.index(embodiment)], dtype=np.int64),
+                        "task": instruction,
+                    }
+                )
             ds.save_episode()
             new = len(ep.images) // cfg.clip_len
             clips, counts[embodiment], i = clips + new, counts[embodiment] + 1, i + 1
             progress.update(new)
         frames = ds.meta.total_frames
     progress.close()
-    return {"episodes": i, "episodes_per_embodiment": counts, "clips": clips, "frames": frames, "path": str(root)}
+    return {
+        "episodes": i,
+        "episodes_per_embodiment": counts,
+        "clips": clips,
+        "frames": frames,
+        "path": str(root),
+    }
 
 
 _ENVS: dict[tuple, TabletopEnv] = {}
@@ -165,12 +184,15 @@ def main(cfg: DictConfig) -> None:
         log.info("video: %s", video)
     finally:
         close_envs()
-    print(f"demos: {demos['episodes']} episodes ({demos['frames']} frames, {demos['attempts']} expert attempts) -> {demos['path']}")
-    print(f"video: {video['episodes']} episodes {video['episodes_per_embodiment']}, {video['clips']} clips of "
-          f"{cfg.data.video.clip_len} frames ({video['frames']} frames) -> {video['path']}")
+    print(
+        f"demos: {demos['episodes']} episodes ({demos['frames']} frames, {demos['attempts']} expert attempts) -> {demos['path']}"
+    )
+    print(
+        f"video: {video['episodes']} episodes {video['episodes_per_embodiment']}, {video['clips']} clips of "
+        f"{cfg.data.video.clip_len} frames ({video['frames']} frames) -> {video['path']}"
+    )
     print("command: python -m data.generate " + " ".join(sys.argv[1:]))
 
 
 if __name__ == "__main__":
     main()
-

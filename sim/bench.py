@@ -36,7 +36,9 @@ def single_env_steps_per_s(image_size: int, steps: int = 1200, task: str = "carr
     return rate
 
 
-def vector_env_steps_per_s(num_envs: int, image_size: int = 64, rounds: int = 600, task: str = "carrot_on_plate") -> float:
+def vector_env_steps_per_s(
+    num_envs: int, image_size: int = 64, rounds: int = 600, task: str = "carrot_on_plate"
+) -> float:
     envs = make_vector_env(task, "variant_aggregation", num_envs, image_size)
     rng = np.random.default_rng(0)
     low, high = envs.single_action_space.low, envs.single_action_space.high
@@ -57,17 +59,29 @@ def success_table(results: dict, policy: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--episodes", type=int, default=25, help="episodes per task per protocol for success rates")
-    parser.add_argument("--num-envs", type=int, default=os.cpu_count() or 1, help="parallel envs (default: all cores)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--episodes", type=int, default=25, help="episodes per task per protocol for success rates"
+    )
+    parser.add_argument(
+        "--num-envs", type=int, default=os.cpu_count() or 1, help="parallel envs (default: all cores)"
+    )
     parser.add_argument("--out", type=Path, default=Path("reports/bench/sim.json"))
     args = parser.parse_args()
 
     print("timing one env at 64x64 and 128x128, then vector envs ...", flush=True)
     render_64, render_128 = single_env_steps_per_s(64), single_env_steps_per_s(128)
     vector_64 = vector_env_steps_per_s(args.num_envs)
-    results = evaluate({"expert": ScriptedPolicy, "random": RandomPolicy}, list(TASKS), list(PROTOCOLS),
-                       args.episodes, args.num_envs, seed=1000)
+    results = evaluate(
+        {"expert": ScriptedPolicy, "random": RandomPolicy},
+        list(TASKS),
+        list(PROTOCOLS),
+        args.episodes,
+        args.num_envs,
+        seed=1000,
+    )
     expert, random = success_table(results, "expert"), success_table(results, "random")
     report = {
         "render_steps_per_s_64": round(render_64, 1),
@@ -76,9 +90,16 @@ def main() -> None:
         "vector_num_envs": args.num_envs,
         "expert_success": expert,
         "random_success": random,
-        "random_grasp": {t: {p: v[p]["grasp"]["rate"] for p in PROTOCOLS} for t, v in results["policies"]["random"]["tasks"].items()},
+        "random_grasp": {
+            t: {p: v[p]["grasp"]["rate"] for p in PROTOCOLS}
+            for t, v in results["policies"]["random"]["tasks"].items()
+        },
         "episodes_per_task": args.episodes,
-        "targets": {"render_steps_per_s_64": ">= 500", "expert_success": ">= 0.9 everywhere", "random_success": "<= 0.1"},
+        "targets": {
+            "render_steps_per_s_64": ">= 500",
+            "expert_success": ">= 0.9 everywhere",
+            "random_success": "<= 0.1",
+        },
         "command": "python -m sim.bench " + " ".join(sys.argv[1:]),
         "commit": git_commit(),
     }
@@ -86,8 +107,10 @@ def main() -> None:
     expert_min = min(min(v.values()) for v in expert.values())
     random_max = max(max(v.values()) for v in random.values())
     print(f"wrote {args.out}")
-    print(f"bench-sim: {render_64:.0f} steps/s @64, {render_128:.0f} @128, {vector_64:.0f} with {args.num_envs} envs @64; "
-          f"expert success min {expert_min:.2f}, random success max {random_max:.2f} ({args.episodes} episodes per task x protocol)")
+    print(
+        f"bench-sim: {render_64:.0f} steps/s @64, {render_128:.0f} @128, {vector_64:.0f} with {args.num_envs} envs @64; "
+        f"expert success min {expert_min:.2f}, random success max {random_max:.2f} ({args.episodes} episodes per task x protocol)"
+    )
 
 
 if __name__ == "__main__":

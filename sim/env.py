@@ -88,12 +88,14 @@ class TabletopEnv(gym.Env):
         self._nominal = self._appearance()
 
         s = image_size
-        self.observation_space = gym.spaces.Dict({
-            "pixels": gym.spaces.Dict({"image": gym.spaces.Box(0, 255, (s, s, 3), np.uint8)}),
-            "agent_pos": gym.spaces.Box(-4.0, 4.0, (7,), np.float32),  # metres and radians
-            "environment_state": gym.spaces.Box(-10.0, 10.0, (8,), np.float32),
-            "task": gym.spaces.Text(max_length=128, min_length=1, charset=INSTRUCTION_CHARSET),
-        })
+        self.observation_space = gym.spaces.Dict(
+            {
+                "pixels": gym.spaces.Dict({"image": gym.spaces.Box(0, 255, (s, s, 3), np.uint8)}),
+                "agent_pos": gym.spaces.Box(-4.0, 4.0, (7,), np.float32),  # metres and radians
+                "environment_state": gym.spaces.Box(-10.0, 10.0, (8,), np.float32),
+                "task": gym.spaces.Text(max_length=128, min_length=1, charset=INSTRUCTION_CHARSET),
+            }
+        )
         self.action_space = gym.spaces.Box(ACTION_LOW, ACTION_HIGH, dtype=np.float32)
 
     # ---- model bookkeeping -------------------------------------------------------------------
@@ -104,7 +106,9 @@ class TabletopEnv(gym.Env):
         self._hand_body = body("hand")
         self._hand_qpos = m.jnt_qposadr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, "hand")]
         self._arm_mocap = {
-            name: m.body_mocapid[body(name)] for name in ("upper_arm", "forearm", "wrist_link") if body(name) >= 0
+            name: m.body_mocapid[body(name)]
+            for name in ("upper_arm", "forearm", "wrist_link")
+            if body(name) >= 0
         }
         self._src_body, self._tgt_body = body(self.spec_task.source), body(self.spec_task.target)
         geoms_of = lambda b: np.flatnonzero(m.geom_bodyid == b)  # noqa: E731
@@ -211,7 +215,9 @@ class TabletopEnv(gym.Env):
             else:
                 raise RuntimeError(f"could not place {name!r} on the table after 200 tries")
             placed.append((name, xy))
-            self._set_object(name, [xy[0], xy[1], OBJECT_HALF_HEIGHT[name] + 0.001], rng.uniform(-np.pi, np.pi))
+            self._set_object(
+                name, [xy[0], xy[1], OBJECT_HALF_HEIGHT[name] + 0.001], rng.uniform(-np.pi, np.pi)
+            )
         for name in sorted(set(self._objects) - set(names)):
             self._park(name)
 
@@ -239,7 +245,11 @@ class TabletopEnv(gym.Env):
         if self._arm_mocap:
             pos, quat = self.data.xpos[self._hand_body], self.data.xquat[self._hand_body]
             elbow, wrist, shoulder = kin.arm_points(pos, quat)
-            for name, (a, b) in {"upper_arm": (shoulder, elbow), "forearm": (elbow, wrist), "wrist_link": (wrist, pos)}.items():
+            for name, (a, b) in {
+                "upper_arm": (shoulder, elbow),
+                "forearm": (elbow, wrist),
+                "wrist_link": (wrist, pos),
+            }.items():
                 centre, q = kin.segment_pose(a, b)
                 self.data.mocap_pos[self._arm_mocap[name]] = centre
                 self.data.mocap_quat[self._arm_mocap[name]] = q
@@ -263,7 +273,9 @@ class TabletopEnv(gym.Env):
         chunk = self._substeps // SUBSTEP_CHUNKS
         for k in range(1, SUBSTEP_CHUNKS + 1):
             a = k / SUBSTEP_CHUNKS
-            self._set_hand(start_pos + a * (self._hand_pos - start_pos), start_rpy + a * (self._hand_rpy - start_rpy))
+            self._set_hand(
+                start_pos + a * (self._hand_pos - start_pos), start_rpy + a * (self._hand_rpy - start_rpy)
+            )
             mujoco.mj_step(self.model, self.data, nstep=chunk)
         self._pose_arm()
 
@@ -289,7 +301,11 @@ class TabletopEnv(gym.Env):
         tgt_rot = d.xmat[self._tgt_body].reshape(3, 3)
         placed = self.spec_task.is_placed(d.xpos[self._src_body], src_rot, d.xpos[self._tgt_body], tgt_rot)
         released = not (left or right)
-        return {"is_success": bool(placed and released), "grasped": self._ever_grasped, "grasped_now": grasped_now}
+        return {
+            "is_success": bool(placed and released),
+            "grasped": self._ever_grasped,
+            "grasped_now": grasped_now,
+        }
 
     def _gripper_closure(self) -> float:
         return float(1.0 - self.data.qpos[self._finger_qpos] / FINGER_TRAVEL)
@@ -299,9 +315,14 @@ class TabletopEnv(gym.Env):
         yaw = lambda b: np.arctan2(d.xmat[b][3], d.xmat[b][0])  # noqa: E731
         hand_rpy = kin.mat_to_euler(d.xmat[self._hand_body].reshape(3, 3))
         agent_pos = np.concatenate([d.xpos[self._hand_body], hand_rpy, [self._gripper_closure()]])
-        env_state = np.concatenate([
-            d.xpos[self._src_body], [yaw(self._src_body)], d.xpos[self._tgt_body], [yaw(self._tgt_body)],
-        ])
+        env_state = np.concatenate(
+            [
+                d.xpos[self._src_body],
+                [yaw(self._src_body)],
+                d.xpos[self._tgt_body],
+                [yaw(self._tgt_body)],
+            ]
+        )
         return {
             "pixels": {"image": self.render()},
             "agent_pos": agent_pos.astype(np.float32),

@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 PolicyFactory = Callable[..., object]  # factory(task=name) -> policy with reset() / select_action(batch)
 
 
-def make_vector_env(task: str, protocol: str, num_envs: int, image_size: int = 64, robot: str = "widowx") -> gym.vector.VectorEnv:
+def make_vector_env(
+    task: str, protocol: str, num_envs: int, image_size: int = 64, robot: str = "widowx"
+) -> gym.vector.VectorEnv:
     make = functools.partial(TabletopEnv, task, protocol, image_size=image_size, robot=robot)
     if num_envs == 1:
         return gym.vector.SyncVectorEnv([make])
@@ -54,7 +56,9 @@ def obs_to_batch(obs: dict) -> dict:
 def _actions_to_numpy(action, num_envs: int, policy_name: str) -> np.ndarray:
     action = action.detach().cpu().numpy() if isinstance(action, torch.Tensor) else np.asarray(action)
     if action.shape != (num_envs, 7):
-        raise ValueError(f"policy {policy_name!r} returned actions of shape {action.shape}; expected ({num_envs}, 7)")
+        raise ValueError(
+            f"policy {policy_name!r} returned actions of shape {action.shape}; expected ({num_envs}, 7)"
+        )
     return action.astype(np.float32)
 
 
@@ -121,9 +125,25 @@ def evaluate(
                     for name, factory in policies.items():
                         progress.set_postfix_str(f"{name} {spec.name} {protocol}")
                         video = video_dir / f"{name}_{spec.name}_{protocol}.mp4" if video_dir else None
-                        out = run_episodes(factory(task=spec.name), envs, episodes, spec.max_steps, seed, video, name, progress)
-                        per_task = results["policies"].setdefault(name, {"tasks": {}})["tasks"].setdefault(spec.name, {})
-                        per_task[protocol] = {"success": summarize(out["success"]), "grasp": summarize(out["grasped"])}
+                        out = run_episodes(
+                            factory(task=spec.name),
+                            envs,
+                            episodes,
+                            spec.max_steps,
+                            seed,
+                            video,
+                            name,
+                            progress,
+                        )
+                        per_task = (
+                            results["policies"]
+                            .setdefault(name, {"tasks": {}})["tasks"]
+                            .setdefault(spec.name, {})
+                        )
+                        per_task[protocol] = {
+                            "success": summarize(out["success"]),
+                            "grasp": summarize(out["grasped"]),
+                        }
                 finally:
                     envs.close()
     for entry in results["policies"].values():
@@ -148,7 +168,10 @@ def results_markdown(results: dict) -> str:
     lines = []
     protocols = list(next(iter(results["policies"].values()))["average"])
     for protocol in protocols:
-        lines += [f"### {protocol.replace('_', ' ')} ({results['episodes_per_task']} episodes per task, success % [Wilson 95%] / grasp %)", ""]
+        lines += [
+            f"### {protocol.replace('_', ' ')} ({results['episodes_per_task']} episodes per task, success % [Wilson 95%] / grasp %)",
+            "",
+        ]
         lines.append("| task | " + " | ".join(names) + " |")
         lines.append("|---|" + "---|" * len(names))
         tasks = list(results["policies"][names[0]]["tasks"])
@@ -170,8 +193,12 @@ def results_markdown(results: dict) -> str:
 
 def git_commit() -> str:
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

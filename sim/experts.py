@@ -136,10 +136,14 @@ class ScriptedPolicy:
 
     def select_action(self, batch: dict) -> torch.Tensor:
         if ENV_STATE_KEY not in batch:
-            raise KeyError(f"the scripted expert needs {ENV_STATE_KEY!r} in the batch; got keys {sorted(batch)}")
+            raise KeyError(
+                f"the scripted expert needs {ENV_STATE_KEY!r} in the batch; got keys {sorted(batch)}"
+            )
         state, env_state = _to_numpy(batch[STATE_KEY]), _to_numpy(batch[ENV_STATE_KEY])
         while len(self.controllers) < len(state):
-            self.controllers.append(ExpertController(self.task, self.noise, np.random.default_rng(self.rng.integers(2**31))))
+            self.controllers.append(
+                ExpertController(self.task, self.noise, np.random.default_rng(self.rng.integers(2**31)))
+            )
         actions = [c.act(s, e) for c, s, e in zip(self.controllers, state, env_state, strict=False)]
         return torch.from_numpy(np.stack(actions))
 
@@ -186,7 +190,12 @@ class PlayController:
             direction = self.rng.normal(size=2)
             direction /= np.linalg.norm(direction)
             start = np.array([*(obj[:2] - 0.08 * direction), 0.058])  # fingertips 8 mm above the table
-            return [start + [0, 0, 0.06], start, np.array([*(obj[:2] + 0.06 * direction), 0.058]), start + [0, 0, 0.1]]
+            return [
+                start + [0, 0, 0.06],
+                start,
+                np.array([*(obj[:2] + 0.06 * direction), 0.058]),
+                start + [0, 0, 0.1],
+            ]
         if self.mode == "wave":
             centre = np.array([self.rng.uniform(0.25, 0.45), 0.0, self.rng.uniform(0.12, 0.2)])
             return [centre + [0, s * self.rng.uniform(0.08, 0.16), 0] for s in (1, -1, 1, -1, 1)]
@@ -196,7 +205,15 @@ class PlayController:
                 obj = objects[int(self.rng.integers(2))]
                 points.append(obj + [*self.rng.normal(0, 0.02, 2), self.rng.uniform(0.06, 0.12)])
             else:
-                points.append(np.array([self.rng.uniform(0.15, 0.5), self.rng.uniform(-0.22, 0.22), self.rng.uniform(0.08, 0.22)]))
+                points.append(
+                    np.array(
+                        [
+                            self.rng.uniform(0.15, 0.5),
+                            self.rng.uniform(-0.22, 0.22),
+                            self.rng.uniform(0.08, 0.22),
+                        ]
+                    )
+                )
         return points
 
     def act(self, agent_pos: np.ndarray, env_state: np.ndarray) -> np.ndarray:

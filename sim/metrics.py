@@ -22,7 +22,9 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
 def _paired(a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
-        raise ValueError(f"need two 1-D sequences of equal length >= 2 (one value per policy), got {a.shape} and {b.shape}")
+        raise ValueError(
+            f"need two 1-D sequences of equal length >= 2 (one value per policy), got {a.shape} and {b.shape}"
+        )
     return a, b
 
 

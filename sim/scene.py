@@ -51,14 +51,30 @@ OBJECT_XML = {
       <geom type="cylinder" size="0.028 0.03" rgba="0.95 0.5 0.7 1" class="vis"/>""",
 }
 OBJECT_HALF_HEIGHT = {
-    "spoon": 0.009, "towel": 0.003, "carrot": 0.016, "plate": 0.006, "green_block": 0.022,
-    "yellow_block": 0.025, "eggplant": 0.022, "basket": 0.035, "red_ball": 0.025, "cyan_can": 0.035,
+    "spoon": 0.009,
+    "towel": 0.003,
+    "carrot": 0.016,
+    "plate": 0.006,
+    "green_block": 0.022,
+    "yellow_block": 0.025,
+    "eggplant": 0.022,
+    "basket": 0.035,
+    "red_ball": 0.025,
+    "cyan_can": 0.035,
     "pink_cup": 0.03,
 }
 # Radius of the footprint, used to keep sampled objects apart.
 OBJECT_RADIUS = {
-    "spoon": 0.08, "towel": 0.1, "carrot": 0.075, "plate": 0.075, "green_block": 0.035,
-    "yellow_block": 0.045, "eggplant": 0.07, "basket": 0.14, "red_ball": 0.03, "cyan_can": 0.03,
+    "spoon": 0.08,
+    "towel": 0.1,
+    "carrot": 0.075,
+    "plate": 0.075,
+    "green_block": 0.035,
+    "yellow_block": 0.045,
+    "eggplant": 0.07,
+    "basket": 0.14,
+    "red_ball": 0.03,
+    "cyan_can": 0.03,
     "pink_cup": 0.035,
 }
 OBJECT_NAMES = tuple(OBJECT_XML)
@@ -117,12 +133,14 @@ def _arm_xml(robot: str) -> str:
     if robot != "widowx":
         return ""
     link = '<body name="{name}" mocap="true"><geom type="capsule" size="{r} {h}" rgba="{rgba}" class="vis"/></body>'
-    return "\n".join([
-        '<body name="arm_base" pos="-0.05 0 0.04"><geom type="cylinder" size="0.05 0.04" rgba="0.15 0.15 0.15 1" class="vis"/></body>',
-        link.format(name="upper_arm", r=0.022, h=0.17, rgba="0.18 0.18 0.2 1"),
-        link.format(name="forearm", r=0.018, h=0.17, rgba="0.22 0.22 0.25 1"),
-        link.format(name="wrist_link", r=0.015, h=0.03, rgba="0.3 0.3 0.32 1"),
-    ])
+    return "\n".join(
+        [
+            '<body name="arm_base" pos="-0.05 0 0.04"><geom type="cylinder" size="0.05 0.04" rgba="0.15 0.15 0.15 1" class="vis"/></body>',
+            link.format(name="upper_arm", r=0.022, h=0.17, rgba="0.18 0.18 0.2 1"),
+            link.format(name="forearm", r=0.018, h=0.17, rgba="0.22 0.22 0.25 1"),
+            link.format(name="wrist_link", r=0.015, h=0.03, rgba="0.3 0.3 0.32 1"),
+        ]
+    )
 
 
 def _objects_xml(objects: tuple[str, ...]) -> str:
@@ -131,7 +149,9 @@ def _objects_xml(objects: tuple[str, ...]) -> str:
         raise ValueError(f"unknown object(s) {unknown}; expected names from {OBJECT_NAMES}")
     bodies = []
     for i, name in enumerate(objects):
-        bodies.append(f'<body name="{name}" pos="{3 + 0.4 * i} 0 0.1"><freejoint name="{name}"/>{OBJECT_XML[name]}\n    </body>')
+        bodies.append(
+            f'<body name="{name}" pos="{3 + 0.4 * i} 0 0.1"><freejoint name="{name}"/>{OBJECT_XML[name]}\n    </body>'
+        )
     return "\n    ".join(bodies)
 
 

@@ -55,14 +55,48 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {
     t.name: t
     for t in [
-        TaskSpec("spoon_on_towel", "put the spoon on the towel", "spoon", "towel", 60,
-                 spoon_on_towel, grasp_dz=0.0, release_dz=0.04),
-        TaskSpec("carrot_on_plate", "put carrot on plate", "carrot", "plate", 60,
-                 carrot_on_plate, grasp_dz=0.0, release_dz=0.045),
-        TaskSpec("stack_block", "stack the green block on the yellow block", "green_block", "yellow_block",
-                 60, green_on_yellow, grasp_dz=0.0, release_dz=0.06, symmetric_grasp=True),
-        TaskSpec("eggplant_in_basket", "put the eggplant in the basket", "eggplant", "basket", 120,
-                 eggplant_in_basket, grasp_dz=0.0, release_dz=0.06, align_to_target=True),
+        TaskSpec(
+            "spoon_on_towel",
+            "put the spoon on the towel",
+            "spoon",
+            "towel",
+            60,
+            spoon_on_towel,
+            grasp_dz=0.0,
+            release_dz=0.04,
+        ),
+        TaskSpec(
+            "carrot_on_plate",
+            "put carrot on plate",
+            "carrot",
+            "plate",
+            60,
+            carrot_on_plate,
+            grasp_dz=0.0,
+            release_dz=0.045,
+        ),
+        TaskSpec(
+            "stack_block",
+            "stack the green block on the yellow block",
+            "green_block",
+            "yellow_block",
+            60,
+            green_on_yellow,
+            grasp_dz=0.0,
+            release_dz=0.06,
+            symmetric_grasp=True,
+        ),
+        TaskSpec(
+            "eggplant_in_basket",
+            "put the eggplant in the basket",
+            "eggplant",
+            "basket",
+            120,
+            eggplant_in_basket,
+            grasp_dz=0.0,
+            release_dz=0.06,
+            align_to_target=True,
+        ),
     ]
 }
 PROTOCOLS = ("visual_matching", "variant_aggregation")

@@ -8,10 +8,18 @@ from sim.env import TabletopEnv
 
 TASK = OmegaConf.create({"tasks": ["stack_block", "carrot_on_plate"], "image_size": 64, "fps": 5})
 DEMOS = OmegaConf.create({"episodes": 2, "protocols": ["visual_matching"], "noise": 0.005, "seed": 0})
-VIDEO = OmegaConf.create({
-    "min_clips": 12, "clip_len": 8, "robot_fraction": 0.5, "play_fraction": 0.5, "play_steps": 16,
-    "protocols": ["visual_matching", "variant_aggregation"], "noise": 0.01, "seed": 7,
-})
+VIDEO = OmegaConf.create(
+    {
+        "min_clips": 12,
+        "clip_len": 8,
+        "robot_fraction": 0.5,
+        "play_fraction": 0.5,
+        "play_steps": 16,
+        "protocols": ["visual_matching", "variant_aggregation"],
+        "noise": 0.01,
+        "seed": 7,
+    }
+)
 KEYS = ["observation.images.image", "observation.state", "action"]
 
 
@@ -55,7 +63,9 @@ def test_actionless_video_has_no_action_column(datasets):
     assert "action" not in ds.features and "observation.state" not in ds.features
     assert summary["clips"] >= VIDEO.min_clips
     embodiments = np.unique(np.asarray(ds.hf_dataset.with_format("numpy")["embodiment"]))
-    assert set(embodiments.tolist()) <= {0, 1} and summary["episodes"] == sum(summary["episodes_per_embodiment"].values())
+    assert set(embodiments.tolist()) <= {0, 1} and summary["episodes"] == sum(
+        summary["episodes_per_embodiment"].values()
+    )
     assert all(isinstance(t, str) and t for t in ds.meta.tasks.index)
 
 
@@ -97,10 +107,15 @@ def test_interrupted_generation_leaves_nothing_half_written(datasets, tmp_path):
     root, _, _ = datasets
     target = tmp_path / "broken"
     with pytest.raises(KeyboardInterrupt), create_dataset(target, demo_features(64), 5, "widowx_sim") as ds:
-        ds.add_frame({
-            "observation.images.image": np.zeros((64, 64, 3), np.uint8), "observation.state": np.zeros(7, np.float32),
-            "observation.environment_state": np.zeros(8, np.float32), "action": np.zeros(7, np.float32), "task": "t",
-        })
+        ds.add_frame(
+            {
+                "observation.images.image": np.zeros((64, 64, 3), np.uint8),
+                "observation.state": np.zeros(7, np.float32),
+                "observation.environment_state": np.zeros(8, np.float32),
+                "action": np.zeros(7, np.float32),
+                "task": "t",
+            }
+        )
         raise KeyboardInterrupt
     assert not target.exists() and list(tmp_path.iterdir()) == []
     assert load_dataset(root / "demos").meta.total_episodes == 2  # earlier datasets intact

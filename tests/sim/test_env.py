@@ -47,7 +47,9 @@ def test_observation_layout(envs):
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_same_seed_same_observations(protocol):
     a, b = TabletopEnv("carrot_on_plate", protocol), TabletopEnv("carrot_on_plate", protocol)
-    actions = np.random.default_rng(0).uniform(a.action_space.low, a.action_space.high, (5, 7)).astype(np.float32)
+    actions = (
+        np.random.default_rng(0).uniform(a.action_space.low, a.action_space.high, (5, 7)).astype(np.float32)
+    )
     try:
         for env in (a, b):
             env.reset(seed=11)
@@ -64,11 +66,16 @@ def test_seeds_and_protocols_change_the_scene(envs):
     variant = envs("spoon_on_towel", "variant_aggregation")
     img0 = nominal.reset(seed=0)[0]["pixels"]["image"]
     img1 = nominal.reset(seed=1)[0]["pixels"]["image"]
-    state0, state1 = nominal.reset(seed=0)[0]["environment_state"], nominal.reset(seed=1)[0]["environment_state"]
+    state0, state1 = (
+        nominal.reset(seed=0)[0]["environment_state"],
+        nominal.reset(seed=1)[0]["environment_state"],
+    )
     assert np.abs(state0 - state1)[:2].max() > 1e-3, "object placement must depend on the seed"
     assert not np.array_equal(img0, img1)
     var0 = variant.reset(seed=0)[0]["pixels"]["image"]
-    assert np.abs(var0.astype(int) - img0.astype(int)).mean() > 5, "a variant must look different from the nominal scene"
+    assert np.abs(var0.astype(int) - img0.astype(int)).mean() > 5, (
+        "a variant must look different from the nominal scene"
+    )
     np.testing.assert_array_equal(var0, variant.reset(seed=0)[0]["pixels"]["image"])
 
 
@@ -92,7 +99,9 @@ def test_expert_succeeds(envs, task, protocol):
         obs, info = env.reset(seed=seed)
         expert = ExpertController(env.spec_task)
         for _ in range(env.max_episode_steps):
-            obs, reward, terminated, truncated, info = env.step(expert.act(obs["agent_pos"], obs["environment_state"]))
+            obs, reward, terminated, truncated, info = env.step(
+                expert.act(obs["agent_pos"], obs["environment_state"])
+            )
         assert truncated and not terminated
         assert info["grasped"] and info["is_success"], f"expert failed {task} {protocol} seed {seed}"
         assert reward == 1.0

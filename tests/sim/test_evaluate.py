@@ -16,19 +16,31 @@ def test_obs_to_batch_follows_lerobot_keys():
     finally:
         envs.close()
     assert batch["observation.images.image"].shape == (1, 3, 64, 64)
-    assert 0.0 <= batch["observation.images.image"].min() and batch["observation.images.image"].max() <= 1.0
-    assert batch["observation.state"].shape == (1, 7) and batch["observation.environment_state"].shape == (1, 8)
+    assert batch["observation.images.image"].min() >= 0.0 and batch["observation.images.image"].max() <= 1.0
+    assert batch["observation.state"].shape == (1, 7) and batch["observation.environment_state"].shape == (
+        1,
+        8,
+    )
     assert batch["task"] == ["stack the green block on the yellow block"]
 
 
 def test_scripted_and_random_through_parallel_envs(tmp_path):
     policies = {"scripted": ScriptedPolicy, "random": RandomPolicy}
-    results = evaluate(policies, ["stack_block"], ["visual_matching", "variant_aggregation"], episodes=3,
-                       num_envs=2, seed=0, video_dir=tmp_path / "videos")
+    results = evaluate(
+        policies,
+        ["stack_block"],
+        ["visual_matching", "variant_aggregation"],
+        episodes=3,
+        num_envs=2,
+        seed=0,
+        video_dir=tmp_path / "videos",
+    )
     scripted = results["policies"]["scripted"]
     random = results["policies"]["random"]
     for protocol in ("visual_matching", "variant_aggregation"):
-        assert scripted["tasks"]["stack_block"][protocol]["success"]["n"] == 3  # 3 episodes on 2 envs: extras dropped
+        assert (
+            scripted["tasks"]["stack_block"][protocol]["success"]["n"] == 3
+        )  # 3 episodes on 2 envs: extras dropped
         assert scripted["average"][protocol]["success"] == 1.0
         assert random["average"][protocol]["success"] == 0.0
         lo, hi = scripted["tasks"]["stack_block"][protocol]["success"]["ci95"]
@@ -64,7 +76,9 @@ class WrongShapePolicy:
 def test_policy_with_wrong_action_shape_is_named():
     envs = make_vector_env("spoon_on_towel", "visual_matching", num_envs=1)
     try:
-        with pytest.raises(ValueError, match=r"policy 'bad' returned actions of shape \(1, 6\); expected \(1, 7\)"):
+        with pytest.raises(
+            ValueError, match=r"policy 'bad' returned actions of shape \(1, 6\); expected \(1, 7\)"
+        ):
             run_episodes(WrongShapePolicy(), envs, episodes=1, max_steps=2, policy_name="bad")
     finally:
         envs.close()
