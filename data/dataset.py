@@ -8,6 +8,9 @@ done, so a killed job never leaves a half-written dataset under the final name.
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # lerobot falls back to the hub for missing local files
+os.environ.setdefault(
+    "SVT_LOG", "1"
+)  # the AV1 encoder prints its whole configuration for every episode otherwise
 
 import contextlib  # noqa: E402
 import shutil  # noqa: E402

@@ -10,6 +10,7 @@ info: is_success (object on target and released; SIMPLER judges it at the last s
 fingers touched the source object at some step so far), grasped_now.
 """
 
+import atexit
 import os
 import string
 import weakref
@@ -45,6 +46,20 @@ CAMERA_POS, CAMERA_TARGET = np.array([0.78, 0.0, 0.42]), np.array([0.3, 0.0, 0.0
 DISTRACTOR_POOL = ("spoon", "carrot", "green_block", "eggplant", "red_ball", "cyan_can", "pink_cup", "plate")
 INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " .,'-"
 SUBSTEP_CHUNKS = 2  # the hand target is interpolated in this many pieces within one control step
+
+
+_OPEN_ENVS: "weakref.WeakSet[TabletopEnv]" = weakref.WeakSet()
+_exit_hook_registered = False
+
+
+def _close_at_exit(env: "TabletopEnv") -> None:
+    """Close `env`'s renderer at exit if nobody did. The hook is registered after mujoco's own EGL
+    teardown hook (the first Renderer imports mujoco.egl), so it runs while EGL is still up."""
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        atexit.register(lambda: [e.close() for e in list(_OPEN_ENVS)])
+        _exit_hook_registered = True
+    _OPEN_ENVS.add(env)
 
 
 class TabletopEnv(gym.Env):
@@ -151,8 +166,7 @@ class TabletopEnv(gym.Env):
                     f"offscreen rendering failed (MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}): set MUJOCO_GL=egl "
                     "before anything imports mujoco (importing `sim` first does it)"
                 ) from e
-            # Close the GL context before interpreter teardown, even if close() is never called.
-            self._finalizer = weakref.finalize(self, self._renderer.close)
+            _close_at_exit(self)
         mujoco.mj_resetData(self.model, self.data)
         variant = self.protocol == "variant_aggregation"
         self._apply_appearance(rng if variant else None)
@@ -338,5 +352,6 @@ class TabletopEnv(gym.Env):
 
     def close(self) -> None:
         if self._renderer is not None:
-            self._finalizer()  # closes the renderer once
+            self._renderer.close()
             self._renderer = None
+            _OPEN_ENVS.discard(self)

@@ -11,6 +11,7 @@ step, as SIMPLER does; grasp counts episodes in which the source object was gras
 import functools
 import json
 import logging
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -39,11 +40,19 @@ def make_vector_env(
     task: str, protocol: str, num_envs: int, image_size: int = 64, robot: str = "widowx"
 ) -> gym.vector.VectorEnv:
     make = functools.partial(TabletopEnv, task, protocol, image_size=image_size, robot=robot)
+    # Episodes are reset explicitly, with seeds, in waves. Autoreset must be off: gymnasium 1.4's async
+    # worker without shared memory never clears its autoreset flag on reset(), so the first step of
+    # the next wave would silently reset the env again with an unseeded scene.
+    no_autoreset = gym.vector.AutoresetMode.DISABLED
     if num_envs == 1:
-        return gym.vector.SyncVectorEnv([make])
+        return gym.vector.SyncVectorEnv([make], autoreset_mode=no_autoreset)
     # No shared memory: the instruction is a Text space, which shared memory cannot hold. Workers
-    # come from a fork server, not a fork of this process: a forked EGL context deadlocks.
-    return gym.vector.AsyncVectorEnv([make] * num_envs, shared_memory=False, context="forkserver")
+    # come from a fork server, not a fork of this process: a forked EGL context deadlocks. The server
+    # imports the main module once, so workers start without re-importing torch and lerobot.
+    multiprocessing.set_forkserver_preload(["__main__", "sim.env"])
+    return gym.vector.AsyncVectorEnv(
+        [make] * num_envs, shared_memory=False, context="forkserver", autoreset_mode=no_autoreset
+    )
 
 
 def obs_to_batch(obs: dict) -> dict:
@@ -118,34 +127,26 @@ def evaluate(
     total = len(policies) * len(protocols) * len(tasks) * episodes
     results = {"episodes_per_task": episodes, "seed": seed, "image_size": image_size, "policies": {}}
     with tqdm(total=total, desc="eval episodes", unit="ep") as progress:
-        for protocol in protocols:
-            for spec in specs:
-                envs = make_vector_env(spec.name, protocol, min(num_envs, episodes), image_size)
-                try:
+        for spec in specs:
+            # One set of workers per task; the protocol is an attribute read at reset.
+            envs = make_vector_env(spec.name, protocols[0], min(num_envs, episodes), image_size)
+            try:
+                for protocol in protocols:
+                    envs.set_attr("protocol", protocol)
                     for name, factory in policies.items():
                         progress.set_postfix_str(f"{name} {spec.name} {protocol}")
                         video = video_dir / f"{name}_{spec.name}_{protocol}.mp4" if video_dir else None
+                        policy = factory(task=spec.name)
                         out = run_episodes(
-                            factory(task=spec.name),
-                            envs,
-                            episodes,
-                            spec.max_steps,
-                            seed,
-                            video,
-                            name,
-                            progress,
+                            policy, envs, episodes, spec.max_steps, seed, video, name, progress
                         )
-                        per_task = (
-                            results["policies"]
-                            .setdefault(name, {"tasks": {}})["tasks"]
-                            .setdefault(spec.name, {})
-                        )
-                        per_task[protocol] = {
+                        per_task = results["policies"].setdefault(name, {"tasks": {}})["tasks"]
+                        per_task.setdefault(spec.name, {})[protocol] = {
                             "success": summarize(out["success"]),
                             "grasp": summarize(out["grasped"]),
                         }
-                finally:
-                    envs.close()
+            finally:
+                envs.close()
     for entry in results["policies"].values():
         entry["average"] = {
             p: {

@@ -55,6 +55,24 @@ def test_scripted_and_random_through_parallel_envs(tmp_path):
     assert results_markdown(results).count("| average |") == 2
 
 
+@pytest.mark.parametrize("num_envs", [1, 2])
+def test_waves_of_episodes_start_from_their_seeds(num_envs):
+    """A second wave after a full-length first one starts from the seeded scene (no stray autoreset)."""
+    envs = make_vector_env("stack_block", "visual_matching", num_envs=num_envs)
+    zeros = np.zeros((num_envs, 7), dtype=np.float32)
+    first_steps = []
+    try:
+        for _ in range(2):
+            envs.reset(seed=list(range(10, 10 + num_envs)))
+            first_steps.append(envs.step(zeros)[0]["agent_pos"])
+            for _ in range(59):
+                truncated = envs.step(zeros)[3]
+            assert truncated.all()
+    finally:
+        envs.close()
+    np.testing.assert_array_equal(first_steps[0], first_steps[1])
+
+
 def test_same_seeds_give_same_results():
     envs = make_vector_env("carrot_on_plate", "variant_aggregation", num_envs=1)
     try:
