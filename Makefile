@@ -1,5 +1,6 @@
 # Quickstart: `make test` and `make demo`. Each creates .venv and installs everything on first use.
 SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
 PY ?= python3.12
 VENV := .venv
 PYTHON := $(VENV)/bin/python
@@ -21,7 +22,8 @@ system-deps:
 $(STAMP): pyproject.toml
 	$(MAKE) system-deps
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
-	$(PYTHON) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@# (the local wheel mirrors make pip warn about every package they lack: hide that noise)
+	$(PYTHON) -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -34,11 +36,11 @@ test-all: install
 	$(PYTHON) -m pytest -q
 
 # The main job at this stage: small datasets, then the scripted expert and a random policy in both
-# protocols, and the SIMPLER-style table. Starts from a clean $(DEMO_DIR) each time.
+# protocols, and the SIMPLER-style table (conf/experiment/demo.yaml). Starts from a clean $(DEMO_DIR).
 demo: install
 	rm -rf $(DEMO_DIR)
-	$(PYTHON) -m data.generate data=quick data.root=$(DEMO_DIR)/datasets
-	$(PYTHON) -m sim.evaluate eval=quick eval.report_dir=$(DEMO_DIR)/eval
+	$(PYTHON) -m data.generate experiment=demo
+	$(PYTHON) -m sim.evaluate experiment=demo
 
 lint: install
 	$(PYTHON) -m ruff check .

@@ -170,7 +170,7 @@ def close_envs() -> None:
     _ENVS.clear()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="generate")
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     root = Path(cfg.data.root)
     # Check both destinations first, so a refusal does not come after minutes of work.

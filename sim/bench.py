@@ -7,6 +7,7 @@ run through the evaluation harness in both protocols, with the harness's seeds.
 """
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -74,8 +75,9 @@ def main() -> None:
     print("timing one env at 64x64 and 128x128, then vector envs ...", flush=True)
     render_64, render_128 = single_env_steps_per_s(64), single_env_steps_per_s(128)
     vector_64 = vector_env_steps_per_s(args.num_envs)
+    no_yaw = functools.partial(ScriptedPolicy, align_yaw=False)  # same expert, never turns its hand
     results = evaluate(
-        {"expert": ScriptedPolicy, "random": RandomPolicy},
+        {"expert": ScriptedPolicy, "expert_no_yaw": no_yaw, "random": RandomPolicy},
         list(TASKS),
         list(PROTOCOLS),
         args.episodes,
@@ -90,6 +92,8 @@ def main() -> None:
         "vector_num_envs": args.num_envs,
         "expert_success": expert,
         "random_success": random,
+        # How much the grasp depends on the approach: the expert without turning to the object's yaw.
+        "expert_no_yaw_success": success_table(results, "expert_no_yaw"),
         "random_grasp": {
             t: {p: v[p]["grasp"]["rate"] for p in PROTOCOLS}
             for t, v in results["policies"]["random"]["tasks"].items()

@@ -221,7 +221,7 @@ def write_report(results: dict, out_dir: Path, command: str) -> str:
     return table
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     out_dir = Path(cfg.eval.report_dir)
     policies = {name: instantiate(node) for name, node in cfg.policies.items()}

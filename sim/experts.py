@@ -42,6 +42,7 @@ class ExpertController:
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
     hover: float = 0.09  # approach height above the grasp point (m)
     gain: float = 1.0
+    align_yaw: bool = True  # turn to the object's yaw before grasping; off shows that the grasp needs it
 
     def __post_init__(self):
         self.reset()
@@ -55,6 +56,8 @@ class ExpertController:
         self.gain_ep = self.gain * (1 + self.rng.uniform(-0.3, 0.0) * (self.noise > 0))
 
     def _grasp_yaw(self, src_yaw: float) -> float:
+        if not self.align_yaw:
+            return 0.0
         return wrap_yaw(src_yaw, np.pi / 2 if self.task.symmetric_grasp else np.pi)
 
     def act(self, agent_pos: np.ndarray, env_state: np.ndarray) -> np.ndarray:
@@ -126,8 +129,8 @@ class ScriptedPolicy:
 
     name = "scripted"
 
-    def __init__(self, task: str, noise: float = 0.0, seed: int = 0):
-        self.task, self.noise = get_task(task), noise
+    def __init__(self, task: str, noise: float = 0.0, seed: int = 0, align_yaw: bool = True):
+        self.task, self.noise, self.align_yaw = get_task(task), noise, align_yaw
         self.rng = np.random.default_rng(seed)
         self.controllers: list[ExpertController] = []
 
@@ -142,7 +145,12 @@ class ScriptedPolicy:
         state, env_state = _to_numpy(batch[STATE_KEY]), _to_numpy(batch[ENV_STATE_KEY])
         while len(self.controllers) < len(state):
             self.controllers.append(
-                ExpertController(self.task, self.noise, np.random.default_rng(self.rng.integers(2**31)))
+                ExpertController(
+                    self.task,
+                    self.noise,
+                    np.random.default_rng(self.rng.integers(2**31)),
+                    align_yaw=self.align_yaw,
+                )
             )
         actions = [c.act(s, e) for c, s, e in zip(self.controllers, state, env_state, strict=False)]
         return torch.from_numpy(np.stack(actions))
