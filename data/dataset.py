@@ -69,6 +69,7 @@ def create_dataset(root: str | Path, features: dict, fps: int, robot_type: str) 
         root=tmp,
         robot_type=robot_type,
         use_videos=True,
+        video_backend="pyav",
     )
     try:
         yield dataset

@@ -225,13 +225,15 @@ class TabletopEnv(gym.Env):
             for _ in range(200):
                 xy = rng.uniform(PLACE_LOW, PLACE_HIGH)
                 if all(np.linalg.norm(xy - p) > OBJECT_RADIUS[name] + OBJECT_RADIUS[o] for o, p in placed):
+                    placed.append((name, xy))
+                    self._set_object(
+                        name, [xy[0], xy[1], OBJECT_HALF_HEIGHT[name] + 0.001], rng.uniform(-np.pi, np.pi)
+                    )
                     break
-            else:
-                raise RuntimeError(f"could not place {name!r} on the table after 200 tries")
-            placed.append((name, xy))
-            self._set_object(
-                name, [xy[0], xy[1], OBJECT_HALF_HEIGHT[name] + 0.001], rng.uniform(-np.pi, np.pi)
-            )
+            else:  # a crowded table: leave the distractor out
+                if name in (src, tgt):
+                    raise RuntimeError(f"could not place {name!r} on the table after 200 tries")
+        names = [n for n, _ in placed]
         for name in sorted(set(self._objects) - set(names)):
             self._park(name)
 
