@@ -63,6 +63,18 @@ def _close_at_exit(env: "TabletopEnv") -> None:
 
 
 class TabletopEnv(gym.Env):
+    """One task of the suite.
+
+    Args:
+        task: a name from sim.tasks.TASKS.
+        protocol: "visual_matching" (the nominal scene) or "variant_aggregation" (appearance and
+            distractors drawn from the reset seed). May be changed between resets.
+        image_size: camera resolution (square).
+        robot: "widowx" (the arm) or "hand" (the second embodiment, for actionless video).
+        max_episode_steps: horizon; the task's own (60, or 120 for the eggplant) by default.
+        control_hz: control rate; physics runs at 50 Hz underneath.
+    """
+
     metadata = {"render_modes": ["rgb_array"], "render_fps": 5}
 
     def __init__(
@@ -324,7 +336,8 @@ class TabletopEnv(gym.Env):
         }
 
     def _gripper_closure(self) -> float:
-        return float(1.0 - self.data.qpos[self._finger_qpos] / FINGER_TRAVEL)
+        # The joint limit is soft: a squeezing finger can pass 0 by a hair, hence the clip.
+        return float(np.clip(1.0 - self.data.qpos[self._finger_qpos] / FINGER_TRAVEL, 0.0, 1.0))
 
     def _observation(self) -> dict:
         d = self.data
