@@ -62,16 +62,16 @@ def create_dataset(root: str | Path, features: dict, fps: int, robot_type: str) 
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    dataset = LeRobotDataset.create(
-        repo_id=f"local/{root.name}",
-        fps=fps,
-        features=features,
-        root=tmp,
-        robot_type=robot_type,
-        use_videos=True,
-        video_backend="pyav",
-    )
     try:
+        dataset = LeRobotDataset.create(
+            repo_id=f"local/{root.name}",
+            fps=fps,
+            features=features,
+            root=tmp,
+            robot_type=robot_type,
+            use_videos=True,
+            video_backend="pyav",
+        )
         yield dataset
         dataset.finalize()
     except BaseException:
@@ -107,7 +107,8 @@ def load_dataset(
 
 
 def check_videos(meta: LeRobotDatasetMetadata, root: Path, episodes: list[int] | None = None) -> None:
-    """Every episode's video files exist and open; the error names the file and the episode."""
+    """Every episode's video files exist and their first frame decodes; the error names the file and
+    the episode. (Damage further inside a file shows only when those frames are read.)"""
     checked: set[Path] = set()
     for ep in episodes if episodes is not None else range(meta.total_episodes):
         for key in meta.video_keys:

@@ -26,6 +26,7 @@ from sim.tasks import get_task
 
 log = logging.getLogger(__name__)
 EMBODIMENTS = ("widowx", "hand")
+MAX_ATTEMPTS_PER_DEMO = 10
 PLAY_INSTRUCTIONS = {
     "wander": "move around the table",
     "push": "push the {obj} across the table",
@@ -70,8 +71,8 @@ def generate_demos(cfg: DictConfig, task_cfg: DictConfig, root: Path) -> dict:
     with create_dataset(root, demo_features(task_cfg.image_size), task_cfg.fps, "widowx_sim") as ds:
         for i in tqdm(range(cfg.episodes), desc="demos", unit="ep"):
             task, protocol = tasks[i % len(tasks)], protocols[(i // len(tasks)) % len(protocols)]
-            env = _env(task, protocol, task_cfg.image_size, "widowx")
-            while True:  # failed demos are discarded, as a human would redo them
+            env = _env(task, protocol, task_cfg, "widowx")
+            for _ in range(MAX_ATTEMPTS_PER_DEMO):  # failed demos are discarded, as a human would redo them
                 attempts += 1
                 controller = ExpertController(
                     get_task(task), noise=cfg.noise, rng=np.random.default_rng(rng.integers(2**31))
@@ -79,10 +80,11 @@ def generate_demos(cfg: DictConfig, task_cfg: DictConfig, root: Path) -> dict:
                 ep = rollout(env, controller, seed=int(cfg.seed) + attempts, max_steps=env.max_episode_steps)
                 if ep.success:
                     break
-                if attempts > 3 * cfg.episodes + 20:
-                    raise RuntimeError(
-                        f"the expert failed too often ({attempts} attempts for {kept} demos) on {task}"
-                    )
+            else:
+                raise RuntimeError(
+                    f"the expert failed {MAX_ATTEMPTS_PER_DEMO} times in a row on {task} ({protocol}, noise "
+                    f"{cfg.noise}); lower data.demos.noise"
+                )
             for img, state, env_state, action in zip(
                 ep.images, ep.states, ep.env_states, ep.actions, strict=True
             ):
@@ -107,10 +109,11 @@ def _video_controller(kind: str, task: str, noise: float, rng: np.random.Generat
     return PlayController(mode=kind, rng=rng)
 
 
-def _instruction(kind: str, env: TabletopEnv) -> str:
+def _instruction(kind: str, env: TabletopEnv, controller) -> str:
     if kind == "task":
         return env.task_description
-    return PLAY_INSTRUCTIONS[kind].format(obj=env.spec_task.source.replace("_", " "))
+    pushed = (env.spec_task.source, env.spec_task.target)[controller.pushed]
+    return PLAY_INSTRUCTIONS[kind].format(obj=pushed.replace("_", " "))
 
 
 def generate_video(cfg: DictConfig, task_cfg: DictConfig, root: Path) -> dict:
@@ -125,11 +128,11 @@ def generate_video(cfg: DictConfig, task_cfg: DictConfig, root: Path) -> dict:
             embodiment = EMBODIMENTS[int(rng.random() >= cfg.robot_fraction)]
             kind = "task" if rng.random() >= cfg.play_fraction else str(rng.choice(PlayController.MODES))
             task, protocol = tasks[i % len(tasks)], protocols[int(rng.integers(len(protocols)))]
-            env = _env(task, protocol, task_cfg.image_size, embodiment)
+            env = _env(task, protocol, task_cfg, embodiment)
             controller = _video_controller(kind, task, cfg.noise, np.random.default_rng(rng.integers(2**31)))
             steps = env.max_episode_steps if kind == "task" else cfg.play_steps
             ep = rollout(env, controller, seed=int(cfg.seed) + i, max_steps=steps)
-            instruction = _instruction(kind, env)
+            instruction = _instruction(kind, env, controller)
             for img in ep.images:
                 ds.add_frame(
                     {
@@ -156,11 +159,14 @@ def generate_video(cfg: DictConfig, task_cfg: DictConfig, root: Path) -> dict:
 _ENVS: dict[tuple, TabletopEnv] = {}
 
 
-def _env(task: str, protocol: str, image_size: int, robot: str) -> TabletopEnv:
-    """One env per (task, protocol, robot), reused: compiling a model and a renderer costs ~50 ms."""
-    key = (task, protocol, image_size, robot)
+def _env(task: str, protocol: str, task_cfg: DictConfig, robot: str) -> TabletopEnv:
+    """One env per (task, protocol, robot), reused: compiling a model and a renderer costs ~50 ms.
+    The dataset's fps is the env's control rate."""
+    key = (task, protocol, task_cfg.image_size, task_cfg.fps, robot)
     if key not in _ENVS:
-        _ENVS[key] = TabletopEnv(task, protocol, image_size=image_size, robot=robot)
+        _ENVS[key] = TabletopEnv(
+            task, protocol, image_size=task_cfg.image_size, robot=robot, control_hz=task_cfg.fps
+        )
     return _ENVS[key]
 
 

@@ -91,10 +91,11 @@ class TabletopEnv(gym.Env):
             raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
         if render_mode != "rgb_array":
             raise ValueError(f"render_mode must be 'rgb_array', got {render_mode!r}")
-        if not isinstance(image_size, int) or image_size < 16:
-            raise ValueError(f"image_size must be an int >= 16, got {image_size!r}")
+        if not isinstance(image_size, int) or image_size < 16 or image_size % 2:
+            raise ValueError(f"image_size must be an even int >= 16 (H.264 videos), got {image_size!r}")
+        if not 0 < control_hz <= 25:
+            raise ValueError(f"control_hz must be in (0, 25] (physics runs at 50 Hz), got {control_hz!r}")
         self.spec_task = get_task(task)
-        self.task = task
         self.task_description = self.spec_task.instruction
         self.protocol = protocol
         self.robot = robot
@@ -109,7 +110,10 @@ class TabletopEnv(gym.Env):
         scene = SceneSpec(robot=robot, image_size=image_size, objects=self._objects)
         self.model = mujoco.MjModel.from_xml_string(build_scene_xml(scene))
         self.data = mujoco.MjData(self.model)
-        self._substeps = max(1, round(1.0 / (control_hz * self.model.opt.timestep)))
+        self._substeps = round(1.0 / (control_hz * self.model.opt.timestep))
+        # Physics substeps at which the hand target is moved, spread evenly over the control step.
+        self._chunk_ends = [round(k * self._substeps / SUBSTEP_CHUNKS) for k in range(SUBSTEP_CHUNKS + 1)]
+        self.metadata = {**self.metadata, "render_fps": control_hz}
         self._renderer = None  # created on first reset, so vector-env workers don't inherit a GL context
         self._index_model()
         self._nominal = self._appearance()
@@ -186,16 +190,14 @@ class TabletopEnv(gym.Env):
 
         self._hand_pos = np.array([0.25, 0.0, 0.18]) + rng.uniform(-0.02, 0.02, 3)
         self._hand_rpy = np.zeros(3)
-        self._grip_cmd = 0.0
         self._set_hand(self._hand_pos, self._hand_rpy)
         self.data.qpos[self._hand_qpos : self._hand_qpos + 3] = self._hand_pos
         self.data.qpos[self._hand_qpos + 3 : self._hand_qpos + 7] = kin.euler_to_quat(self._hand_rpy)
-        mujoco.mj_kinematics(self.model, self.data)
-        self._pose_arm()
         self.data.ctrl[0] = FINGER_TRAVEL
         self.data.qpos[self._finger_qpos : self._finger_qpos + 2] = FINGER_TRAVEL
         mujoco.mj_forward(self.model, self.data)
         mujoco.mj_step(self.model, self.data, nstep=25)  # let objects settle on the table
+        self._sync()
         self._steps = 0
         self._ever_grasped = False
         obs = self._observation()
@@ -268,19 +270,27 @@ class TabletopEnv(gym.Env):
         self.data.mocap_pos[self._hand_mocap] = pos
         self.data.mocap_quat[self._hand_mocap] = kin.euler_to_quat(rpy)
 
-    def _pose_arm(self) -> None:
-        """Draw the visual arm links from the shoulder to the hand (they have no physics)."""
+    def _sync(self) -> None:
+        """Pose the drawn arm on the hand and bring body poses up to date with qpos.
+
+        After mj_step, xpos still holds the poses from before the last integration; observations,
+        success tests and rendering all read xpos, so they need this first.
+        """
         if self._arm_mocap:
-            pos, quat = self.data.xpos[self._hand_body], self.data.xquat[self._hand_body]
-            elbow, wrist, shoulder = kin.arm_points(pos, quat)
+            qpos = self.data.qpos[self._hand_qpos : self._hand_qpos + 7]
+            rot = np.empty(9)
+            mujoco.mju_quat2Mat(rot, qpos[3:])
+            hand = qpos[:3].copy()
+            elbow, wrist, shoulder = kin.arm_points(hand, rot.reshape(3, 3))
             for name, (a, b) in {
                 "upper_arm": (shoulder, elbow),
                 "forearm": (elbow, wrist),
-                "wrist_link": (wrist, pos),
+                "wrist_link": (wrist, hand),
             }.items():
                 centre, q = kin.segment_pose(a, b)
                 self.data.mocap_pos[self._arm_mocap[name]] = centre
                 self.data.mocap_quat[self._arm_mocap[name]] = q
+        mujoco.mj_kinematics(self.model, self.data)
 
     # ---- step -------------------------------------------------------------------------------
     def step(self, action):
@@ -296,16 +306,14 @@ class TabletopEnv(gym.Env):
         start_pos, start_rpy = self._hand_pos, self._hand_rpy
         self._hand_pos = np.clip(start_pos + action[:3], HAND_LOW, HAND_HIGH)
         self._hand_rpy = np.clip(start_rpy + action[3:6], RPY_LOW, RPY_HIGH)
-        self._grip_cmd = float(action[6])
-        self.data.ctrl[0] = FINGER_TRAVEL - (FINGER_TRAVEL + FINGER_SQUEEZE) * self._grip_cmd
-        chunk = self._substeps // SUBSTEP_CHUNKS
+        self.data.ctrl[0] = FINGER_TRAVEL - (FINGER_TRAVEL + FINGER_SQUEEZE) * float(action[6])
         for k in range(1, SUBSTEP_CHUNKS + 1):
             a = k / SUBSTEP_CHUNKS
             self._set_hand(
                 start_pos + a * (self._hand_pos - start_pos), start_rpy + a * (self._hand_rpy - start_rpy)
             )
-            mujoco.mj_step(self.model, self.data, nstep=chunk)
-        self._pose_arm()
+            mujoco.mj_step(self.model, self.data, nstep=self._chunk_ends[k] - self._chunk_ends[k - 1])
+        self._sync()
 
         self._steps += 1
         info = self._info()

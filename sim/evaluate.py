@@ -37,9 +37,16 @@ PolicyFactory = Callable[..., object]  # factory(task=name) -> policy with reset
 
 
 def make_vector_env(
-    task: str, protocol: str, num_envs: int, image_size: int = 64, robot: str = "widowx"
+    task: str,
+    protocol: str,
+    num_envs: int,
+    image_size: int = 64,
+    robot: str = "widowx",
+    control_hz: float = 5.0,
 ) -> gym.vector.VectorEnv:
-    make = functools.partial(TabletopEnv, task, protocol, image_size=image_size, robot=robot)
+    make = functools.partial(
+        TabletopEnv, task, protocol, image_size=image_size, robot=robot, control_hz=control_hz
+    )
     # Episodes are reset explicitly, with seeds, in waves. Autoreset must be off: gymnasium 1.4's async
     # worker without shared memory never clears its autoreset flag on reset(), so the first step of
     # the next wave would silently reset the env again with an unseeded scene.
@@ -80,6 +87,7 @@ def run_episodes(
     video_path: Path | None = None,
     policy_name: str = "policy",
     progress: tqdm | None = None,
+    fps: float = 5.0,
 ) -> dict[str, list[bool]]:
     """Roll out `episodes` episodes; records the first episode to `video_path` if given."""
     n = envs.num_envs
@@ -98,7 +106,7 @@ def run_episodes(
         success += [bool(s) for s in info["is_success"][:keep]]
         grasped += [bool(g) for g in info["grasped"][:keep]]
         if frames is not None:
-            write_mp4(video_path, frames, fps=TabletopEnv.metadata["render_fps"])
+            write_mp4(video_path, frames, fps=fps)
         if progress is not None:
             progress.update(keep)
     return {"success": success, "grasped": grasped}
@@ -118,18 +126,27 @@ def evaluate(
     seed: int = 0,
     image_size: int = 64,
     video_dir: Path | None = None,
+    control_hz: float = 5.0,
 ) -> dict:
     """Evaluate each policy on each task and protocol; returns the results dict written to results.json."""
     for p in protocols:
         if p not in PROTOCOLS:
             raise ValueError(f"unknown protocol {p!r}; expected one of {PROTOCOLS}")
+    if not policies or not tasks or not protocols:
+        raise ValueError(
+            f"need at least one policy, task and protocol; got {list(policies)}, {tasks}, {protocols}"
+        )
+    if episodes < 1 or num_envs < 1:
+        raise ValueError(f"episodes and num_envs must be >= 1, got episodes={episodes}, num_envs={num_envs}")
     specs = [get_task(t) for t in tasks]
     total = len(policies) * len(protocols) * len(tasks) * episodes
     results = {"episodes_per_task": episodes, "seed": seed, "image_size": image_size, "policies": {}}
     with tqdm(total=total, desc="eval episodes", unit="ep") as progress:
         for spec in specs:
             # One set of workers per task; the protocol is an attribute read at reset.
-            envs = make_vector_env(spec.name, protocols[0], min(num_envs, episodes), image_size)
+            envs = make_vector_env(
+                spec.name, protocols[0], min(num_envs, episodes), image_size, control_hz=control_hz
+            )
             try:
                 for protocol in protocols:
                     envs.set_attr("protocol", protocol)
@@ -234,6 +251,7 @@ def main(cfg: DictConfig) -> None:
         cfg.eval.seed,
         cfg.task.image_size,
         out_dir / "videos" if cfg.eval.save_videos else None,
+        control_hz=cfg.task.fps,
     )
     print(write_report(results, out_dir, "python -m sim.evaluate " + " ".join(sys.argv[1:])))
     print(f"wrote {out_dir / 'results.json'} and {out_dir / 'results.md'}")

@@ -63,7 +63,9 @@ class ExpertController:
     def act(self, agent_pos: np.ndarray, env_state: np.ndarray) -> np.ndarray:
         hand, yaw, closure = agent_pos[:3], agent_pos[5], agent_pos[6]
         src, src_yaw, tgt, tgt_yaw = env_state[:3], env_state[3], env_state[4:7], env_state[7]
-        grasp = src + np.array([0, 0, self.task.grasp_dz + 0.02]) + self.offset
+        grasp = (
+            src + np.array([0, 0, 0.02]) + self.offset
+        )  # pinch the object's middle (fingers reach 5 cm down)
         hold_yaw = self._grasp_yaw(src_yaw)
         grip = 1.0 if Phase.CLOSE <= self.phase <= Phase.LOWER else 0.0
         goal, goal_yaw = hand.copy(), yaw
@@ -152,7 +154,9 @@ class ScriptedPolicy:
                     align_yaw=self.align_yaw,
                 )
             )
-        actions = [c.act(s, e) for c, s, e in zip(self.controllers, state, env_state, strict=False)]
+        actions = [
+            c.act(s, e) for c, s, e in zip(self.controllers[: len(state)], state, env_state, strict=True)
+        ]
         return torch.from_numpy(np.stack(actions))
 
 
@@ -190,11 +194,12 @@ class PlayController:
             raise ValueError(f"unknown play mode {self.mode!r}; expected one of {self.MODES}")
         self.waypoints: list[np.ndarray] = []
         self.grip = 0.0
+        self.pushed = int(self.rng.integers(2))  # push mode: 0 the task's source object, 1 its target
 
-    def _plan(self, hand: np.ndarray, env_state: np.ndarray) -> list[np.ndarray]:
+    def _plan(self, env_state: np.ndarray) -> list[np.ndarray]:
         objects = [env_state[:3], env_state[4:7]]
         if self.mode == "push":
-            obj = objects[int(self.rng.integers(2))]
+            obj = objects[self.pushed]
             direction = self.rng.normal(size=2)
             direction /= np.linalg.norm(direction)
             start = np.array([*(obj[:2] - 0.08 * direction), 0.058])  # fingertips 8 mm above the table
@@ -227,7 +232,7 @@ class PlayController:
     def act(self, agent_pos: np.ndarray, env_state: np.ndarray) -> np.ndarray:
         hand = agent_pos[:3]
         if not self.waypoints:
-            self.waypoints = self._plan(hand, env_state)
+            self.waypoints = self._plan(env_state)
         goal = self.waypoints[0]
         if np.linalg.norm(goal - hand) < 0.015:
             self.waypoints.pop(0)

@@ -33,17 +33,6 @@ def mat_to_euler(m: np.ndarray) -> np.ndarray:
     )
 
 
-def quat_to_mat(q: np.ndarray) -> np.ndarray:
-    w, x, y, z = q
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-        ]
-    )
-
-
 def segment_pose(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Centre and orientation of a capsule whose z axis runs from point a to point b."""
     quat = np.empty(4)
@@ -51,12 +40,12 @@ def segment_pose(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (a + b) / 2, quat
 
 
-def arm_points(hand_pos: np.ndarray, hand_quat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def arm_points(hand_pos: np.ndarray, hand_rot: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Elbow and wrist positions of a 2-link arm from the shoulder to the hand (elbow up).
 
     Out-of-reach targets stretch the arm straight toward them: the arm is only drawn.
     """
-    wrist = hand_pos + quat_to_mat(hand_quat)[:, 2] * WRIST_OFFSET
+    wrist = hand_pos + hand_rot[:, 2] * WRIST_OFFSET
     d = wrist - SHOULDER
     norm = max(math.sqrt(d @ d), 1e-9)
     dist = min(max(norm, 1e-6), UPPER_ARM + FOREARM - 1e-6)

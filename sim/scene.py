@@ -1,7 +1,7 @@
 """MJCF for the tabletop scene: table, camera, one manipulator and every task object.
 
-One model holds all objects of all tasks; a task puts its two objects (and some distractors) on
-the table and parks the rest out of view. Appearance variants (lighting, table material,
+A task's model holds its two objects and the distractors it may draw; a reset puts the two objects
+and some distractors on the table and parks the rest out of view. Appearance variants (lighting, table material,
 background, camera pose) are applied at reset by editing the compiled model, so a scene is
 compiled once per env.
 

@@ -42,7 +42,6 @@ class TaskSpec:
     target: str
     max_steps: int
     is_placed: Callable[..., bool]  # (src_pos, src_rot, tgt_pos, tgt_rot) -> object on target
-    grasp_dz: float  # grasp point height above the object's centre (m)
     release_dz: float  # height of the object's centre above the target's centre when released (m)
     align_to_target: bool = False  # turn the object to the target's yaw before release
     symmetric_grasp: bool = False  # square object: any yaw modulo 90 degrees grasps it
@@ -62,7 +61,6 @@ TASKS: dict[str, TaskSpec] = {
             "towel",
             60,
             spoon_on_towel,
-            grasp_dz=0.0,
             release_dz=0.04,
         ),
         TaskSpec(
@@ -72,7 +70,6 @@ TASKS: dict[str, TaskSpec] = {
             "plate",
             60,
             carrot_on_plate,
-            grasp_dz=0.0,
             release_dz=0.045,
         ),
         TaskSpec(
@@ -82,7 +79,6 @@ TASKS: dict[str, TaskSpec] = {
             "yellow_block",
             60,
             green_on_yellow,
-            grasp_dz=0.0,
             release_dz=0.06,
             symmetric_grasp=True,
         ),
@@ -93,7 +89,6 @@ TASKS: dict[str, TaskSpec] = {
             "basket",
             120,
             eggplant_in_basket,
-            grasp_dz=0.0,
             release_dz=0.06,
             align_to_target=True,
         ),

@@ -2,13 +2,14 @@
 
 import os
 from collections.abc import Sequence
+from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 
 
-def write_mp4(path: str | Path, frames: Sequence[np.ndarray], fps: int = 5) -> Path:
+def write_mp4(path: str | Path, frames: Sequence[np.ndarray], fps: float = 5) -> Path:
     """Encode (H, W, 3) uint8 frames (H and W even) to `path`; returns the path."""
     path = Path(path)
     if len(frames) == 0:
@@ -19,7 +20,7 @@ def write_mp4(path: str | Path, frames: Sequence[np.ndarray], fps: int = 5) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")
     with av.open(str(tmp), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         for frame in frames:
             container.mux(

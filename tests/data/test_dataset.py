@@ -40,7 +40,9 @@ def test_demos_load_through_lerobot_with_the_right_frames(datasets):
     assert ds.meta.total_episodes == 2 and len(ds) == summary["frames"]
     assert ds.meta.fps == 5 and set(ds.meta.video_keys) == {"observation.images.image"}
 
-    # Replay the first demo's scene: generate_demos seeds attempt k with seed + k (k from 1).
+    # Replay the first demo's scene: generate_demos seeds attempt k with seed + k (k from 1), and here
+    # every attempt succeeded, so demo 0 is attempt 1.
+    assert summary["attempts"] == DEMOS.episodes
     env = TabletopEnv("stack_block", "visual_matching")
     try:
         obs, _ = env.reset(seed=DEMOS.seed + 1)

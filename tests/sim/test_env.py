@@ -150,6 +150,25 @@ def test_bad_construction_raises():
         TabletopEnv("spoon_on_towel", robot="panda")
 
 
+def test_bad_image_size_and_rate_raise():
+    with pytest.raises(ValueError, match="even int"):
+        TabletopEnv("spoon_on_towel", image_size=65)
+    with pytest.raises(ValueError, match="control_hz"):
+        TabletopEnv("spoon_on_towel", control_hz=0)
+
+
+def test_drawn_arm_follows_the_hand(envs):
+    env = envs("stack_block")
+    env.reset(seed=0)
+    env.step(np.array([0.05, 0.05, -0.05, 0, 0, 0.3, 0], dtype=np.float32))
+    m, d = env.model, env.data
+    for link in ("upper_arm", "forearm", "wrist_link"):
+        body = m.body(link).id
+        np.testing.assert_allclose(d.xpos[body], d.mocap_pos[m.body_mocapid[body]], atol=1e-9)
+    wrist_end = d.xpos[m.body("wrist_link").id] + d.xmat[m.body("wrist_link").id].reshape(3, 3)[:, 2] * 0.04
+    np.testing.assert_allclose(wrist_end, d.xpos[m.body("hand").id], atol=1e-6)
+
+
 def test_render_before_reset_raises():
     env = TabletopEnv("spoon_on_towel")
     with pytest.raises(RuntimeError, match="reset"):
