@@ -63,9 +63,8 @@ class ExpertController:
     def act(self, agent_pos: np.ndarray, env_state: np.ndarray) -> np.ndarray:
         hand, yaw, closure = agent_pos[:3], agent_pos[5], agent_pos[6]
         src, src_yaw, tgt, tgt_yaw = env_state[:3], env_state[3], env_state[4:7], env_state[7]
-        grasp = (
-            src + np.array([0, 0, 0.02]) + self.offset
-        )  # pinch the object's middle (fingers reach 5 cm down)
+        # Hand 2 cm above the object's centre: the 5 cm fingers then pinch its middle.
+        grasp = src + np.array([0, 0, 0.02]) + self.offset
         hold_yaw = self._grasp_yaw(src_yaw)
         grip = 1.0 if Phase.CLOSE <= self.phase <= Phase.LOWER else 0.0
         goal, goal_yaw = hand.copy(), yaw
