@@ -80,6 +80,18 @@ def create_dataset(root: str | Path, features: dict, fps: int, robot_type: str) 
     os.replace(tmp, root)
 
 
+def load_metadata(root: str | Path, required_keys: Sequence[str] = ()) -> LeRobotDatasetMetadata:
+    """The metadata of a local LeRobotDataset v3, checking that the configured keys are there."""
+    root = Path(root)
+    if not (root / "meta" / "info.json").is_file():
+        raise FileNotFoundError(f"{root} is not a LeRobotDataset v3 folder: meta/info.json is missing")
+    meta = LeRobotDatasetMetadata(repo_id=f"local/{root.name}", root=root)
+    missing = [k for k in required_keys if k not in meta.features]
+    if missing:
+        raise KeyError(f"dataset {root} has no feature(s) {missing}; it has {sorted(meta.features)}")
+    return meta
+
+
 def load_dataset(
     root: str | Path,
     required_keys: Sequence[str] = (),
@@ -89,12 +101,7 @@ def load_dataset(
 ) -> LeRobotDataset:
     """Open a local LeRobotDataset v3, checking that the configured keys and the video files are there."""
     root = Path(root)
-    if not (root / "meta" / "info.json").is_file():
-        raise FileNotFoundError(f"{root} is not a LeRobotDataset v3 folder: meta/info.json is missing")
-    meta = LeRobotDatasetMetadata(repo_id=f"local/{root.name}", root=root)
-    missing = [k for k in required_keys if k not in meta.features]
-    if missing:
-        raise KeyError(f"dataset {root} has no feature(s) {missing}; it has {sorted(meta.features)}")
+    meta = load_metadata(root, required_keys)
     # Before LeRobotDataset: it would try to fetch a missing video from the hub instead of failing.
     check_videos(meta, root, episodes)
     return LeRobotDataset(

@@ -1,52 +1,24 @@
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
 from data.dataset import create_dataset, demo_features, load_dataset
-from data.generate import close_envs, generate_demos, generate_video
+from data.generate import generate_demos
 from sim.env import TabletopEnv
 
-TASK = OmegaConf.create({"tasks": ["stack_block", "carrot_on_plate"], "image_size": 64, "fps": 5})
-DEMOS = OmegaConf.create({"episodes": 2, "protocols": ["visual_matching"], "noise": 0.005, "seed": 0})
-VIDEO = OmegaConf.create(
-    {
-        "min_clips": 12,
-        "clip_len": 8,
-        "robot_fraction": 0.5,
-        "play_fraction": 0.5,
-        "play_steps": 16,
-        "protocols": ["visual_matching", "variant_aggregation"],
-        "noise": 0.01,
-        "seed": 7,
-    }
-)
-KEYS = ["observation.images.image", "observation.state", "action"]
 
-
-@pytest.fixture(scope="module")
-def datasets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("datasets")
-    try:
-        demos = generate_demos(DEMOS, TASK, root / "demos")
-        video = generate_video(VIDEO, TASK, root / "video")
-    finally:
-        close_envs()
-    return root, demos, video
-
-
-def test_demos_load_through_lerobot_with_the_right_frames(datasets):
+def test_demos_load_through_lerobot_with_the_right_frames(datasets, cfg):
     root, summary, _ = datasets
-    ds = load_dataset(root / "demos", required_keys=KEYS)
+    ds = load_dataset(root / "demos", required_keys=cfg.keys)
     assert ds.meta.total_episodes == 2 and len(ds) == summary["frames"]
     assert ds.meta.fps == 5 and set(ds.meta.video_keys) == {"observation.images.image"}
 
     # Replay the first demo's scene: generate_demos seeds attempt k with seed + k (k from 1), and here
     # every attempt succeeded, so demo 0 is attempt 1.
-    assert summary["attempts"] == DEMOS.episodes
+    assert summary["attempts"] == cfg.demos.episodes
     env = TabletopEnv("stack_block", "visual_matching")
     try:
-        obs, _ = env.reset(seed=DEMOS.seed + 1)
-        other = env.reset(seed=DEMOS.seed + 99)[0]["pixels"]["image"]
+        obs, _ = env.reset(seed=cfg.demos.seed + 1)
+        other = env.reset(seed=cfg.demos.seed + 99)[0]["pixels"]["image"]
     finally:
         env.close()
     first = ds[0]
@@ -59,11 +31,11 @@ def test_demos_load_through_lerobot_with_the_right_frames(datasets):
     assert first["action"].shape == (7,) and first["observation.environment_state"].shape == (8,)
 
 
-def test_actionless_video_has_no_action_column(datasets):
+def test_actionless_video_has_no_action_column(datasets, cfg):
     root, _, summary = datasets
     ds = load_dataset(root / "video", required_keys=["observation.images.image"])
     assert "action" not in ds.features and "observation.state" not in ds.features
-    assert summary["clips"] >= VIDEO.min_clips
+    assert summary["clips"] >= cfg.video.min_clips
     embodiments = np.unique(np.asarray(ds.hf_dataset.with_format("numpy")["embodiment"]))
     assert set(embodiments.tolist()) <= {0, 1} and summary["episodes"] == sum(
         summary["episodes_per_embodiment"].values()
@@ -71,11 +43,11 @@ def test_actionless_video_has_no_action_column(datasets):
     assert all(isinstance(t, str) and t for t in ds.meta.tasks.index)
 
 
-def test_existing_path_is_never_overwritten(datasets):
+def test_existing_path_is_never_overwritten(datasets, cfg):
     root, _, _ = datasets
     before = sorted(p.name for p in (root / "demos").rglob("*"))
     with pytest.raises(FileExistsError, match="refusing to overwrite"):
-        generate_demos(DEMOS, TASK, root / "demos")
+        generate_demos(cfg.demos, cfg.task, root / "demos")
     assert sorted(p.name for p in (root / "demos").rglob("*")) == before
 
 

@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+import torch
+
+from data.clips import ClipDataset, flow_targets, to_uint8_hwc
+from data.dataset import load_dataset
+
+IMAGE = "observation.images.image"
+
+
+def test_clips_are_consecutive_frames_inside_one_episode(datasets):
+    root, _, _ = datasets
+    frames = load_dataset(root / "demos", [IMAGE])
+    lengths = frames.meta.episodes["length"]
+    clips = ClipDataset(root / "demos", IMAGE, clip_len=4, stride=1, image_size=64)
+    assert len(clips) == sum(n - 4 + 1 for n in lengths)
+    last_of_first_episode = lengths[0] - 4  # the last clip that fits in episode 0
+    for i in (0, last_of_first_episode, last_of_first_episode + 1):
+        clip = clips[i]
+        start = int(clips.starts[i])
+        assert clip["frames"].shape == (4, 3, 64, 64)
+        expected = torch.stack([frames[start + k][IMAGE] for k in range(4)])
+        torch.testing.assert_close(clip["frames"], expected)
+        assert {int(frames[start + k]["episode_index"]) for k in range(4)} == {int(clip["episode_index"])}
+    assert int(clips[last_of_first_episode + 1]["episode_index"]) == 1  # next clip starts the next episode
+
+
+def test_episode_selection_and_stride(datasets):
+    root, _, _ = datasets
+    all_clips = ClipDataset(root / "video", IMAGE, clip_len=8, stride=8)
+    second = ClipDataset(root / "video", IMAGE, clip_len=8, stride=8, episodes=[1])
+    assert 0 < len(second) < len(all_clips)
+    length_0 = all_clips.dataset.meta.episodes["length"][0]
+    first_clip_of_episode_1 = length_0 // 8  # clips of episode 0 come first
+    torch.testing.assert_close(second[0]["frames"], all_clips[first_clip_of_episode_1]["frames"])
+    assert int(second[0]["episode_index"]) == 1
+
+
+def test_bad_clip_requests_are_explained(datasets):
+    root, _, _ = datasets
+    with pytest.raises(ValueError, match="no episode .* has 500 frames"):
+        ClipDataset(root / "demos", IMAGE, clip_len=500)
+    with pytest.raises(ValueError, match="is 64x64, expected 128x128"):
+        ClipDataset(root / "demos", IMAGE, clip_len=4, image_size=128)
+    with pytest.raises(KeyError, match="observation.images.wrist"):
+        ClipDataset(root / "demos", "observation.images.wrist")
+    with pytest.raises(ValueError, match="clip_len >= 2"):
+        ClipDataset(root / "demos", IMAGE, clip_len=1)
+
+
+def test_dis_flow_recovers_a_known_shift():
+    rng = np.random.default_rng(0)
+    texture = (rng.random((1, 64, 72, 3)) * 255).astype(np.uint8)
+    texture = np.repeat(np.repeat(texture[:, ::4, ::4], 4, axis=1), 4, axis=2)[
+        :, :64, :72
+    ]  # blocky, trackable
+    first, second = texture[:, :, 4:68], texture[:, :, 2:66]  # content moves 2 px to the right
+    flow = flow_targets(np.ascontiguousarray(first), np.ascontiguousarray(second))
+    assert flow.shape == (1, 2, 64, 64) and flow.dtype == np.float32
+    centre = flow[0, :, 16:48, 16:48]
+    assert abs(np.median(centre[0]) - 2.0) < 0.5 and abs(np.median(centre[1])) < 0.5
+
+
+def test_flow_rejects_mismatched_batches():
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        flow_targets(np.zeros((1, 8, 8, 3), np.uint8), np.zeros((1, 8, 9, 3), np.uint8))
+    assert to_uint8_hwc(torch.ones(2, 3, 4, 5)).shape == (2, 4, 5, 3)
