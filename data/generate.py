@@ -9,7 +9,6 @@
     python -m data.generate data=quick data.root=/tmp/ds
 """
 
-import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,6 @@ from sim.env import TabletopEnv
 from sim.experts import ExpertController, Phase, PlayController
 from sim.tasks import get_task
 
-log = logging.getLogger(__name__)
 EMBODIMENTS = ("widowx", "hand")
 MAX_ATTEMPTS_PER_DEMO = 10
 PLAY_INSTRUCTIONS = {
@@ -185,9 +183,7 @@ def main(cfg: DictConfig) -> None:
             raise FileExistsError(f"dataset path {root / name} already exists; refusing to overwrite it")
     try:
         demos = generate_demos(cfg.data.demos, cfg.task, root / cfg.data.demos.name)
-        log.info("demos: %s", demos)
         video = generate_video(cfg.data.video, cfg.task, root / cfg.data.video.name)
-        log.info("video: %s", video)
     finally:
         close_envs()
     print(

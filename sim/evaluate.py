@@ -10,7 +10,6 @@ step, as SIMPLER does; grasp counts episodes in which the source object was gras
 
 import functools
 import json
-import logging
 import multiprocessing
 import os
 import subprocess
@@ -32,7 +31,6 @@ from sim.metrics import wilson_interval
 from sim.tasks import PROTOCOLS, get_task
 from sim.video import write_mp4
 
-log = logging.getLogger(__name__)
 PolicyFactory = Callable[..., object]  # factory(task=name) -> policy with reset() / select_action(batch)
 
 
