@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export PYENV_VERSION ?= 3.12
 DEMO_DIR := outputs/demo
 
-.PHONY: install system-deps test test-all demo lint bench-sim clean
+.PHONY: install system-deps test test-all demo lint bench-sim bench-lam datasets clean
 
 # Offscreen rendering needs EGL and Mesa; install them only when missing (root, Debian).
 system-deps:
@@ -49,6 +49,17 @@ lint: install
 # Rendering and physics throughput, expert and random success: writes reports/bench/sim.json.
 bench-sim: install
 	$(PYTHON) -m sim.bench
+
+# The default datasets (python -m data.generate, ~4 min), generated once.
+DATASETS := outputs/datasets
+$(DATASETS)/video/meta/info.json: | install
+	$(PYTHON) -m data.generate data.root=$(DATASETS)
+datasets: $(DATASETS)/video/meta/info.json
+
+# Latent action model: trains the CPU profile from scratch (~20 min) and scores it: writes
+# reports/bench/lam.json and reports/figures/lam_grid.png.
+bench-lam: install datasets
+	$(PYTHON) -m world_model.bench_lam data.root=$(DATASETS)
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache

@@ -1,24 +1,18 @@
 """Writing and reading LeRobotDataset v3 through lerobot's own classes.
 
-Datasets are local folders: nothing is fetched from a hub (HF_HUB_OFFLINE is forced on). A dataset is
-written into a hidden temporary folder next to its destination and renamed when `finalize()` is
-done, so a killed job never leaves a half-written dataset under the final name.
+Datasets are local folders: nothing is fetched from a hub (HF_HUB_OFFLINE is set in data/__init__).
+A dataset is written into a hidden temporary folder next to its destination and renamed when
+`finalize()` is done, so a killed job never leaves a half-written dataset under the final name.
 """
 
+import contextlib
 import os
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # lerobot falls back to the hub for missing local files
-os.environ.setdefault(
-    "SVT_LOG", "1"
-)  # the AV1 encoder prints its whole configuration for every episode otherwise
-
-import contextlib  # noqa: E402
-import shutil  # noqa: E402
-from collections.abc import Iterator, Sequence  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import av  # noqa: E402
-from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata  # noqa: E402
+import av
+from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
 
 STATE_NAMES = ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]
 ACTION_NAMES = ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]

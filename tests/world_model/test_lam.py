@@ -1,0 +1,232 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+from world_model.lam import LAMConfig, LatentActionModel
+from world_model.losses import FlowNet, psnr, ramp, ssim
+
+TINY = dict(image_size=16, patch_size=4, clip_len=4, dim=32, heads=2, idm_layers=1, fdm_layers=1, code_dim=8)
+
+
+def moving_squares(n: int, clip_len: int = 4, size: int = 16, seed: int = 0) -> torch.Tensor:
+    """(n, T, 3, size, size) clips of a bright square moving one pixel per frame in one of 4 directions."""
+    g = torch.Generator().manual_seed(seed)
+    clips = torch.zeros(n, clip_len, 3, size, size)
+    directions = [(1, 0), (-1, 0), (0, 1), (0, -1)]
+    for i in range(n):
+        dy, dx = directions[i % 4]
+        y, x = (int(v) for v in torch.randint(4, size - 8, (2,), generator=g))
+        for t in range(clip_len):
+            clips[i, t, :, y + dy * t : y + dy * t + 4, x + dx * t : x + dx * t + 4] = 1.0
+    return clips
+
+
+@pytest.mark.parametrize("quantizer", ["nsvq", "vq", "fsq"])
+def test_shapes(quantizer):
+    model = LatentActionModel(LAMConfig(**TINY, quantizer=quantizer))
+    out = model(torch.rand(2, 4, 3, 16, 16))
+    D = model.cfg.code_dim
+    assert out.predicted.shape == (2, 3, 3, 16, 16)
+    assert out.latents.shape == (2, 3, 4, D) and out.codes.shape == (2, 3, 4)
+    assert out.codes.min() >= 0 and out.codes.max() < model.quantizer.num_codes
+    # Shorter clips (an episode's tail when labelling) work too.
+    assert model.encode(torch.rand(1, 2, 3, 16, 16)).codes.shape == (1, 1, 4)
+
+
+@pytest.mark.parametrize("quantizer", ["nsvq", "vq", "fsq"])
+def test_gradients_reach_the_encoder_through_the_quantizer(quantizer):
+    model = LatentActionModel(LAMConfig(**TINY, quantizer=quantizer))
+    clips = torch.rand(2, 4, 3, 16, 16)
+    out = model(clips)
+    # to_pixels starts at zero (the decoder begins as "copy frame 0"); give it weights so the
+    # reconstruction depends on the latents.
+    torch.nn.init.normal_(model.fdm.to_pixels.weight, std=0.1)
+    out = model(clips)
+    (out.predicted - clips[:, 1:]).abs().mean().backward()
+    assert model.idm.patch_embed.weight.grad.abs().sum() > 0
+    assert model.idm.to_latent.weight.grad.abs().sum() > 0
+
+
+def test_the_decoder_only_sees_latents_up_to_its_step():
+    model = LatentActionModel(LAMConfig(**TINY)).eval()
+    torch.nn.init.normal_(model.fdm.to_pixels.weight, std=0.1)
+    first, latents = torch.rand(1, 3, 16, 16), torch.randn(1, 3, 4, 8)
+    changed = latents.clone()
+    changed[:, 2] += 1.0  # the last step's latents
+    a, b = model.decode(first, latents), model.decode(first, changed)
+    assert torch.allclose(a[:, :2], b[:, :2], atol=1e-6)
+    assert not torch.allclose(a[:, 2], b[:, 2])
+
+
+@pytest.mark.parametrize(
+    "frames, message",
+    [
+        (torch.rand(1, 4, 3, 32, 32), "16x16"),  # another resolution
+        (torch.rand(1, 4, 1, 16, 16), "RGB"),  # grayscale
+        (torch.rand(1, 1, 3, 16, 16), "2..4 frames"),  # a single frame
+        (torch.rand(1, 6, 3, 16, 16), "2..4 frames"),  # longer than the model's window
+    ],
+)
+def test_bad_frames_are_explained(frames, message):
+    with pytest.raises(ValueError, match=message):
+        LatentActionModel(LAMConfig(**TINY)).encode(frames)
+
+
+def test_bad_config_is_explained():
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        LAMConfig(image_size=30, patch_size=8)
+    with pytest.raises(ValueError, match="nsvq, vq or fsq"):
+        LAMConfig(quantizer="kmeans")
+
+
+def test_overfits_a_handful_of_clips():
+    torch.manual_seed(0)
+    clips = moving_squares(8)
+    model = LatentActionModel(LAMConfig(**TINY, quantizer="fsq", fsq_levels=[3, 3, 3]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    copy_error = (clips[:, :1] - clips[:, 1:]).abs().mean().item()
+    for _ in range(300):
+        out = model(clips)
+        loss = (out.predicted - clips[:, 1:]).abs().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    error = (model(clips).predicted - clips[:, 1:]).abs().mean().item()
+    assert error < 0.25 * copy_error, (error, copy_error)
+
+
+def test_ssim_psnr_and_ramp():
+    x = torch.rand(2, 3, 16, 16)
+    assert ssim(x, x).item() == pytest.approx(1.0, abs=1e-5)
+    assert ssim(x, 1 - x).item() < 0.5
+    assert psnr(x, x).min() > 90
+    noisy = (x + 0.1).clamp(0, 1)
+    mse = ((noisy - x) ** 2).flatten(1).mean(1)
+    assert torch.allclose(psnr(noisy, x), -10 * torch.log10(mse))
+    assert [ramp(s, 10, 4) for s in (0, 9, 10, 11, 13, 50)] == [0.0, 0.0, 0.25, 0.5, 1.0, 1.0]
+    assert ramp(0, 0, 0) == 1.0
+
+
+def test_frozen_flow_net_passes_gradients_to_inputs_only():
+    net = FlowNet(width=8)
+    a, b = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16, requires_grad=True)
+    flow = net.frozen(a, b)
+    assert flow.shape == (1, 2, 16, 16)
+    flow.abs().sum().backward()
+    assert b.grad.abs().sum() > 0
+    assert all(p.grad is None for p in net.parameters())
+    assert torch.allclose(flow, net(a, b))
+
+
+# ---------------------------------------------------------------------------------------------- training job
+def train_cfg(root, out_dir, steps: int, **train_overrides):
+    """The root config's lam groups, shrunk to a tiny model and a few steps on the fixture dataset."""
+    model = dict(TINY, image_size=64, patch_size=16, clip_len=4, tokens_per_step=2, quantizer="nsvq",
+                 num_codes=8, mlp_ratio=2.0, fsq_levels=[2, 2, 2])  # fmt: skip
+    train = OmegaConf.load("conf/train/lam/cpu.yaml")
+    train.merge_with(
+        {
+            "dataset": str(root / "video"),
+            "out_dir": str(out_dir),
+            "steps": steps,
+            "batch_size": 3,
+            "lr_warmup": 2,
+            "log_every": 2,
+            "val_every": 4,
+            "ckpt_every": 3,
+            "val_clips": 4,
+            "val_fraction": 0.2,
+            "dead_codes": {"every": 2, "until": 1.0},
+            "loss": {"flow": {"start": 1, "warmup": 2}},
+        }  # fmt: skip
+    )
+    train.merge_with(train_overrides)
+    return OmegaConf.create(
+        {"model": {"lam": model}, "train": {"lam": train}, "task": {"image_key": "observation.images.image"}}
+    )
+
+
+def test_resume_continues_bit_exactly(datasets, tmp_path):
+    from world_model.train_lam import train
+
+    root = datasets[0]
+    train(train_cfg(root, tmp_path / "straight", steps=6))
+    train(train_cfg(root, tmp_path / "resumed", steps=3))
+    summary = train(train_cfg(root, tmp_path / "resumed", steps=6))
+    assert summary["resumed_at"] == 3
+    straight = load_file(tmp_path / "straight/checkpoints/last/model.safetensors")
+    resumed = load_file(tmp_path / "resumed/checkpoints/last/model.safetensors")
+    assert straight.keys() == resumed.keys()
+    for k in straight:
+        assert torch.equal(straight[k], resumed[k]), k
+    assert (tmp_path / "resumed/tb").is_dir() and (tmp_path / "resumed/config.yaml").is_file()
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(datasets, tmp_path, monkeypatch):
+    import world_model.train_lam as train_lam
+
+    real = train_lam.compute_loss
+
+    def poisoned(model, flow_net, clips, step, *args):
+        loss, *rest = real(model, flow_net, clips, step, *args)
+        return (loss * math.nan if step == 4 else loss), *rest
+
+    monkeypatch.setattr(train_lam, "compute_loss", poisoned)
+    cfg = train_cfg(datasets[0], tmp_path, steps=8)
+    with pytest.raises(FloatingPointError, match="at step 4.*last good checkpoint"):
+        train_lam.train(cfg)
+    state = (tmp_path / "checkpoints/last/state.json").read_text()
+    assert '"step": 3' in state
+    weights = load_file(tmp_path / "checkpoints/last/model.safetensors")
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_a_checkpoint_of_another_config_is_refused(datasets, tmp_path):
+    from world_model.train_lam import train
+
+    train(train_cfg(datasets[0], tmp_path, steps=3))
+    cfg = train_cfg(datasets[0], tmp_path, steps=4)
+    cfg.model.lam.dim = 16
+    with pytest.raises(ValueError, match="trained with model config"):
+        train(cfg)
+
+
+def test_labels_cover_every_transition_once(datasets, tmp_path):
+    from world_model.label_lam import label_dataset, label_frames, window_starts, write_labels
+    from world_model.train_lam import load_lam, train
+
+    assert window_starts(8, 4) == [(0, 4), (3, 4), (6, 2)]
+    assert window_starts(7, 4) == [(0, 4), (3, 4)]
+    root = datasets[0]
+    train(train_cfg(root, tmp_path, steps=2))
+    model = load_lam(tmp_path)
+    labels = label_dataset(model, root / "demos", "observation.images.image")
+    codes, episodes = labels["codes"], labels["episode_index"].numpy()
+    last_of_episode = np.r_[episodes[1:] != episodes[:-1], True]
+    assert (codes[torch.from_numpy(last_of_episode)] == -1).all()
+    assert (codes[torch.from_numpy(~last_of_episode)] >= 0).all()
+    # A window's codes are what the model gives that window on its own.
+    frames = torch.rand(7, 3, 64, 64).mul(255).to(torch.uint8)
+    window = model.encode(frames[3:7][None].float() / 255).codes[0]
+    assert torch.equal(label_frames(model, frames)[3:6], window)
+    write_labels(labels, model, tmp_path / "labels.safetensors", {"dataset": "demos"})
+    back = load_file(tmp_path / "labels.safetensors")
+    assert torch.equal(back["codes"], codes) and back["codebook"].shape == (8, model.cfg.code_dim)
+
+
+def test_probe_helpers_recover_a_linear_map():
+    from world_model.bench_lam import apply_ridge, cosine, fit_ridge, r2_score
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5))
+    true_w = rng.normal(size=(5, 3))
+    y = x @ true_w + 0.5
+    w = fit_ridge(x, y, alpha=1e-8)
+    assert r2_score(y, apply_ridge(w, x)) == pytest.approx(1.0, abs=1e-6)
+    assert r2_score(y, np.broadcast_to(y.mean(0), y.shape)) == pytest.approx(0.0, abs=1e-9)
+    assert cosine(np.array([[1.0, 0, 0]]), np.array([[2.0, 0, 0]]))[0] == pytest.approx(1.0)

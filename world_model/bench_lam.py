@@ -1,0 +1,319 @@
+"""Latent-action benchmark: train the CPU profile from scratch, then score it. Writes reports/bench/lam.json
+and the picture reports/figures/lam_grid.png.
+
+    python -m world_model.bench_lam                 # ~20 min here; needs python -m data.generate first
+    python -m world_model.bench_lam bench_lam.retrain=false   # score the model already in bench.out_dir
+
+- psnr_pred / psnr_copy_last: the last frame of held-out video clips rebuilt from the first frame and
+  the latents, against copying the first frame; codebook_usage, perplexity: codes on those clips.
+- probe_r2_translation: a ridge probe from one transition's latents (N tokens x code_dim) to the true
+  end-effector translation of that step, fitted on 70% of the labelled demo episodes, R^2 on the rest
+  (averaged over x, y, z).
+- transfer_agreement: hand clips and robot clips with the same end-effector motion (the hand's actions
+  replayed on the robot, same scene); the hand's latents drive the decoder from the robot's first
+  frame, the predicted robot clip is encoded again and the probe reads its motion. Agreement is the
+  share of clips moving >= 3 cm whose predicted displacement lies within 60 degrees of the true one.
+"""
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import sim  # noqa: F401  (sets MUJOCO_GL before mujoco loads)
+from data.clips import episode_columns, flow_targets, load_episode_frames
+from sim.env import TabletopEnv
+from sim.evaluate import git_commit, write_atomic
+from sim.experts import ExpertController, PlayController
+from sim.tasks import get_task
+from world_model.label_lam import label_frames
+from world_model.lam import LatentActionModel
+from world_model.losses import psnr
+from world_model.train_lam import ClipBank, code_stats, load_lam, train
+
+MIN_MOVE = 0.03  # m: clips that move less have no direction to agree on
+MAX_ANGLE_DEG = 60.0
+
+
+# ---------------------------------------------------------------------------------------------- video
+@torch.no_grad()
+def score_video(
+    model: LatentActionModel, bank: ClipBank, embodiment: torch.Tensor, batch_size: int = 64
+) -> dict:
+    """PSNR of the predicted last frame vs copying the first, per embodiment; code usage and perplexity."""
+    pred_db, copy_db, codes = [], [], []
+    for chunk in torch.arange(len(bank)).split(batch_size):
+        clips = bank.clips(chunk)
+        out = model(clips)
+        pred_db.append(psnr(out.predicted[:, -1], clips[:, -1]))
+        copy_db.append(psnr(clips[:, 0], clips[:, -1]))
+        codes.append(out.codes.flatten())
+    pred_db, copy_db = torch.cat(pred_db), torch.cat(copy_db)
+    result = {
+        "psnr_pred": pred_db.mean().item(),
+        "psnr_copy_last": copy_db.mean().item(),
+        "heldout_clips": len(bank),
+    }
+    for e, name in enumerate(("robot", "hand")):
+        mask = embodiment == e
+        result[f"psnr_pred_{name}"] = pred_db[mask].mean().item()
+        result[f"psnr_copy_last_{name}"] = copy_db[mask].mean().item()
+    return result | code_stats(torch.cat(codes), model.quantizer.num_codes)
+
+
+# ---------------------------------------------------------------------------------------------- probe
+def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float = 1e-2) -> np.ndarray:
+    """Least squares with an L2 penalty and a bias column: returns W with y ~ [x, 1] @ W."""
+    xb = np.hstack([x, np.ones((len(x), 1))])
+    reg = alpha * np.eye(xb.shape[1])
+    reg[-1, -1] = 0
+    return np.linalg.solve(xb.T @ xb + reg, xb.T @ y)
+
+
+def apply_ridge(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return np.hstack([x, np.ones((len(x), 1))]) @ w
+
+
+def r2_score(y: np.ndarray, pred: np.ndarray) -> float:
+    """R^2 per output dimension, averaged (scikit-learn's uniform average)."""
+    ss_res = ((y - pred) ** 2).sum(0)
+    ss_tot = ((y - y.mean(0)) ** 2).sum(0)
+    return float(np.mean(1 - ss_res / ss_tot))
+
+
+def transition_features(model: LatentActionModel, codes: torch.Tensor) -> np.ndarray:
+    """(M, N) codes -> (M, N * code_dim) quantized latents, the probe's input."""
+    return model.latents_from_codes(codes).flatten(1).detach().numpy()
+
+
+def probe_translation(model: LatentActionModel, demos: Path, image_key: str, state_key: str, seed: int):
+    """Fit the translation probe on labelled robot demos; returns (weights, R^2 on held-out episodes)."""
+    frames = load_episode_frames(demos, image_key)
+    cols = episode_columns(demos, [state_key])
+    xs, ys, eps = [], [], []
+    for ep, ep_frames in frames.items():
+        rows = cols["episode_index"] == ep
+        xyz = cols[state_key][rows][np.argsort(cols["frame_index"][rows]), :3]
+        codes = label_frames(model, ep_frames)[:-1]  # the last frame has no transition
+        xs.append(transition_features(model, codes))
+        ys.append(np.diff(xyz, axis=0))
+        eps.append(np.full(len(codes), ep))
+    x, y, ep_of = np.concatenate(xs), np.concatenate(ys), np.concatenate(eps)
+    order = np.random.default_rng(seed).permutation(sorted(frames))
+    fit_eps = set(order[: int(0.7 * len(order))].tolist())
+    fit = np.isin(ep_of, list(fit_eps))
+    w = fit_ridge(x[fit], y[fit])
+    return w, r2_score(y[~fit], apply_ridge(w, x[~fit])), {"fit": int(fit.sum()), "scored": int((~fit).sum())}
+
+
+# ---------------------------------------------------------------------------------------------- transfer
+def paired_episodes(tasks: list[str], pairs: int, image_size: int, fps: int, seed: int):
+    """Hand episodes (task attempts and wandering) and the same actions replayed on the robot in the
+    same scene: yields (hand frames, robot frames, hand xyz, robot xyz) per pair."""
+    rng = np.random.default_rng(seed)
+    for i in range(pairs):
+        task = tasks[i % len(tasks)]
+        protocol = ("visual_matching", "variant_aggregation")[(i // len(tasks)) % 2]
+        hand = TabletopEnv(task, protocol, image_size=image_size, robot="hand", control_hz=fps)
+        robot = TabletopEnv(task, protocol, image_size=image_size, robot="widowx", control_hz=fps)
+        ctrl_rng = np.random.default_rng(rng.integers(2**31))
+        controller = (
+            ExpertController(get_task(task), noise=0.01, rng=ctrl_rng)
+            if i % 2 == 0
+            else PlayController("wander", rng=ctrl_rng)
+        )
+        obs_h, _ = hand.reset(seed=seed + i)
+        obs_r, _ = robot.reset(seed=seed + i)
+        record = {k: [] for k in ("hand", "robot", "hand_xyz", "robot_xyz")}
+        for _ in range(40):
+            for key, obs in (("hand", obs_h), ("robot", obs_r)):
+                record[key].append(obs["pixels"]["image"])
+                record[f"{key}_xyz"].append(obs["agent_pos"][:3])
+            action = controller.act(obs_h["agent_pos"], obs_h["environment_state"])
+            obs_h, *_ = hand.step(action)
+            obs_r, *_ = robot.step(action)
+        hand.close()
+        robot.close()
+        frames = {k: torch.from_numpy(np.stack(record[k])).permute(0, 3, 1, 2) for k in ("hand", "robot")}
+        yield frames["hand"], frames["robot"], np.stack(record["hand_xyz"]), np.stack(record["robot_xyz"])
+
+
+@torch.no_grad()
+def probe_displacement(
+    model: LatentActionModel, w: np.ndarray, first: torch.Tensor, latents: torch.Tensor
+) -> np.ndarray:
+    """Decode a clip from `first` (B, 3, H, W) and latents, encode the prediction again, and sum the
+    probe's per-step translations: (B, 3) predicted displacement over the clip."""
+    predicted = model.decode(first, latents).clamp(0, 1)
+    clip = torch.cat([first[:, None], predicted], dim=1)
+    codes = model.encode(clip).codes  # (B, S, N)
+    steps = apply_ridge(w, transition_features(model, codes.flatten(0, 1)))
+    return steps.reshape(len(first), -1, 3).sum(1)
+
+
+def transfer(
+    model: LatentActionModel, w: np.ndarray, tasks, image_size: int, fps: int, pairs: int, seed: int
+) -> dict:
+    T = model.cfg.clip_len
+    hand_pred, self_pred, true = [], [], []
+    for hand, robot, hand_xyz, robot_xyz in paired_episodes(tasks, pairs, image_size, fps, seed):
+        starts = torch.arange(0, len(hand) - T + 1, T - 1)
+        idx = starts[:, None] + torch.arange(T)
+        hand_clips, robot_clips = hand[idx].float() / 255, robot[idx].float() / 255
+        first = robot_clips[:, 0]
+        hand_pred.append(probe_displacement(model, w, first, model.encode(hand_clips).z_q))
+        self_pred.append(probe_displacement(model, w, first, model.encode(robot_clips).z_q))
+        true.append(robot_xyz[starts + T - 1] - robot_xyz[starts])
+        assert np.abs(hand_xyz - robot_xyz).max() < 0.02, "replayed actions should move both hands alike"
+    true = np.concatenate(true)
+    moving = np.linalg.norm(true, axis=1) >= MIN_MOVE
+    result = {"transfer_clips": int(moving.sum())}
+    for name, pred in (
+        ("transfer", np.concatenate(hand_pred)),
+        ("transfer_robot_self", np.concatenate(self_pred)),
+    ):
+        cos = cosine(pred[moving], true[moving])
+        result[f"{name}_agreement"] = float((cos >= np.cos(np.radians(MAX_ANGLE_DEG))).mean())
+        result[f"{name}_mean_cosine"] = float(cos.mean())
+    return result
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
+# ---------------------------------------------------------------------------------------------- picture
+@torch.no_grad()
+def grid_figure(
+    model: LatentActionModel, bank: ClipBank, embodiment: torch.Tensor, path: Path, per_embodiment: int = 3
+):
+    """Rows: held-out clips of each embodiment; columns: frame t, real t+k, predicted t+k, DIS flow of
+    the real pair, DIS flow of the predicted pair."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for e in (0, 1):
+        candidates = torch.nonzero(embodiment == e).flatten()
+        motion = (bank.clips(candidates)[:, -1] - bank.clips(candidates)[:, 0]).abs().mean((1, 2, 3))
+        rows += candidates[motion.argsort(descending=True)[: per_embodiment * 4 : 4]].tolist()  # moving clips
+    clips = bank.clips(torch.tensor(rows))
+    predicted = model(clips).predicted[:, -1].clamp(0, 1)
+    first, last = clips[:, 0], clips[:, -1]
+    to_u8 = lambda x: (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # noqa: E731
+    flow_real = flow_targets(to_u8(first), to_u8(last))
+    flow_pred = flow_targets(to_u8(first), to_u8(predicted))
+    columns = ["frame t", "real t+k", "predicted t+k", "flow (real)", "flow (predicted)"]
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(2 * len(columns), 2 * len(rows)))
+    for r in range(len(rows)):
+        images = [
+            to_u8(first)[r],
+            to_u8(last)[r],
+            to_u8(predicted)[r],
+            flow_image(flow_real[r]),
+            flow_image(flow_pred[r]),
+        ]
+        for c, image in enumerate(images):
+            ax = axes[r, c]
+            ax.imshow(image)
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title(columns[c], fontsize=9)
+            if c == 0:
+                ax.set_ylabel("robot" if r < per_embodiment else "hand", fontsize=9)
+    fig.suptitle(f"latent action model: held-out clips, k = {bank.clip_len - 1}", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def flow_image(flow: np.ndarray, max_px: float = 4.0) -> np.ndarray:
+    """(2, H, W) flow in pixels -> (H, W, 3) uint8: hue is direction, brightness is magnitude."""
+    import matplotlib.colors
+
+    dx, dy = flow
+    hue = (np.arctan2(dy, dx) / (2 * np.pi)) % 1.0
+    value = np.clip(np.hypot(dx, dy) / max_px, 0, 1)
+    rgb = matplotlib.colors.hsv_to_rgb(np.stack([hue, np.ones_like(hue), value], axis=-1))
+    return (rgb * 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------- main
+def heldout_bank(model: LatentActionModel, out_dir: Path, image_key: str):
+    state = json.loads((out_dir / "checkpoints/last/state.json").read_text())
+    episodes = state["val_episodes"]
+    frames = load_episode_frames(state["dataset"], image_key, episodes)
+    bank = ClipBank.from_episodes(frames, model.cfg.clip_len)
+    cols = episode_columns(state["dataset"], ["embodiment"])
+    ep_embodiment = {
+        int(e): int(m) for e, m in zip(cols["episode_index"], cols["embodiment"].reshape(-1), strict=True)
+    }
+    clip_episode = np.repeat(episodes, [max(0, len(frames[e]) - model.cfg.clip_len + 1) for e in episodes])
+    return bank, torch.tensor([ep_embodiment[int(e)] for e in clip_episode])
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    torch.manual_seed(cfg.bench_lam.seed)
+    out_dir = Path(cfg.bench_lam.out_dir)
+    cfg.train.lam.out_dir = str(out_dir)
+    training = None
+    if cfg.bench_lam.retrain:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        start = time.perf_counter()
+        training = train(cfg)
+        training["wall_minutes"] = (time.perf_counter() - start) / 60
+    model = load_lam(out_dir)
+    bank, embodiment = heldout_bank(model, out_dir, cfg.task.image_key)
+    result = score_video(model, bank, embodiment)
+    demos = Path(cfg.data.root) / cfg.data.demos.name
+    w, r2, probe_sizes = probe_translation(
+        model, demos, cfg.task.image_key, cfg.task.state_key, cfg.bench_lam.seed
+    )
+    result["probe_r2_translation"] = r2
+    result["probe_transitions"] = probe_sizes
+    result |= transfer(
+        model,
+        w,
+        list(cfg.task.tasks),
+        model.cfg.image_size,
+        cfg.task.fps,
+        cfg.bench_lam.transfer_pairs,
+        cfg.bench_lam.seed,
+    )
+    if training is not None:
+        result["train_minutes_cpu"] = training["minutes"]
+        result["samples_per_s"] = training["samples_per_s"]
+        result["train_wall_minutes_with_loading"] = training["wall_minutes"]
+    grid_figure(model, bank, embodiment, Path(cfg.bench_lam.figure))
+    targets = {"probe_r2_translation": 0.8, "codebook_usage": 0.75, "transfer_agreement": 0.8}
+    result["targets"] = targets
+    result["meets_targets"] = {k: result[k] >= v for k, v in targets.items()} | {
+        "psnr_pred_beats_copy": result["psnr_pred"] > result["psnr_copy_last"]
+    }
+    result["model"] = OmegaConf.to_container(cfg.model.lam, resolve=True)
+    result["train"] = OmegaConf.to_container(cfg.train.lam, resolve=True)
+    result["command"] = "python -m world_model.bench_lam " + " ".join(sys.argv[1:])
+    result["commit"] = git_commit()
+    write_atomic(Path(cfg.bench_lam.out), json.dumps(result, indent=1) + "\n")
+    print(
+        f"lam: probe_r2_translation {r2:.3f}, codebook_usage {result['codebook_usage']:.2f} (perplexity "
+        f"{result['perplexity']:.2f}), psnr_pred {result['psnr_pred']:.2f} vs copy {result['psnr_copy_last']:.2f} dB, "
+        f"transfer_agreement {result['transfer_agreement']:.2f}, train {result.get('train_minutes_cpu', float('nan')):.1f} min "
+        f"-> {cfg.bench_lam.out}"
+    )
+
+
+if __name__ == "__main__":
+    main()

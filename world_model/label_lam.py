@@ -1,0 +1,119 @@
+"""Label every frame transition of a LeRobotDataset with the latent-action codes of a trained model.
+
+    python -m world_model.label_lam                                     # demos, with outputs/lam
+    python -m world_model.label_lam label.dataset=outputs/datasets/video label.checkpoint=outputs/lam
+
+Writes one safetensors file (default `<checkpoint>/labels/<dataset>.safetensors`, atomically) with,
+for every frame i of the dataset in its own order:
+    codes          (F, N) int64   codes of the transition i -> i+1 (-1 on the last frame of an episode)
+    episode_index  (F,)   int64
+    frame_index    (F,)   int64
+and the model's codebook (`codebook`, (num_codes, code_dim)) so a consumer can turn codes into latents
+without loading the model. Episodes are cut into windows of the model's clip length that share their
+boundary frame, so each transition is labelled once; the encoder is causal in time, so a transition's
+code depends on the frames before it in its window, never on later ones.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from data.clips import episode_columns, load_episode_frames
+from world_model.lam import LatentActionModel
+from world_model.train_lam import load_lam
+
+
+def window_starts(length: int, clip_len: int) -> list[tuple[int, int]]:
+    """(start, frames) windows covering every transition of an episode of `length` frames once."""
+    step = clip_len - 1
+    return [(s, min(clip_len, length - s)) for s in range(0, length - 1, step)]
+
+
+@torch.no_grad()
+def label_frames(model: LatentActionModel, frames: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """One episode (L, 3, H, W) uint8 -> codes (L, N) of each transition i -> i+1; the last row is -1."""
+    T, N = model.cfg.clip_len, model.cfg.tokens_per_step
+    codes = torch.full((len(frames), N), -1, dtype=torch.long)
+    by_length: dict[int, list[int]] = {}
+    for start, n in window_starts(len(frames), T):
+        by_length.setdefault(n, []).append(start)
+    for n, starts in by_length.items():  # windows of one length go through the model together
+        for chunk in torch.tensor(starts).split(batch_size):
+            clips = frames[chunk[:, None] + torch.arange(n)].float() / 255  # (B, n, 3, H, W)
+            batch_codes = model.encode(clips).codes  # (B, n-1, N)
+            for start, c in zip(chunk.tolist(), batch_codes, strict=True):
+                codes[start : start + n - 1] = c
+    return codes
+
+
+def label_dataset(model: LatentActionModel, root: str | Path, image_key: str, batch_size: int = 64) -> dict:
+    """Codes for every frame of a dataset, aligned with its frame order (see the module docstring)."""
+    episode_frames = load_episode_frames(root, image_key)
+    size = model.cfg.image_size
+    first = next(iter(episode_frames.values()))
+    if tuple(first.shape[-2:]) != (size, size):
+        raise ValueError(
+            f"{image_key!r} in {root} is {first.shape[-2]}x{first.shape[-1]}, the model takes {size}x{size}"
+        )
+    columns = episode_columns(root, [])
+    codes = torch.cat(
+        [
+            label_frames(model, f, batch_size)
+            for f in tqdm(episode_frames.values(), desc="labelling", unit="ep")
+        ]
+    )
+    if len(codes) != len(columns["episode_index"]):
+        raise RuntimeError(
+            f"decoded {len(codes)} frames but the dataset table has {len(columns['episode_index'])}"
+        )
+    return {
+        "codes": codes,
+        "episode_index": torch.from_numpy(columns["episode_index"].astype(np.int64)),
+        "frame_index": torch.from_numpy(columns["frame_index"].astype(np.int64)),
+    }
+
+
+def write_labels(labels: dict, model: LatentActionModel, path: Path, meta: dict) -> None:
+    tensors = labels | {
+        "codebook": model.latents_from_codes(torch.arange(model.quantizer.num_codes)).contiguous()
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file(tensors, tmp, metadata={k: json.dumps(v) for k, v in meta.items()})
+    os.replace(tmp, path)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    model = load_lam(cfg.label.checkpoint)
+    dataset = Path(cfg.label.dataset)
+    out = (
+        Path(cfg.label.out)
+        if cfg.label.out
+        else Path(cfg.label.checkpoint) / "labels" / f"{dataset.name}.safetensors"
+    )
+    labels = label_dataset(model, dataset, cfg.task.image_key, cfg.label.batch_size)
+    meta = {
+        "checkpoint": str(cfg.label.checkpoint),
+        "dataset": str(dataset),
+        "model_config": model.cfg.to_dict(),
+    }
+    write_labels(labels, model, out, meta)
+    valid = labels["codes"][labels["codes"][:, 0] >= 0]
+    used = torch.unique(valid).numel()
+    print(
+        f"labelled {len(valid)} transitions of {dataset} ({used}/{model.quantizer.num_codes} codes used) -> {out}"
+    )
+    print("command: python -m world_model.label_lam " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

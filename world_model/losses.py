@@ -1,0 +1,78 @@
+"""Training losses of the latent action model: L1, SSIM and optical-flow consistency, with warm-ups.
+
+No pretrained network can be downloaded here, so the perceptual term is structural (SSIM, Gaussian
+window, computed in torch) and the flow term uses a small flow estimator this project trains itself:
+`FlowNet` regresses OpenCV DIS flow on real frame pairs, and the consistency loss asks the flow it
+sees between frame 0 and a *predicted* frame to match the flow it sees between frame 0 and the real
+one (ViPRA does the same with a frozen RAFT). The estimator's weights get no gradient from the
+consistency term, so it cannot learn to hide the difference.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 7, sigma: float = 1.5) -> torch.Tensor:
+    """Mean SSIM of two image batches (..., C, H, W) in [0, 1] (Wang et al., 2004), differentiable."""
+    c1, c2 = 0.01**2, 0.03**2
+    shape = x.shape
+    x, y = x.reshape(-1, 1, *shape[-2:]), y.reshape(-1, 1, *shape[-2:])
+    g = torch.exp(
+        -((torch.arange(window, dtype=x.dtype, device=x.device) - window // 2) ** 2) / (2 * sigma**2)
+    )
+    g = g / g.sum()
+    kernel = (g[:, None] * g[None, :])[None, None]  # (1, 1, w, w)
+
+    def blur(t):
+        return F.conv2d(t, kernel)  # valid padding: no border effects
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cov = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return s.mean()
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB for images in [0, 1], shape (..., C, H, W) -> (...)."""
+    mse = ((pred.clamp(0, 1) - target) ** 2).flatten(-3).mean(-1)
+    return -10 * torch.log10(mse.clamp_min(1e-10))
+
+
+class FlowNet(nn.Module):
+    """A small encoder-decoder from a frame pair (B, 6, H, W) to flow (B, 2, H, W) in pixels.
+
+    Works at half resolution inside (the flows here are a few pixels) and upsamples at the end.
+    """
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+
+        def conv(i, o, stride=1):
+            return nn.Sequential(nn.Conv2d(i, o, 3, stride, 1), nn.GELU())
+
+        self.down1 = conv(6, width, 2)  # H/2
+        self.down2 = conv(width, 2 * width, 2)  # H/4
+        self.mid = conv(2 * width, 2 * width)
+        self.up = conv(3 * width, width)  # at H/2, with the skip from down1
+        self.out = nn.Conv2d(width, 2, 3, 1, 1)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([a, b], dim=1) * 2 - 1
+        d1 = self.down1(x)
+        d2 = self.mid(self.down2(d1))
+        u = self.up(torch.cat([d1, F.interpolate(d2, scale_factor=2.0, mode="nearest")], dim=1))
+        # Flow in pixels of the full image: predicted at half resolution, so scale it by 2.
+        return 2 * F.interpolate(self.out(u), scale_factor=2.0, mode="bilinear", align_corners=False)
+
+    def frozen(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The same function with the weights detached: gradients reach the inputs only."""
+        params = {name: p.detach() for name, p in self.named_parameters()}
+        return torch.func.functional_call(self, params, (a, b))
+
+
+def ramp(step: int, start: int, warmup: int) -> float:
+    """0 before `start`, then linear up to 1 over `warmup` steps (a loss term's warm-up schedule)."""
+    if step < start:
+        return 0.0
+    return 1.0 if warmup <= 0 else min(1.0, (step - start + 1) / warmup)

@@ -1,0 +1,336 @@
+"""Train the latent action model on actionless video (any LeRobotDataset v3 with a camera key).
+
+    python -m world_model.train_lam                                # CPU profile, outputs/lam
+    python -m world_model.train_lam train.lam.steps=200 train.lam.out_dir=/tmp/lam
+    python -m world_model.train_lam model/lam=gpu train/lam=gpu task=bridge_gpu
+
+Runs resume from the last checkpoint in `out_dir` (bit-exact on CPU: model, optimizer, codebook usage
+and every random generator are saved). Checkpoints are safetensors written to a temporary folder and
+renamed; a non-finite loss stops training with a message and leaves the last good checkpoint alone.
+"""
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from data.clips import flow_targets, load_episode_frames
+from world_model.lam import LAMConfig, LatentActionModel
+from world_model.losses import FlowNet, psnr, ramp, ssim
+
+CKPT_DIR = "checkpoints/last"
+
+
+# ---------------------------------------------------------------------------------------------- data
+@dataclass
+class ClipBank:
+    """Every frame of some episodes in memory, and the start of each full window inside an episode."""
+
+    frames: torch.Tensor  # (F, 3, H, W) uint8, episodes back to back
+    starts: torch.Tensor  # (M,) index into frames of each clip's first frame
+    clip_len: int
+    episodes: list[int]
+
+    @classmethod
+    def from_episodes(cls, episode_frames: dict[int, torch.Tensor], clip_len: int) -> "ClipBank":
+        starts, offset = [], 0
+        for frames in episode_frames.values():
+            starts.extend(range(offset, offset + len(frames) - clip_len + 1))
+            offset += len(frames)
+        if not starts:
+            raise ValueError(f"no episode has {clip_len} frames: no clip can be sampled")
+        frames = torch.cat(list(episode_frames.values()))
+        return cls(frames, torch.tensor(starts), clip_len, list(episode_frames))
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def clips(self, idx: torch.Tensor) -> torch.Tensor:
+        """(B,) clip indices -> (B, T, 3, H, W) float in [0, 1]"""
+        frame_idx = self.starts[idx][:, None] + torch.arange(self.clip_len)
+        return self.frames[frame_idx].float() / 255
+
+
+def split_episodes(num_episodes: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """A fixed random split of episode indices into (train, held out); at least one held out."""
+    order = np.random.default_rng(seed).permutation(num_episodes)
+    n_val = max(1, round(val_fraction * num_episodes))
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+
+def load_banks(cfg: DictConfig, image_key: str, clip_len: int, image_size: int):
+    frames = load_episode_frames(cfg.dataset, image_key)
+    size = next(iter(frames.values())).shape[-2:]
+    if tuple(size) != (image_size, image_size):
+        raise ValueError(
+            f"{image_key!r} in {cfg.dataset} is {size[0]}x{size[1]}, the model takes {image_size}x{image_size}; "
+            "set task.image_size to match (or regenerate the data at that size)"
+        )
+    train_eps, val_eps = split_episodes(len(frames), cfg.val_fraction, cfg.seed)
+    train = ClipBank.from_episodes({e: frames[e] for e in train_eps}, clip_len)
+    val = ClipBank.from_episodes({e: frames[e] for e in val_eps}, clip_len)
+    return train, val
+
+
+# ---------------------------------------------------------------------------------------------- loss
+def compute_loss(model, flow_net, clips: torch.Tensor, step: int, loss_cfg: DictConfig, gen: torch.Generator):
+    """Total loss and its terms for clips (B, T, 3, H, W); one random future frame per clip for flow."""
+    out = model(clips)
+    real = clips[:, 1:]
+    B, S = real.shape[:2]
+    j = torch.randint(S, (B,), generator=gen)  # which future frame feeds the flow terms
+    rows = torch.arange(B)
+    first, real_j, pred_j = clips[:, 0], real[rows, j], out.predicted[rows, j]
+    dis = torch.from_numpy(flow_targets(to_uint8(first), to_uint8(real_j)))
+    flow_real = flow_net(first, real_j)
+    error = out.predicted - real
+    terms = {
+        "mse": error.pow(2).mean(),
+        "l1": error.abs().mean(),
+        "ssim": 1 - ssim(pred_j, real_j),  # one frame per clip: an unbiased estimate at 1/(T-1) of the cost
+        "flow": (flow_net.frozen(first, pred_j) - flow_real.detach()).abs().mean(),
+        "flow_net": (flow_real - dis).abs().mean(),
+    }
+    weights = {k: c.weight * ramp(step, c.start, c.warmup) for k, c in loss_cfg.items()}
+    total = sum(weights[k] * v for k, v in terms.items()) + out.quantizer_loss
+    return total, terms, weights, out
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    return (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def lr_at(step: int, cfg: DictConfig) -> float:
+    if step < cfg.lr_warmup:
+        return cfg.lr * (step + 1) / cfg.lr_warmup
+    progress = (step - cfg.lr_warmup) / max(1, cfg.steps - cfg.lr_warmup)
+    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+# ---------------------------------------------------------------------------------------------- eval
+@torch.no_grad()
+def evaluate(model, bank: ClipBank, num_clips: int, batch_size: int = 32) -> dict:
+    """PSNR of the predicted last frame vs copying the first, and its loss when the latents come from
+    another clip (latent_gain_db); code usage and perplexity on held-out clips."""
+    model.eval()
+    idx = torch.linspace(0, len(bank) - 1, min(num_clips, len(bank))).round().long()
+    pred_db, copy_db, shuffled_db, codes = [], [], [], []
+    for chunk in idx.split(batch_size):
+        clips = bank.clips(chunk)
+        out = model(clips)
+        # Another clip's latents: how much of the prediction comes from the latents, not frame 0 alone.
+        shuffled = model.decode(clips[:, 0], out.latents.roll(1, dims=0))
+        pred_db.append(psnr(out.predicted[:, -1], clips[:, -1]))
+        copy_db.append(psnr(clips[:, 0], clips[:, -1]))
+        shuffled_db.append(psnr(shuffled[:, -1], clips[:, -1]))
+        codes.append(out.codes.flatten())
+    model.train()
+    db = {k: torch.cat(v).mean().item() for k, v in (("psnr_pred", pred_db), ("psnr_copy_last", copy_db))}
+    db["latent_gain_db"] = db["psnr_pred"] - torch.cat(shuffled_db).mean().item()
+    return db | code_stats(torch.cat(codes), model.quantizer.num_codes)
+
+
+def code_stats(codes: torch.Tensor, num_codes: int) -> dict:
+    """Fraction of the codebook in use and the perplexity of the code distribution."""
+    p = torch.bincount(codes, minlength=num_codes).float()
+    p = p / p.sum()
+    perplexity = torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()).item()
+    return {"codebook_usage": (p > 0).float().mean().item(), "perplexity": perplexity}
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(out_dir: Path, model, flow_net, optimizer, step: int, gen: torch.Generator, extra: dict):
+    """Write model, flow estimator, optimizer and RNG state to out_dir/checkpoints/last, atomically."""
+    final = out_dir / CKPT_DIR
+    tmp = final.with_name(f".last.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(model.state_dict(), tmp / "model.safetensors")
+    save_file(flow_net.state_dict(), tmp / "flow_net.safetensors")
+    opt_tensors, opt_meta = flatten_optimizer(optimizer)
+    rng = {"torch_rng": torch.get_rng_state(), "batch_rng": gen.get_state()}
+    save_file(opt_tensors | rng, tmp / "train_state.safetensors")
+    meta = {"step": step, "optimizer": opt_meta, "model_config": model.cfg.to_dict()} | extra
+    (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+    old = final.with_name(".last.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def flatten_optimizer(optimizer) -> tuple[dict, dict]:
+    state = optimizer.state_dict()
+    tensors = {
+        f"opt.{i}.{name}": v for i, s in state["state"].items() for name, v in s.items() if torch.is_tensor(v)
+    }
+    return tensors, {
+        "param_groups": state["param_groups"],
+        "state_keys": {i: list(s) for i, s in state["state"].items()},
+    }
+
+
+def load_checkpoint(out_dir: Path, model, flow_net, optimizer, gen: torch.Generator) -> dict:
+    ckpt = out_dir / CKPT_DIR
+    meta = json.loads((ckpt / "state.json").read_text())
+    if meta["model_config"] != model.cfg.to_dict():
+        raise ValueError(
+            f"checkpoint {ckpt} was trained with model config {meta['model_config']}, not {model.cfg.to_dict()}; "
+            "use another train.lam.out_dir or set train.lam.resume=false"
+        )
+    model.load_state_dict(load_file(ckpt / "model.safetensors"))
+    flow_net.load_state_dict(load_file(ckpt / "flow_net.safetensors"))
+    tensors = load_file(ckpt / "train_state.safetensors")
+    opt_state = {
+        int(i): {name: tensors[f"opt.{i}.{name}"] for name in names}
+        for i, names in meta["optimizer"]["state_keys"].items()
+    }
+    optimizer.load_state_dict({"state": opt_state, "param_groups": meta["optimizer"]["param_groups"]})
+    torch.set_rng_state(tensors["torch_rng"])
+    gen.set_state(tensors["batch_rng"])
+    return meta
+
+
+def load_lam(path: str | Path) -> LatentActionModel:
+    """A trained latent action model from a run folder or its checkpoint folder, in eval mode."""
+    path = Path(path)
+    ckpt = path / CKPT_DIR if (path / CKPT_DIR).is_dir() else path
+    if not (ckpt / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"no latent-action checkpoint at {path} (expected {CKPT_DIR}/model.safetensors)"
+        )
+    meta = json.loads((ckpt / "state.json").read_text())
+    model = LatentActionModel(LAMConfig(**meta["model_config"]))
+    model.load_state_dict(load_file(ckpt / "model.safetensors"))
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------- training
+def train(cfg: DictConfig) -> dict:
+    """Train (or resume) the latent action model of `cfg.model.lam` with `cfg.train.lam`; returns a summary."""
+    tcfg = cfg.train.lam
+    out_dir = Path(tcfg.out_dir)
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    torch.manual_seed(tcfg.seed)
+    model_cfg = LAMConfig(**OmegaConf.to_container(cfg.model.lam, resolve=True))
+    model, flow_net = LatentActionModel(model_cfg), FlowNet()
+    params = list(model.parameters()) + list(flow_net.parameters())
+    optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    gen = torch.Generator().manual_seed(tcfg.seed)
+
+    train_bank, val_bank = load_banks(tcfg, cfg.task.image_key, model_cfg.clip_len, model_cfg.image_size)
+    start = 0
+    if tcfg.resume and (out_dir / CKPT_DIR / "state.json").is_file():
+        start = load_checkpoint(out_dir, model, flow_net, optimizer, gen)["step"]
+        print(f"resuming from {out_dir / CKPT_DIR} at step {start}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    extra = {"val_episodes": val_bank.episodes, "dataset": str(tcfg.dataset), "image_key": cfg.task.image_key}
+
+    writer = SummaryWriter(str(out_dir / "tb"), purge_step=start)
+    print(
+        f"latent action model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
+        f"{len(train_bank)} training clips, {len(val_bank)} held out ({len(val_bank.episodes)} episodes)"
+    )
+    clock, trained_s, samples = time.perf_counter(), 0.0, 0
+    progress = tqdm(range(start, tcfg.steps), initial=start, total=tcfg.steps, desc="lam", unit="step")
+    for step in progress:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, tcfg)
+        clips = train_bank.clips(torch.randint(len(train_bank), (tcfg.batch_size,), generator=gen))
+        loss, terms, weights, out = compute_loss(model, flow_net, clips, step, tcfg.loss, gen)
+        if not torch.isfinite(loss):
+            writer.close()
+            raise FloatingPointError(
+                f"loss is {loss.item()} at step {step} (terms { ({k: v.item() for k, v in terms.items()}) }); "
+                f"stopped. The last good checkpoint in {out_dir / CKPT_DIR} is kept; lower train.lam.lr and resume."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
+        optimizer.step()
+        samples += len(clips)
+        replaced = revive_dead_codes(model, step, tcfg)
+
+        if (step + 1) % tcfg.log_every == 0 or replaced:
+            elapsed = trained_s + time.perf_counter() - clock
+            log_scalars(
+                writer,
+                step + 1,
+                loss,
+                terms,
+                weights,
+                out,
+                grad_norm,
+                lr_at(step, tcfg),
+                samples / elapsed,
+                replaced,
+                model.quantizer.num_codes,
+            )
+            progress.set_postfix(loss=f"{loss.item():.4f}", l1=f"{terms['l1'].item():.4f}")
+        if (step + 1) % tcfg.val_every == 0 or step + 1 == tcfg.steps:
+            for k, v in evaluate(model, val_bank, tcfg.val_clips).items():
+                writer.add_scalar(f"val/{k}", v, step + 1)
+        if (step + 1) % tcfg.ckpt_every == 0 or step + 1 == tcfg.steps:
+            save_checkpoint(out_dir, model, flow_net, optimizer, step + 1, gen, extra)
+    progress.close()
+    writer.close()
+    minutes = (time.perf_counter() - clock) / 60
+    summary = {
+        "steps": tcfg.steps,
+        "resumed_at": start,
+        "minutes": minutes,
+        "samples_per_s": samples / max(60 * minutes, 1e-9),
+    }
+    summary |= evaluate(model, val_bank, tcfg.val_clips)
+    return summary
+
+
+def revive_dead_codes(model, step: int, tcfg: DictConfig) -> int:
+    """Every `dead_codes.every` steps until a fraction of training, re-seed unused codes (VQ / NSVQ only).
+
+    Runs right after the step whose latents it re-seeds from, so resuming from a checkpoint changes nothing."""
+    quantizer = model.quantizer
+    if not hasattr(quantizer, "replace_dead_codes") or step >= tcfg.dead_codes.until * tcfg.steps:
+        return 0
+    return quantizer.replace_dead_codes() if (step + 1) % tcfg.dead_codes.every == 0 else 0
+
+
+def log_scalars(writer, step, loss, terms, weights, out, grad_norm, lr, samples_per_s, replaced, num_codes):
+    writer.add_scalar("train/loss", loss.item(), step)
+    for k, v in terms.items():
+        writer.add_scalar(f"train/{k}", v.item(), step)
+        writer.add_scalar(f"weight/{k}", weights[k], step)
+    writer.add_scalar("train/quantizer_loss", out.quantizer_loss.item(), step)
+    writer.add_scalar("train/grad_norm", grad_norm.item(), step)
+    writer.add_scalar("train/lr", lr, step)
+    writer.add_scalar("train/samples_per_s", samples_per_s, step)
+    writer.add_scalar("train/dead_codes_replaced", replaced, step)
+    stats = code_stats(out.codes.flatten(), num_codes)
+    writer.add_scalar("train/batch_perplexity", stats["perplexity"], step)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    summary = train(cfg)
+    print(json.dumps(summary, indent=1))
+    print(f"checkpoint: {Path(cfg.train.lam.out_dir) / CKPT_DIR}")
+    print("command: python -m world_model.train_lam " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
