@@ -4,8 +4,9 @@ and the picture reports/figures/lam_grid.png.
     python -m world_model.bench_lam                 # ~20 min here; needs python -m data.generate first
     python -m world_model.bench_lam bench_lam.retrain=false   # score the model already in bench.out_dir
 
-- psnr_pred / psnr_copy_last: the last frame of held-out video clips rebuilt from the first frame and
-  the latents, against copying the first frame; codebook_usage, perplexity: codes on those clips.
+- psnr_pred / psnr_copy_last: the last frame of held-out video clips rolled out from the first frame
+  and the latents (each step from the previous prediction), against copying the first frame;
+  codebook_usage, perplexity: codes on those clips.
 - probe_r2_translation: a ridge probe from one transition's latents (N tokens x code_dim) to the true
   end-effector translation of that step, fitted on 70% of the labelled demo episodes, R^2 on the rest
   (averaged over x, y, z).
@@ -51,7 +52,8 @@ def score_video(
     for chunk in torch.arange(len(bank)).split(batch_size):
         clips = bank.clips(chunk)
         out = model(clips)
-        pred_db.append(psnr(out.predicted[:, -1], clips[:, -1]))
+        rollout = model.decode(clips[:, 0], out.latents)  # frame t+k from frame t and the latents alone
+        pred_db.append(psnr(rollout[:, -1], clips[:, -1]))
         copy_db.append(psnr(clips[:, 0], clips[:, -1]))
         codes.append(out.codes.flatten())
     pred_db, copy_db = torch.cat(pred_db), torch.cat(copy_db)
@@ -206,7 +208,7 @@ def grid_figure(
         motion = (bank.clips(candidates)[:, -1] - bank.clips(candidates)[:, 0]).abs().mean((1, 2, 3))
         rows += candidates[motion.argsort(descending=True)[: per_embodiment * 4 : 4]].tolist()  # moving clips
     clips = bank.clips(torch.tensor(rows))
-    predicted = model(clips).predicted[:, -1].clamp(0, 1)
+    predicted = model.decode(clips[:, 0], model.encode(clips).z_q)[:, -1]
     first, last = clips[:, 0], clips[:, -1]
     to_u8 = lambda x: (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # noqa: E731
     flow_real = flow_targets(to_u8(first), to_u8(last))

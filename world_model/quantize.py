@@ -25,7 +25,10 @@ class Quantized:
 class _Codebook(nn.Module):
     """A learned codebook with usage counting and dead-code replacement, shared by VQ and NSVQ."""
 
-    def __init__(self, num_codes: int, dim: int, usage_decay: float = 0.99):
+    def __init__(self, num_codes: int, dim: int, usage_decay: float = 0.99, data_init: bool = False):
+        """`data_init`: on the first training batch, set the codes to randomly chosen latents of that
+        batch, so that every code starts where latents are (a random codebook far from them leaves
+        all latents on one code, and NSVQ's substituted noise then drowns the signal)."""
         super().__init__()
         if num_codes < 2 or dim < 1:
             raise ValueError(f"need num_codes >= 2 and dim >= 1, got num_codes={num_codes}, dim={dim}")
@@ -33,6 +36,17 @@ class _Codebook(nn.Module):
         self.codebook = nn.Parameter(torch.randn(num_codes, dim) / dim**0.5)
         self.register_buffer("usage", torch.ones(num_codes) / num_codes)  # EMA of assignment frequency
         self.register_buffer("recent", torch.zeros(0, dim), persistent=False)  # latents to re-seed from
+        self.register_buffer("initialized", torch.tensor(not data_init))
+
+    @torch.no_grad()
+    def _init_from(self, flat: torch.Tensor) -> None:
+        if self.initialized or not self.training:
+            return
+        picks = torch.randperm(len(flat), device=flat.device)[: self.num_codes]
+        picks = picks[torch.arange(self.num_codes, device=flat.device) % len(picks)]
+        noise = 0.01 * flat.std() * torch.randn(self.num_codes, self.dim, device=flat.device)
+        self.codebook.data.copy_(flat[picks] + noise)
+        self.initialized.fill_(True)
 
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
         """(M, D) -> (M,) index of the nearest code in Euclidean distance."""
@@ -70,12 +84,15 @@ class _Codebook(nn.Module):
 class VectorQuantizer(_Codebook):
     """VQ-VAE quantizer: nearest code, straight-through gradients, codebook + beta * commitment loss."""
 
-    def __init__(self, num_codes: int, dim: int, beta: float = 0.25, usage_decay: float = 0.99):
-        super().__init__(num_codes, dim, usage_decay)
+    def __init__(
+        self, num_codes: int, dim: int, beta: float = 0.25, usage_decay: float = 0.99, data_init: bool = False
+    ):
+        super().__init__(num_codes, dim, usage_decay, data_init)
         self.beta = beta
 
     def forward(self, z: torch.Tensor) -> Quantized:
         flat = z.reshape(-1, self.dim)  # (M, D)
+        self._init_from(flat.detach())
         codes = self.nearest(flat)
         q = self.codebook[codes]  # (M, D)
         self._record(flat, codes)
@@ -94,6 +111,7 @@ class NSVQ(_Codebook):
 
     def forward(self, z: torch.Tensor) -> Quantized:
         flat = z.reshape(-1, self.dim)  # (M, D)
+        self._init_from(flat.detach())
         codes = self.nearest(flat)
         q = self.codebook[codes]
         self._record(flat, codes)

@@ -86,24 +86,32 @@ def load_banks(cfg: DictConfig, image_key: str, clip_len: int, image_size: int):
 
 # ---------------------------------------------------------------------------------------------- loss
 def compute_loss(model, flow_net, clips: torch.Tensor, step: int, loss_cfg: DictConfig, gen: torch.Generator):
-    """Total loss and its terms for clips (B, T, 3, H, W); one random future frame per clip for flow."""
+    """Total loss and its terms for clips (B, T, 3, H, W). Every step is predicted from the real frame
+    before it; one random step per clip feeds SSIM and the flow terms (an unbiased estimate at 1/(T-1)
+    of the cost)."""
     out = model(clips)
     real = clips[:, 1:]
     B, S = real.shape[:2]
-    j = torch.randint(S, (B,), generator=gen)  # which future frame feeds the flow terms
+    j = torch.randint(S, (B,), generator=gen)
     rows = torch.arange(B)
-    first, real_j, pred_j = clips[:, 0], real[rows, j], out.predicted[rows, j]
-    dis = torch.from_numpy(flow_targets(to_uint8(first), to_uint8(real_j)))
-    flow_real = flow_net(first, real_j)
+    prev_j, real_j, pred_j = clips[rows, j], real[rows, j], out.predicted[rows, j]
+    prev_u8, real_u8 = to_uint8(prev_j), to_uint8(real_j)
+    dis = torch.from_numpy(flow_targets(prev_u8, real_u8))  # forward flow, for the flow estimator
+    dis_back = torch.from_numpy(flow_targets(real_u8, prev_u8))  # what the decoder warps by
+    flow_real = flow_net(prev_j, real_j)
     error = out.predicted - real
     terms = {
         "mse": error.pow(2).mean(),
         "l1": error.abs().mean(),
-        "ssim": 1 - ssim(pred_j, real_j),  # one frame per clip: an unbiased estimate at 1/(T-1) of the cost
-        "flow": (flow_net.frozen(first, pred_j) - flow_real.detach()).abs().mean(),
+        "ssim": 1 - ssim(pred_j, real_j),
+        "flow": (flow_net.frozen(prev_j, pred_j) - flow_real.detach()).abs().mean(),
         "flow_net": (flow_real - dis).abs().mean(),
+        "decoder_flow": (out.flow[rows, j] - dis_back).abs().mean(),
     }
-    weights = {k: c.weight * ramp(step, c.start, c.warmup) for k, c in loss_cfg.items()}
+    missing = set(terms) - set(loss_cfg)
+    if missing:
+        raise KeyError(f"train.lam.loss has no weight for {sorted(missing)}; it has {sorted(loss_cfg)}")
+    weights = {k: loss_cfg[k].weight * ramp(step, loss_cfg[k].start, loss_cfg[k].warmup) for k in terms}
     total = sum(weights[k] * v for k, v in terms.items()) + out.quantizer_loss
     return total, terms, weights, out
 
@@ -122,23 +130,26 @@ def lr_at(step: int, cfg: DictConfig) -> float:
 # ---------------------------------------------------------------------------------------------- eval
 @torch.no_grad()
 def evaluate(model, bank: ClipBank, num_clips: int, batch_size: int = 32) -> dict:
-    """PSNR of the predicted last frame vs copying the first, and its loss when the latents come from
-    another clip (latent_gain_db); code usage and perplexity on held-out clips."""
+    """On held-out clips: PSNR of the last frame rolled out from the first and the latents vs copying
+    the first; its loss when the latents come from another clip (latent_gain_db); code usage."""
     model.eval()
     idx = torch.linspace(0, len(bank) - 1, min(num_clips, len(bank))).round().long()
-    pred_db, copy_db, shuffled_db, codes = [], [], [], []
+    pred_db, copy_db, shuffled_db, step_db, codes = [], [], [], [], []
     for chunk in idx.split(batch_size):
         clips = bank.clips(chunk)
         out = model(clips)
-        # Another clip's latents: how much of the prediction comes from the latents, not frame 0 alone.
+        rollout = model.decode(clips[:, 0], out.latents)  # frame t+k from frame t and the latents alone
+        # Another clip's latents: how much of the prediction comes from the latents, not the frame alone.
         shuffled = model.decode(clips[:, 0], out.latents.roll(1, dims=0))
-        pred_db.append(psnr(out.predicted[:, -1], clips[:, -1]))
+        pred_db.append(psnr(rollout[:, -1], clips[:, -1]))
         copy_db.append(psnr(clips[:, 0], clips[:, -1]))
         shuffled_db.append(psnr(shuffled[:, -1], clips[:, -1]))
+        step_db.append(psnr(out.predicted, clips[:, 1:]).mean(1) - psnr(clips[:, :-1], clips[:, 1:]).mean(1))
         codes.append(out.codes.flatten())
     model.train()
     db = {k: torch.cat(v).mean().item() for k, v in (("psnr_pred", pred_db), ("psnr_copy_last", copy_db))}
     db["latent_gain_db"] = db["psnr_pred"] - torch.cat(shuffled_db).mean().item()
+    db["one_step_gain_db"] = torch.cat(step_db).mean().item()  # next frame vs copying the previous one
     return db | code_stats(torch.cat(codes), model.quantizer.num_codes)
 
 

@@ -6,7 +6,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from world_model.lam import LAMConfig, LatentActionModel
+from world_model.lam import LAMConfig, LatentActionModel, warp
 from world_model.losses import FlowNet, psnr, ramp, ssim
 
 TINY = dict(image_size=16, patch_size=4, clip_len=4, dim=32, heads=2, idm_layers=1, fdm_layers=1, code_dim=8)
@@ -30,7 +30,7 @@ def test_shapes(quantizer):
     model = LatentActionModel(LAMConfig(**TINY, quantizer=quantizer))
     out = model(torch.rand(2, 4, 3, 16, 16))
     D = model.cfg.code_dim
-    assert out.predicted.shape == (2, 3, 3, 16, 16)
+    assert out.predicted.shape == (2, 3, 3, 16, 16) and out.flow.shape == (2, 3, 2, 16, 16)
     assert out.latents.shape == (2, 3, 4, D) and out.codes.shape == (2, 3, 4)
     assert out.codes.min() >= 0 and out.codes.max() < model.quantizer.num_codes
     # Shorter clips (an episode's tail when labelling) work too.
@@ -49,6 +49,16 @@ def test_gradients_reach_the_encoder_through_the_quantizer(quantizer):
     (out.predicted - clips[:, 1:]).abs().mean().backward()
     assert model.idm.patch_embed.weight.grad.abs().sum() > 0
     assert model.idm.to_latent.weight.grad.abs().sum() > 0
+
+
+def test_warp_moves_pixels_by_the_flow():
+    image = torch.zeros(1, 1, 8, 8)
+    image[0, 0, 2, 3] = 1.0
+    assert torch.equal(warp(image, torch.zeros(1, 2, 8, 8)), image)
+    flow = torch.zeros(1, 2, 8, 8)
+    flow[:, 0] = -2.0  # each pixel samples two to its left: the content moves two pixels right
+    moved = warp(image, flow)
+    assert moved[0, 0, 2, 5] == pytest.approx(1.0) and moved.sum() == pytest.approx(1.0)
 
 
 def test_the_decoder_only_sees_latents_up_to_its_step():

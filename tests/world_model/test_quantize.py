@@ -77,3 +77,20 @@ def test_bad_quantizer_arguments():
         FSQ((2, 2))(torch.zeros(5, 3))
     with pytest.raises(ValueError, match="num_codes >= 2"):
         VectorQuantizer(1, 4)
+
+
+@pytest.mark.parametrize("cls", [VectorQuantizer, NSVQ])
+def test_data_init_puts_every_code_on_a_latent_of_the_first_batch(cls):
+    torch.manual_seed(0)
+    quantizer = cls(8, 4, data_init=True)
+    z = 50 + torch.randn(256, 4)  # far from the random initial codebook
+    quantizer.eval()
+    assert len(quantizer(z).codes.unique()) == 1, "in eval the codebook is left alone"
+    quantizer.train()
+    quantizer(z)
+    assert bool(quantizer.initialized)
+    assert torch.cdist(quantizer.codebook.detach(), z).min(dim=1).values.max() < 1.0
+    assert len(quantizer(z).codes.unique()) == 8
+    before = quantizer.codebook.detach().clone()
+    quantizer(z + 5)
+    assert torch.equal(before, quantizer.codebook.detach()), "initialised once only"
