@@ -96,8 +96,8 @@ def compute_loss(model, flow_net, clips: torch.Tensor, step: int, loss_cfg: Dict
     rows = torch.arange(B)
     prev_j, real_j, pred_j = clips[rows, j], real[rows, j], out.predicted[rows, j]
     prev_u8, real_u8 = to_uint8(prev_j), to_uint8(real_j)
-    dis = torch.from_numpy(flow_targets(prev_u8, real_u8))  # forward flow, for the flow estimator
-    dis_back = torch.from_numpy(flow_targets(real_u8, prev_u8))  # what the decoder warps by
+    dis = torch.from_numpy(flow_targets(prev_u8, real_u8)).to(clips.device)  # for the flow estimator
+    dis_back = torch.from_numpy(flow_targets(real_u8, prev_u8)).to(clips.device)  # what the decoder warps by
     flow_real = flow_net(prev_j, real_j)
     error = out.predicted - real
     terms = {
@@ -117,7 +117,7 @@ def compute_loss(model, flow_net, clips: torch.Tensor, step: int, loss_cfg: Dict
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    return (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def lr_at(step: int, cfg: DictConfig) -> float:
@@ -136,7 +136,7 @@ def evaluate(model, bank: ClipBank, num_clips: int, batch_size: int = 32) -> dic
     idx = torch.linspace(0, len(bank) - 1, min(num_clips, len(bank))).round().long()
     pred_db, copy_db, shuffled_db, step_db, codes = [], [], [], [], []
     for chunk in idx.split(batch_size):
-        clips = bank.clips(chunk)
+        clips = bank.clips(chunk).to(next(model.parameters()).device)
         out = model(clips)
         rollout = model.decode(clips[:, 0], out.latents)  # frame t+k from frame t and the latents alone
         # Another clip's latents: how much of the prediction comes from the latents, not the frame alone.
@@ -168,11 +168,13 @@ def save_checkpoint(out_dir: Path, model, flow_net, optimizer, step: int, gen: t
     tmp = final.with_name(f".last.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(model.state_dict(), tmp / "model.safetensors")
-    save_file(flow_net.state_dict(), tmp / "flow_net.safetensors")
+    save_file(cpu_tensors(model.state_dict()), tmp / "model.safetensors")
+    save_file(cpu_tensors(flow_net.state_dict()), tmp / "flow_net.safetensors")
     opt_tensors, opt_meta = flatten_optimizer(optimizer)
     rng = {"torch_rng": torch.get_rng_state(), "batch_rng": gen.get_state()}
-    save_file(opt_tensors | rng, tmp / "train_state.safetensors")
+    if torch.cuda.is_available():
+        rng["cuda_rng"] = torch.cuda.get_rng_state()
+    save_file(cpu_tensors(opt_tensors | rng), tmp / "train_state.safetensors")
     meta = {"step": step, "optimizer": opt_meta, "model_config": model.cfg.to_dict()} | extra
     (tmp / "state.json").write_text(json.dumps(meta, indent=1))
     old = final.with_name(".last.old")
@@ -181,6 +183,10 @@ def save_checkpoint(out_dir: Path, model, flow_net, optimizer, step: int, gen: t
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def cpu_tensors(tensors: dict) -> dict:
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
 
 def flatten_optimizer(optimizer) -> tuple[dict, dict]:
@@ -205,12 +211,15 @@ def load_checkpoint(out_dir: Path, model, flow_net, optimizer, gen: torch.Genera
     model.load_state_dict(load_file(ckpt / "model.safetensors"))
     flow_net.load_state_dict(load_file(ckpt / "flow_net.safetensors"))
     tensors = load_file(ckpt / "train_state.safetensors")
+    device = next(model.parameters()).device
     opt_state = {
-        int(i): {name: tensors[f"opt.{i}.{name}"] for name in names}
+        int(i): {name: tensors[f"opt.{i}.{name}"].to(device) for name in names}
         for i, names in meta["optimizer"]["state_keys"].items()
     }
     optimizer.load_state_dict({"state": opt_state, "param_groups": meta["optimizer"]["param_groups"]})
     torch.set_rng_state(tensors["torch_rng"])
+    if "cuda_rng" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["cuda_rng"])
     gen.set_state(tensors["batch_rng"])
     return meta
 
@@ -238,7 +247,8 @@ def train(cfg: DictConfig) -> dict:
         torch.set_num_threads(tcfg.threads)
     torch.manual_seed(tcfg.seed)
     model_cfg = LAMConfig(**OmegaConf.to_container(cfg.model.lam, resolve=True))
-    model, flow_net = LatentActionModel(model_cfg), FlowNet()
+    device = torch.device(tcfg.device)
+    model, flow_net = LatentActionModel(model_cfg).to(device), FlowNet().to(device)
     params = list(model.parameters()) + list(flow_net.parameters())
     optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     gen = torch.Generator().manual_seed(tcfg.seed)
@@ -262,7 +272,7 @@ def train(cfg: DictConfig) -> dict:
     for step in progress:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, tcfg)
-        clips = train_bank.clips(torch.randint(len(train_bank), (tcfg.batch_size,), generator=gen))
+        clips = train_bank.clips(torch.randint(len(train_bank), (tcfg.batch_size,), generator=gen)).to(device)
         loss, terms, weights, out = compute_loss(model, flow_net, clips, step, tcfg.loss, gen)
         if not torch.isfinite(loss):
             writer.close()

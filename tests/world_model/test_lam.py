@@ -48,17 +48,18 @@ def test_gradients_reach_the_encoder_through_the_quantizer(quantizer):
     out = model(clips)
     (out.predicted - clips[:, 1:]).abs().mean().backward()
     assert model.idm.patch_embed.weight.grad.abs().sum() > 0
-    assert model.idm.to_latent.weight.grad.abs().sum() > 0
+    assert model.idm.readout.weight.grad.abs().sum() > 0
 
 
 def test_warp_moves_pixels_by_the_flow():
     image = torch.zeros(1, 1, 8, 8)
     image[0, 0, 2, 3] = 1.0
-    assert torch.equal(warp(image, torch.zeros(1, 2, 8, 8)), image)
+    torch.testing.assert_close(warp(image, torch.zeros(1, 2, 8, 8)), image, atol=1e-5, rtol=0)
     flow = torch.zeros(1, 2, 8, 8)
     flow[:, 0] = -2.0  # each pixel samples two to its left: the content moves two pixels right
     moved = warp(image, flow)
-    assert moved[0, 0, 2, 5] == pytest.approx(1.0) and moved.sum() == pytest.approx(1.0)
+    assert moved[0, 0, 2, 5].item() == pytest.approx(1.0, abs=1e-5)
+    assert moved.sum().item() == pytest.approx(1.0, abs=1e-5)
 
 
 def test_the_decoder_only_sees_latents_up_to_its_step():
@@ -98,7 +99,7 @@ def test_overfits_a_handful_of_clips():
     clips = moving_squares(8)
     model = LatentActionModel(LAMConfig(**TINY, quantizer="fsq", fsq_levels=[3, 3, 3]))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    copy_error = (clips[:, :1] - clips[:, 1:]).abs().mean().item()
+    copy_error = (clips[:, :-1] - clips[:, 1:]).abs().mean().item()  # copying the previous frame
     for _ in range(300):
         out = model(clips)
         loss = (out.predicted - clips[:, 1:]).abs().mean()
