@@ -28,7 +28,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import sim  # noqa: F401  (sets MUJOCO_GL before mujoco loads)
-from data.clips import episode_columns, flow_targets, load_episode_frames
+from data.clips import episode_columns, flow_targets, load_episode_frames, to_uint8_hwc
 from sim.env import TabletopEnv
 from sim.evaluate import git_commit, write_atomic
 from sim.experts import ExpertController, PlayController
@@ -210,16 +210,15 @@ def grid_figure(
     clips = bank.clips(torch.tensor(rows))
     predicted = model.decode(clips[:, 0], model.encode(clips).z_q)[:, -1]
     first, last = clips[:, 0], clips[:, -1]
-    to_u8 = lambda x: (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # noqa: E731
-    flow_real = flow_targets(to_u8(first), to_u8(last))
-    flow_pred = flow_targets(to_u8(first), to_u8(predicted))
+    flow_real = flow_targets(to_uint8_hwc(first), to_uint8_hwc(last))
+    flow_pred = flow_targets(to_uint8_hwc(first), to_uint8_hwc(predicted))
     columns = ["frame t", "real t+k", "predicted t+k", "flow (real)", "flow (predicted)"]
     fig, axes = plt.subplots(len(rows), len(columns), figsize=(2 * len(columns), 2 * len(rows)))
     for r in range(len(rows)):
         images = [
-            to_u8(first)[r],
-            to_u8(last)[r],
-            to_u8(predicted)[r],
+            to_uint8_hwc(first)[r],
+            to_uint8_hwc(last)[r],
+            to_uint8_hwc(predicted)[r],
             flow_image(flow_real[r]),
             flow_image(flow_pred[r]),
         ]

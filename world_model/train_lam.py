@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from data.clips import flow_targets, load_episode_frames
+from data.clips import flow_targets, load_episode_frames, to_uint8_hwc
 from world_model.lam import LAMConfig, LatentActionModel
 from world_model.losses import FlowNet, psnr, ramp, ssim
 
@@ -95,7 +95,7 @@ def compute_loss(model, flow_net, clips: torch.Tensor, step: int, loss_cfg: Dict
     j = torch.randint(S, (B,), generator=gen)
     rows = torch.arange(B)
     prev_j, real_j, pred_j = clips[rows, j], real[rows, j], out.predicted[rows, j]
-    prev_u8, real_u8 = to_uint8(prev_j), to_uint8(real_j)
+    prev_u8, real_u8 = to_uint8_hwc(prev_j), to_uint8_hwc(real_j)
     dis = torch.from_numpy(flow_targets(prev_u8, real_u8)).to(clips.device)  # for the flow estimator
     dis_back = torch.from_numpy(flow_targets(real_u8, prev_u8)).to(clips.device)  # what the decoder warps by
     flow_real = flow_net(prev_j, real_j)
@@ -114,10 +114,6 @@ def compute_loss(model, flow_net, clips: torch.Tensor, step: int, loss_cfg: Dict
     weights = {k: loss_cfg[k].weight * ramp(step, loss_cfg[k].start, loss_cfg[k].warmup) for k in terms}
     total = sum(weights[k] * v for k, v in terms.items()) + out.quantizer_loss
     return total, terms, weights, out
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    return (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def lr_at(step: int, cfg: DictConfig) -> float:
