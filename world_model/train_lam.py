@@ -181,6 +181,14 @@ def save_checkpoint(out_dir: Path, model, flow_net, optimizer, step: int, gen: t
     shutil.rmtree(old, ignore_errors=True)
 
 
+def restore_interrupted_swap(out_dir: Path) -> None:
+    """A run killed between save_checkpoint's two renames leaves only `.last.old`: put it back."""
+    final = out_dir / CKPT_DIR
+    old = final.with_name(".last.old")
+    if not final.exists() and (old / "state.json").is_file():
+        old.rename(final)
+
+
 def cpu_tensors(tensors: dict) -> dict:
     return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
@@ -251,6 +259,7 @@ def train(cfg: DictConfig) -> dict:
 
     train_bank, val_bank = load_banks(tcfg, cfg.task.image_key, model_cfg.clip_len, model_cfg.image_size)
     start = 0
+    restore_interrupted_swap(out_dir)
     if tcfg.resume and (out_dir / CKPT_DIR / "state.json").is_file():
         start = load_checkpoint(out_dir, model, flow_net, optimizer, gen)["step"]
         print(f"resuming from {out_dir / CKPT_DIR} at step {start}")
@@ -263,7 +272,7 @@ def train(cfg: DictConfig) -> dict:
         f"latent action model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
         f"{len(train_bank)} training clips, {len(val_bank)} held out ({len(val_bank.episodes)} episodes)"
     )
-    clock, trained_s, samples = time.perf_counter(), 0.0, 0
+    clock, samples = time.perf_counter(), 0
     progress = tqdm(range(start, tcfg.steps), initial=start, total=tcfg.steps, desc="lam", unit="step")
     for step in progress:
         for group in optimizer.param_groups:
@@ -284,7 +293,7 @@ def train(cfg: DictConfig) -> dict:
         replaced = revive_dead_codes(model, step, tcfg)
 
         if (step + 1) % tcfg.log_every == 0 or replaced:
-            elapsed = trained_s + time.perf_counter() - clock
+            elapsed = time.perf_counter() - clock
             log_scalars(
                 writer,
                 step + 1,

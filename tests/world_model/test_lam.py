@@ -197,6 +197,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(datasets, tmp_path, m
     assert all(torch.isfinite(v).all() for v in weights.values())
 
 
+def test_a_checkpoint_left_mid_swap_is_restored(datasets, tmp_path):
+    from world_model.train_lam import train
+
+    train(train_cfg(datasets[0], tmp_path, steps=3))
+    last = tmp_path / "checkpoints/last"
+    last.rename(last.with_name(".last.old"))  # as if killed between the two renames
+    assert train(train_cfg(datasets[0], tmp_path, steps=4))["resumed_at"] == 3
+
+
 def test_a_checkpoint_of_another_config_is_refused(datasets, tmp_path):
     from world_model.train_lam import train
 
