@@ -97,7 +97,6 @@ def compute_loss(model, flow_net, clips: torch.Tensor, step: int, loss_cfg: Dict
     prev_j, real_j, pred_j = clips[rows, j], real[rows, j], out.predicted[rows, j]
     prev_u8, real_u8 = to_uint8_hwc(prev_j), to_uint8_hwc(real_j)
     dis = torch.from_numpy(flow_targets(prev_u8, real_u8)).to(clips.device)  # for the flow estimator
-    dis_back = torch.from_numpy(flow_targets(real_u8, prev_u8)).to(clips.device)  # what the decoder warps by
     flow_real = flow_net(prev_j, real_j)
     error = out.predicted - real
     terms = {
@@ -106,8 +105,12 @@ def compute_loss(model, flow_net, clips: torch.Tensor, step: int, loss_cfg: Dict
         "ssim": 1 - ssim(pred_j, real_j),
         "flow": (flow_net.frozen(prev_j, pred_j) - flow_real.detach()).abs().mean(),
         "flow_net": (flow_real - dis).abs().mean(),
-        "decoder_flow": (out.flow[rows, j] - dis_back).abs().mean(),
     }
+    if loss_cfg.get("decoder_flow", {}).get("weight", 0) > 0:  # a second DIS pass: only when it is used
+        dis_back = torch.from_numpy(flow_targets(real_u8, prev_u8)).to(
+            clips.device
+        )  # what the decoder warps by
+        terms["decoder_flow"] = (out.flow[rows, j] - dis_back).abs().mean()
     missing = set(terms) - set(loss_cfg)
     if missing:
         raise KeyError(f"train.lam.loss has no weight for {sorted(missing)}; it has {sorted(loss_cfg)}")

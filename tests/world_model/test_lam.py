@@ -197,6 +197,18 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(datasets, tmp_path, m
     assert all(torch.isfinite(v).all() for v in weights.values())
 
 
+def test_decoder_flow_term_is_computed_only_when_weighted(datasets, tmp_path):
+    from world_model.train_lam import compute_loss
+
+    cfg = train_cfg(datasets[0], tmp_path, steps=1).train.lam.loss
+    model = LatentActionModel(LAMConfig(**TINY))
+    clips, gen = moving_squares(2), torch.Generator().manual_seed(0)
+    assert "decoder_flow" not in compute_loss(model, FlowNet(width=8), clips, 0, cfg, gen)[1]
+    cfg.decoder_flow.weight = 0.05
+    loss, terms, weights, _ = compute_loss(model, FlowNet(width=8), clips, 0, cfg, gen)
+    assert weights["decoder_flow"] == 0.05 and torch.isfinite(terms["decoder_flow"]) and torch.isfinite(loss)
+
+
 def test_a_checkpoint_left_mid_swap_is_restored(datasets, tmp_path):
     from world_model.train_lam import train
 
