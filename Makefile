@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export PYENV_VERSION ?= 3.12
 DEMO_DIR := outputs/demo
 
-.PHONY: install system-deps test test-all demo lint bench-sim bench-lam datasets clean
+.PHONY: install system-deps test test-all demo experiment lint bench-sim bench-lam bench-policy datasets clean
 
 # Offscreen rendering needs EGL and Mesa; install them only when missing (root, Debian).
 system-deps:
@@ -35,12 +35,16 @@ test: install
 test-all: install
 	$(PYTHON) -m pytest -q
 
-# The main job at this stage: small datasets, then the scripted expert and a random policy in both
-# protocols, and the SIMPLER-style table (conf/experiment/demo.yaml). Starts from a clean $(DEMO_DIR).
+# The main job on the quick profile: small datasets -> latent actions -> backbone -> policy (ours and
+# Scratch-FM) -> the SIMPLER-style table (conf/experiment/demo.yaml, ~15 min). Starts from a clean $(DEMO_DIR).
 demo: install
 	rm -rf $(DEMO_DIR)
-	$(PYTHON) -m data.generate experiment=demo
-	$(PYTHON) -m sim.evaluate experiment=demo
+	$(PYTHON) -m policies.pipeline experiment=demo
+
+# The results table (conf/experiment/full.yaml, ~2 h here): every policy and ablation, 50 episodes per
+# task and protocol -> reports/experiment/. Resumes from the runs in outputs/experiment.
+experiment: install
+	$(PYTHON) -m policies.pipeline experiment=full
 
 lint: install
 	$(PYTHON) -m ruff check .
@@ -60,6 +64,10 @@ datasets: $(DATASETS)/video/meta/info.json
 # reports/bench/lam.json and reports/figures/lam_grid.png.
 bench-lam: install datasets
 	$(PYTHON) -m world_model.bench_lam data.root=$(DATASETS)
+
+# Policy latency (chunk and full step, batch 1, this CPU) and few-step success: reports/bench/policy.json.
+bench-policy: install
+	$(PYTHON) -m policies.bench_policy
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache

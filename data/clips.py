@@ -135,3 +135,17 @@ def episode_columns(root: str | Path, keys: list[str]) -> dict[str, np.ndarray]:
     table = LeRobotDataset(repo_id=f"local/{Path(root).name}", root=root, video_backend="pyav").hf_dataset
     table = table.select_columns([*keys, "episode_index", "frame_index"]).with_format("numpy")
     return {k: np.asarray(table[k]) for k in [*keys, "episode_index", "frame_index"]}
+
+
+def random_shift(frames: torch.Tensor, pad: int, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Shift each sample's frames (B, ..., C, H, W) by one random offset of up to `pad` pixels, edges
+    repeated (DrQ's augmentation): frames of a sample move together, so motion between them is kept."""
+    if pad <= 0:
+        return frames
+    shape = frames.shape
+    x = frames.reshape(shape[0], -1, *shape[-2:])  # (B, T*C, H, W)
+    H, W = shape[-2:]
+    x = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
+    dx, dy = torch.randint(0, 2 * pad + 1, (2, shape[0]), generator=gen).tolist()
+    out = torch.stack([x[i, :, y : y + H, c : c + W] for i, (c, y) in enumerate(zip(dx, dy, strict=True))])
+    return out.reshape(shape)

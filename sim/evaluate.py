@@ -170,6 +170,11 @@ def evaluate(
             }
             for p in protocols
         }
+    # The headline numbers (SIMPLER's): average success per policy and protocol.
+    results["average_success"] = {
+        name: {p: entry["average"][p]["success"] for p in protocols}
+        for name, entry in results["policies"].items()
+    }
     return results
 
 
@@ -236,13 +241,53 @@ def write_report(results: dict, out_dir: Path, command: str) -> str:
     table = results_markdown(results)
     write_atomic(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
     write_atomic(out_dir / "results.md", f"{table}\nCommand: `{command}`  \nCommit: `{results['commit']}`\n")
+    bar_chart(results, out_dir / "results.png")
     return table
+
+
+def bar_chart(results: dict, path: Path) -> None:
+    """Average success per policy, one bar per protocol, with the average of the tasks' Wilson intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["policies"])
+    protocols = list(results["policies"][names[0]]["average"])
+    width = 0.8 / len(protocols)
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(names) + 2), 3.6))
+    for j, protocol in enumerate(protocols):
+        rates, lows, highs = [], [], []
+        for n in names:
+            tasks = results["policies"][n]["tasks"].values()
+            rates.append(100 * results["policies"][n]["average"][protocol]["success"])
+            lows.append(100 * np.mean([t[protocol]["success"]["ci95"][0] for t in tasks]))
+            highs.append(100 * np.mean([t[protocol]["success"]["ci95"][1] for t in tasks]))
+        x = np.arange(len(names)) + (j - (len(protocols) - 1) / 2) * width
+        err = np.clip([np.subtract(rates, lows), np.subtract(highs, rates)], 0, None)
+        ax.bar(x, rates, width, yerr=err, capsize=3, label=protocol.replace("_", " "))
+    ax.set_xticks(np.arange(len(names)), names, rotation=20, ha="right")
+    ax.set_ylabel("average success (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{results['episodes_per_task']} episodes per task; bars: mean of per-task Wilson 95%")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     out_dir = Path(cfg.eval.report_dir)
-    policies = {name: instantiate(node) for name, node in cfg.policies.items()}
+    unknown = [n for n in cfg.eval.policies if n not in cfg.policies]
+    if unknown:
+        raise ValueError(
+            f"eval.policies names {unknown}, which are not under `policies:`; known: {list(cfg.policies)}"
+        )
+    policies = {name: instantiate(cfg.policies[name]) for name in cfg.eval.policies}
     results = evaluate(
         policies,
         list(cfg.task.tasks),

@@ -11,8 +11,6 @@ renamed; a non-finite loss stops training with a message and leaves the last goo
 
 import json
 import math
-import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -22,15 +20,14 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from data.clips import flow_targets, load_episode_frames, to_uint8_hwc
+from world_model.checkpoint import CKPT_DIR, load_checkpoint, restore_interrupted_swap, save_checkpoint
 from world_model.lam import LAMConfig, LatentActionModel
 from world_model.losses import FlowNet, psnr, ramp, ssim
-
-CKPT_DIR = "checkpoints/last"
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -160,77 +157,6 @@ def code_stats(codes: torch.Tensor, num_codes: int) -> dict:
     return {"codebook_usage": (p > 0).float().mean().item(), "perplexity": perplexity}
 
 
-# ---------------------------------------------------------------------------------------------- checkpoints
-def save_checkpoint(out_dir: Path, model, flow_net, optimizer, step: int, gen: torch.Generator, extra: dict):
-    """Write model, flow estimator, optimizer and RNG state to out_dir/checkpoints/last, atomically."""
-    final = out_dir / CKPT_DIR
-    tmp = final.with_name(f".last.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(cpu_tensors(model.state_dict()), tmp / "model.safetensors")
-    save_file(cpu_tensors(flow_net.state_dict()), tmp / "flow_net.safetensors")
-    opt_tensors, opt_meta = flatten_optimizer(optimizer)
-    rng = {"torch_rng": torch.get_rng_state(), "batch_rng": gen.get_state()}
-    if torch.cuda.is_available():
-        rng["cuda_rng"] = torch.cuda.get_rng_state()
-    save_file(cpu_tensors(opt_tensors | rng), tmp / "train_state.safetensors")
-    meta = {"step": step, "optimizer": opt_meta, "model_config": model.cfg.to_dict()} | extra
-    (tmp / "state.json").write_text(json.dumps(meta, indent=1))
-    old = final.with_name(".last.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def restore_interrupted_swap(out_dir: Path) -> None:
-    """A run killed between save_checkpoint's two renames leaves only `.last.old`: put it back."""
-    final = out_dir / CKPT_DIR
-    old = final.with_name(".last.old")
-    if not final.exists() and (old / "state.json").is_file():
-        old.rename(final)
-
-
-def cpu_tensors(tensors: dict) -> dict:
-    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-
-
-def flatten_optimizer(optimizer) -> tuple[dict, dict]:
-    state = optimizer.state_dict()
-    tensors = {
-        f"opt.{i}.{name}": v for i, s in state["state"].items() for name, v in s.items() if torch.is_tensor(v)
-    }
-    return tensors, {
-        "param_groups": state["param_groups"],
-        "state_keys": {i: list(s) for i, s in state["state"].items()},
-    }
-
-
-def load_checkpoint(out_dir: Path, model, flow_net, optimizer, gen: torch.Generator) -> dict:
-    ckpt = out_dir / CKPT_DIR
-    meta = json.loads((ckpt / "state.json").read_text())
-    if meta["model_config"] != model.cfg.to_dict():
-        raise ValueError(
-            f"checkpoint {ckpt} was trained with model config {meta['model_config']}, not {model.cfg.to_dict()}; "
-            "use another train.lam.out_dir or set train.lam.resume=false"
-        )
-    model.load_state_dict(load_file(ckpt / "model.safetensors"))
-    flow_net.load_state_dict(load_file(ckpt / "flow_net.safetensors"))
-    tensors = load_file(ckpt / "train_state.safetensors")
-    device = next(model.parameters()).device
-    opt_state = {
-        int(i): {name: tensors[f"opt.{i}.{name}"].to(device) for name in names}
-        for i, names in meta["optimizer"]["state_keys"].items()
-    }
-    optimizer.load_state_dict({"state": opt_state, "param_groups": meta["optimizer"]["param_groups"]})
-    torch.set_rng_state(tensors["torch_rng"])
-    if "cuda_rng" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["cuda_rng"])
-    gen.set_state(tensors["batch_rng"])
-    return meta
-
-
 def load_lam(path: str | Path) -> LatentActionModel:
     """A trained latent action model from a run folder or its checkpoint folder, in eval mode."""
     path = Path(path)
@@ -263,12 +189,19 @@ def train(cfg: DictConfig) -> dict:
     train_bank, val_bank = load_banks(tcfg, cfg.task.image_key, model_cfg.clip_len, model_cfg.image_size)
     start = 0
     restore_interrupted_swap(out_dir)
+    modules = {"model": model, "flow_net": flow_net}
     if tcfg.resume and (out_dir / CKPT_DIR / "state.json").is_file():
-        start = load_checkpoint(out_dir, model, flow_net, optimizer, gen)["step"]
+        hint = "use another train.lam.out_dir or set train.lam.resume=false"
+        start = load_checkpoint(out_dir, modules, optimizer, gen, model_cfg.to_dict(), hint)["step"]
         print(f"resuming from {out_dir / CKPT_DIR} at step {start}")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    extra = {"val_episodes": val_bank.episodes, "dataset": str(tcfg.dataset), "image_key": cfg.task.image_key}
+    extra = {
+        "model_config": model_cfg.to_dict(),
+        "val_episodes": val_bank.episodes,
+        "dataset": str(tcfg.dataset),
+        "image_key": cfg.task.image_key,
+    }
 
     writer = SummaryWriter(str(out_dir / "tb"), purge_step=start)
     print(
@@ -315,7 +248,7 @@ def train(cfg: DictConfig) -> dict:
             for k, v in evaluate(model, val_bank, tcfg.val_clips).items():
                 writer.add_scalar(f"val/{k}", v, step + 1)
         if (step + 1) % tcfg.ckpt_every == 0 or step + 1 == tcfg.steps:
-            save_checkpoint(out_dir, model, flow_net, optimizer, step + 1, gen, extra)
+            save_checkpoint(out_dir, modules, optimizer, step + 1, gen, extra)
     progress.close()
     writer.close()
     minutes = (time.perf_counter() - clock) / 60

@@ -1,0 +1,127 @@
+"""Latency and few-step quality of the trained policy (make bench-policy -> reports/bench/policy.json).
+
+    python -m policies.bench_policy                                   # the policy of `run_dir` (ours)
+    python -m policies.bench_policy bench_policy.policy=outputs/demo/policy/ours/pretrained_model
+
+- chunk_latency_ms: one chunk from the decoder alone (its context already computed), batch 1, per
+  number of steps: 10 Euler steps and 1 or 2 shortcut steps; p50 and p99.
+- policy_step_ms: a full select_action that computes a new chunk (backbone + decoder), batch 1.
+- success_k10 / success_few_step: average success of the policy with 10 Euler steps and with 2
+  shortcut steps, read from the results table when it holds both (`ours`, `ours_few_step`), otherwise
+  measured here with sim.evaluate (bench_policy.episodes per task and protocol).
+"""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from policies.flow_matching import euler_sample, steps_to_index
+from policies.vipra import make_policy
+
+
+def percentiles(samples_s: list[float]) -> dict:
+    ms = 1000 * np.asarray(samples_s)
+    return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)), "n": len(ms)}
+
+
+def timed(fn, repeats: int, warmup: int = 10) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def observation(policy, seed: int = 0) -> dict:
+    size = policy.backbone.cfg.image_size
+    g = torch.Generator().manual_seed(seed)
+    return {
+        policy.config.image_key: torch.rand(1, 3, size, size, generator=g),
+        "observation.state": torch.randn(1, policy.config.state_dim, generator=g) * 0.1,
+        "task": ["put carrot on plate"],
+    }
+
+
+@torch.no_grad()
+def latency(policy, repeats: int) -> dict:
+    obs = observation(policy)
+    memory = policy._encode(obs)
+    noise = torch.randn(1, policy.config.chunk_size, policy.config.action_dim)
+    velocity = lambda x, t, d: policy.decoder(x, t, d, memory)  # noqa: E731
+    chunk = {}
+    for steps, shortcut in ((10, False), (2, True), (1, True)):
+        index = steps_to_index(steps, shortcut)
+        name = f"{steps}_steps_" + ("shortcut" if shortcut else "euler")
+        chunk[name] = percentiles(
+            timed(lambda s=steps, i=index: euler_sample(velocity, noise, s, i), repeats)
+        )
+
+    def full_step():
+        policy.reset()  # an empty queue: this call computes a new chunk
+        policy.select_action(obs)
+
+    return {"chunk_latency_ms": chunk, "policy_step_ms": percentiles(timed(full_step, repeats))}
+
+
+def success(cfg: DictConfig) -> dict:
+    table = Path(cfg.bench_policy.results)
+    if table.is_file():
+        avg = json.loads(table.read_text()).get("average_success", {})
+        if {"ours", "ours_few_step"} <= set(avg):
+            return {"source": str(table), "ours": avg["ours"], "ours_few_step": avg["ours_few_step"]}
+    out = Path(cfg.bench_policy.eval_dir)
+    cmd = [
+        sys.executable, "-m", "sim.evaluate", *[a for a in sys.argv[1:] if not a.startswith("bench_policy.")],
+        f"policies.ours.path={cfg.bench_policy.policy}", f"policies.ours_few_step.path={cfg.bench_policy.policy}",
+        "eval.policies=[ours,ours_few_step]", f"eval.episodes_per_task={cfg.bench_policy.episodes}",
+        f"eval.report_dir={out}", "eval.save_videos=false",
+    ]  # fmt: skip
+    print("$ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    avg = json.loads((out / "results.json").read_text())["average_success"]
+    return {"source": str(out / "results.json"), "ours": avg["ours"], "ours_few_step": avg["ours_few_step"]}
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    from sim.evaluate import git_commit, write_atomic
+
+    bcfg = cfg.bench_policy
+    torch.set_num_threads(bcfg.threads)
+    policy = make_policy(bcfg.policy)
+    result = latency(policy, bcfg.repeats)
+    rates = success(cfg)
+    result |= {
+        "success_k10": float(np.mean(list(rates["ours"].values()))),  # over protocols
+        "success_few_step": float(np.mean(list(rates["ours_few_step"].values()))),
+        "success_by_protocol": {"k10": rates["ours"], "few_step": rates["ours_few_step"]},
+        "few_step": {"steps": policy.config.num_few_steps, "method": "shortcut (step-size conditioned)"},
+        "success_source": rates["source"],
+        "policy": str(bcfg.policy),
+        "threads": bcfg.threads,
+        "command": "python -m policies.bench_policy " + " ".join(sys.argv[1:]),
+        "commit": git_commit(),
+    }
+    write_atomic(Path(bcfg.out), json.dumps(result, indent=1) + "\n")
+    chunk = result["chunk_latency_ms"]
+    print(json.dumps(result, indent=1))
+    print(
+        f"policy bench: chunk p99 {chunk['10_steps_euler']['p99']:.1f} ms (10 steps) / "
+        f"{chunk['2_steps_shortcut']['p99']:.1f} ms (2 steps); policy step p99 {result['policy_step_ms']['p99']:.1f} ms; "
+        f"success {100 * result['success_k10']:.1f}% (10 steps) vs {100 * result['success_few_step']:.1f}% (2 steps) "
+        f"-> {bcfg.out}"
+    )
+
+
+if __name__ == "__main__":
+    main()

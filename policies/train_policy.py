@@ -1,0 +1,184 @@
+"""Finetune the ViPRA-style policy on labelled demos (or train it from scratch: Scratch-FM).
+
+    python -m policies.train_policy                                              # from outputs/backbone
+    python -m policies.train_policy train.policy.backbone=null train.policy.out_dir=outputs/policy_scratch
+    python -m policies.train_policy train.policy.steps=100 train.policy.out_dir=/tmp/p
+
+Every frame t of the demos is a sample: frames t-1 and t, the state at t, the instruction and the
+actions t .. t+H-1 (past the episode's end they repeat the last one and are masked, LeRobot's
+`action_is_pad`). Batches are LeRobot batches, so `policy.forward` is the same one lerobot-train
+calls. Images get a random shift of a few pixels. The backbone starts from the pretrained checkpoint
+and learns at `model.policy.backbone_lr_scale` x lr (0 freezes it); with `backbone: null` it starts
+from random weights and learns at the full rate (Scratch-FM). Writes `<out_dir>/pretrained_model`
+(`save_pretrained`: config.json + model.safetensors with the normalization statistics) and resumable
+training checkpoints in `<out_dir>/checkpoints/last`.
+"""
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from lerobot.configs import FeatureType, PolicyFeature
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from data.chunks import EpisodeBank
+from data.clips import random_shift
+from policies.vipra import VipraConfig, VipraPolicy
+from policies.vipra.configuration_vipra import ACTION_KEY, STATE_KEY
+from world_model.checkpoint import (
+    CKPT_DIR,
+    has_checkpoint,
+    load_checkpoint,
+    restore_interrupted_swap,
+    save_checkpoint,
+)
+from world_model.train_backbone import load_backbone
+
+PRETRAINED_DIR = "pretrained_model"
+
+
+def make_batch(
+    bank: EpisodeBank, rows: torch.Tensor, horizon: int, image_key: str, shift: int, gen=None
+) -> dict:
+    """Rows of frames t -> a LeRobot training batch."""
+    w = bank.window(rows, horizon)
+    frames = random_shift(bank.frames[w.context].float() / 255, shift, gen)  # (B, 2, 3, H, W)
+    return {
+        image_key: frames,
+        STATE_KEY: bank.columns[STATE_KEY][rows],
+        ACTION_KEY: bank.columns[ACTION_KEY][w.chunk],
+        "action_is_pad": w.chunk_is_pad,
+        "task": [bank.tasks[i] for i in rows.tolist()],
+    }
+
+
+def dataset_stats(bank: EpisodeBank) -> dict:
+    return {
+        k: {"mean": bank.columns[k].mean(0), "std": bank.columns[k].std(0)} for k in (STATE_KEY, ACTION_KEY)
+    }
+
+
+def build_policy(cfg: DictConfig, bank: EpisodeBank) -> VipraPolicy:
+    """The policy for this run: backbone config (and weights) from the pretrained checkpoint if any."""
+    pcfg = OmegaConf.to_container(cfg.model.policy, resolve=True)
+    size, state, action = bank.frames.shape[-1], bank.columns[STATE_KEY], bank.columns[ACTION_KEY]
+    features = {
+        "input_features": {
+            cfg.task.image_key: PolicyFeature(FeatureType.VISUAL, (3, size, size)),
+            STATE_KEY: PolicyFeature(FeatureType.STATE, (state.shape[1],)),
+        },
+        "output_features": {ACTION_KEY: PolicyFeature(FeatureType.ACTION, (action.shape[1],))},
+    }
+    backbone_path = cfg.train.policy.backbone
+    pretrained = load_backbone(backbone_path) if backbone_path else None
+    backbone_cfg = pretrained.cfg.to_dict() if pretrained else dict(pcfg.pop("backbone_scratch"))
+    pcfg.pop("backbone_scratch", None)
+    if not pretrained:
+        pcfg["backbone_lr_scale"] = 1.0  # Scratch-FM: the whole network learns at the full rate
+    config = VipraConfig(**pcfg, **features, backbone=backbone_cfg, device=cfg.train.policy.device)
+    policy = VipraPolicy(config, dataset_stats(bank))
+    if pretrained:
+        policy.backbone.load_state_dict(pretrained.state_dict())
+    return policy
+
+
+def save_pretrained_atomic(policy: VipraPolicy, out: Path) -> None:
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def lr_factor(step: int, tcfg: DictConfig) -> float:
+    if step < tcfg.lr_warmup:
+        return (step + 1) / tcfg.lr_warmup
+    progress = (step - tcfg.lr_warmup) / max(1, tcfg.steps - tcfg.lr_warmup)
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress)))  # cosine to a tenth
+
+
+def train(cfg: DictConfig) -> dict:
+    tcfg = cfg.train.policy
+    out_dir = Path(tcfg.out_dir)
+    torch.manual_seed(tcfg.seed)
+    bank = EpisodeBank.load(tcfg.dataset, cfg.task.image_key, columns=[STATE_KEY, ACTION_KEY])
+    policy = build_policy(cfg, bank)
+    policy.train()
+    groups = policy.get_optim_params()
+    optimizer = torch.optim.AdamW(
+        groups, lr=policy.config.optimizer_lr, weight_decay=policy.config.optimizer_weight_decay
+    )
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    gen = torch.Generator().manual_seed(tcfg.seed)
+
+    start, modules = 0, {"policy": policy}
+    restore_interrupted_swap(out_dir)
+    model_config = {
+        "policy": OmegaConf.to_container(cfg.model.policy, resolve=True),
+        "backbone": tcfg.backbone,
+    }
+    if tcfg.resume and has_checkpoint(out_dir):
+        hint = "use another train.policy.out_dir or set train.policy.resume=false"
+        start = load_checkpoint(out_dir, modules, optimizer, gen, model_config, hint)["step"]
+        print(f"resuming from {out_dir / CKPT_DIR} at step {start}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    n_params = sum(p.numel() for p in policy.parameters()) / 1e6
+    print(
+        f"policy: {n_params:.2f}M parameters, backbone {'from ' + str(tcfg.backbone) if tcfg.backbone else 'from scratch'}; "
+        f"{len(bank)} frames of {len(bank.episodes)} demos"
+    )
+    writer = SummaryWriter(str(out_dir / "tb"), purge_step=start)
+    clock = time.perf_counter()
+    progress = tqdm(range(start, tcfg.steps), initial=start, total=tcfg.steps, desc="policy", unit="step")
+    horizon, key = policy.config.chunk_size, cfg.task.image_key
+    for step in progress:
+        for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = lr * lr_factor(step, tcfg)
+        rows = torch.randint(len(bank), (tcfg.batch_size,), generator=gen)
+        loss, terms = policy.forward(make_batch(bank, rows, horizon, key, tcfg.shift, gen))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss.item()} at step {step} ({terms}); last good checkpoint kept"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), tcfg.grad_clip)
+        optimizer.step()
+        if (step + 1) % tcfg.log_every == 0:
+            for k, v in terms.items():
+                writer.add_scalar(f"train/{k}", v, step + 1)
+            progress.set_postfix(fm=f"{terms['fm_loss']:.3f}", sc=f"{terms['shortcut_loss']:.3f}")
+        if (step + 1) % tcfg.ckpt_every == 0 or step + 1 == tcfg.steps:
+            save_checkpoint(out_dir, modules, optimizer, step + 1, gen, {"model_config": model_config})
+    progress.close()
+    writer.close()
+    save_pretrained_atomic(policy, out_dir / PRETRAINED_DIR)
+    summary = {"steps": tcfg.steps, "resumed_at": start, "minutes": (time.perf_counter() - clock) / 60}
+    summary |= (
+        {"final_fm_loss": terms["fm_loss"], "final_shortcut_loss": terms["shortcut_loss"]}
+        if tcfg.steps > start
+        else {}
+    )
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    summary = train(cfg)
+    print(json.dumps(summary, indent=1))
+    print(f"policy: {Path(cfg.train.policy.out_dir) / PRETRAINED_DIR}")
+    print("command: python -m policies.train_policy " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

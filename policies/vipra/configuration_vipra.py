@@ -1,0 +1,128 @@
+"""Configuration of the ViPRA-style policy: a video-prediction backbone and a chunked flow-matching
+action decoder (LeRobot's `PreTrainedConfig`, registered as type "vipra")."""
+
+from dataclasses import dataclass, field
+
+from lerobot.configs import FeatureType, PolicyFeature, PreTrainedConfig
+from lerobot.optim import AdamWConfig
+
+from world_model.backbone import BackboneConfig
+
+IMAGE_KEY = "observation.images.image"
+STATE_KEY = "observation.state"
+ACTION_KEY = "action"
+
+
+def default_input_features() -> dict[str, PolicyFeature]:
+    return {
+        IMAGE_KEY: PolicyFeature(FeatureType.VISUAL, (3, 64, 64)),
+        STATE_KEY: PolicyFeature(FeatureType.STATE, (7,)),
+    }
+
+
+def default_output_features() -> dict[str, PolicyFeature]:
+    return {ACTION_KEY: PolicyFeature(FeatureType.ACTION, (7,))}
+
+
+@PreTrainedConfig.register_subclass("vipra")
+@dataclass
+class VipraConfig(PreTrainedConfig):
+    # Inputs: frames t-1 and t (n_obs_steps = 2) of one camera, the robot state at t, the instruction.
+    n_obs_steps: int = 2
+    input_features: dict[str, PolicyFeature] | None = field(default_factory=default_input_features)
+    output_features: dict[str, PolicyFeature] | None = field(default_factory=default_output_features)
+    device: str | None = "cpu"
+    push_to_hub: bool = False
+
+    # Chunking: predict H actions, execute the first n_action_steps, then replan (ViPRA: 14 and 7).
+    chunk_size: int = 14
+    n_action_steps: int = 7
+
+    # The backbone (world_model.backbone.BackboneConfig fields); its horizon must equal chunk_size.
+    backbone: dict = field(default_factory=lambda: BackboneConfig().to_dict())
+
+    # Action decoder: a transformer over the H noisy actions, cross-attending to the backbone's context.
+    dim: int = 128
+    heads: int = 4
+    layers: int = 3
+    mlp_ratio: float = 4.0
+
+    # Flow matching: time ~ Beta(time_alpha, 1) (pi0 / ViPRA: 1.5); K Euler steps at inference.
+    time_alpha: float = 1.5
+    num_inference_steps: int = 10
+    # Few-step mode (shortcut models): this share of each batch learns step sizes 1 .. 2^-(levels-1).
+    shortcut_fraction: float = 0.25
+    shortcut_levels: int = 4
+    few_step: bool = False  # sample with num_few_steps shortcut steps instead of K Euler steps
+    num_few_steps: int = 2
+
+    # Finetuning: the backbone learns at lr * backbone_lr_scale (0 freezes it).
+    optimizer_lr: float = 3e-4
+    optimizer_weight_decay: float = 1e-4
+    backbone_lr_scale: float = 0.1
+
+    def __post_init__(self):
+        super().__post_init__()
+        bb = BackboneConfig(**self.backbone)  # validates the fields
+        if bb.horizon != self.chunk_size:
+            raise ValueError(f"backbone horizon {bb.horizon} must equal chunk_size {self.chunk_size}")
+        if not 1 <= self.n_action_steps <= self.chunk_size:
+            raise ValueError(
+                f"n_action_steps must be in 1..chunk_size={self.chunk_size}, got {self.n_action_steps}"
+            )
+        if self.n_obs_steps != 2:
+            raise ValueError(
+                f"the backbone reads frames t-1 and t: n_obs_steps must be 2, got {self.n_obs_steps}"
+            )
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not a multiple of heads {self.heads}")
+
+    @property
+    def image_key(self) -> str:
+        keys = list(self.image_features)
+        return keys[0] if keys else IMAGE_KEY
+
+    @property
+    def action_dim(self) -> int:
+        return self.output_features[ACTION_KEY].shape[0]
+
+    @property
+    def state_dim(self) -> int:
+        return self.input_features[STATE_KEY].shape[0]
+
+    def get_optimizer_preset(self) -> AdamWConfig:
+        return AdamWConfig(lr=self.optimizer_lr, weight_decay=self.optimizer_weight_decay)
+
+    def get_scheduler_preset(self) -> None:
+        return None
+
+    def validate_features(self) -> None:
+        images = self.image_features
+        if len(images) != 1:
+            raise ValueError(
+                f"the policy reads exactly one camera; input features have {list(images) or 'none'}"
+            )
+        size = BackboneConfig(**self.backbone).image_size
+        shape = tuple(next(iter(images.values())).shape)
+        if shape != (3, size, size):
+            raise ValueError(
+                f"camera {self.image_key!r} has shape {shape}, the backbone takes (3, {size}, {size})"
+            )
+        if STATE_KEY not in self.input_features:
+            raise ValueError(
+                f"input features need the robot state {STATE_KEY!r}; got {list(self.input_features)}"
+            )
+        if ACTION_KEY not in self.output_features:
+            raise ValueError(f"output features need {ACTION_KEY!r}; got {list(self.output_features)}")
+
+    @property
+    def observation_delta_indices(self) -> list[int]:
+        return [-1, 0]
+
+    @property
+    def action_delta_indices(self) -> list[int]:
+        return list(range(self.chunk_size))
+
+    @property
+    def reward_delta_indices(self) -> None:
+        return None

@@ -1,0 +1,262 @@
+"""ViPRA-style policy: the video-prediction backbone reads frames t-1, t and the instruction; a chunked
+flow-matching decoder turns its context (pooled patches, instruction, predicted latent actions) and the
+robot state into H actions. LeRobot's `PreTrainedPolicy` contract.
+
+    batch: observation.images.image (B, 2, 3, H, W) in [0, 1] (frames t-1, t; or (B, 3, H, W) at
+           inference, where the policy keeps the previous frame), observation.state (B, S), task [str] * B,
+           and for training action (B, H, A), action_is_pad (B, H)
+    forward(batch) -> (loss, {"fm_loss", "shortcut_loss"})
+    predict_action_chunk(batch) -> (B, H, A)      select_action(batch) -> (B, A), replanning every n steps
+"""
+
+import math
+from collections import deque
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from lerobot.policies.pretrained import PreTrainedPolicy
+from safetensors.torch import load_file
+from torch import nn
+
+from policies.flow_matching import (
+    euler_sample,
+    interpolate,
+    sample_time,
+    shortcut_targets,
+    steps_to_index,
+    target_velocity,
+)
+from policies.vipra.configuration_vipra import ACTION_KEY, STATE_KEY, VipraConfig
+from policies.vipra.processor_vipra import Normalizer, tokenize
+from world_model.backbone import BackboneConfig, VideoBackbone
+from world_model.lam import Attention
+
+
+def sinusoidal(t: torch.Tensor, dim: int, max_period: float = 100.0) -> torch.Tensor:
+    """(B,) in [0, 1] -> (B, dim) sin/cos features (periods 2/max_period .. 2)."""
+    freqs = torch.exp(-math.log(max_period) * torch.arange(dim // 2, device=t.device) / (dim // 2))
+    angles = math.pi * t[:, None] * freqs * max_period / 2
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class DecoderBlock(nn.Module):
+    """Self-attention over the action tokens, cross-attention to the context, MLP (pre-norm)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.heads = heads
+        self.norm_self, self.self_attn = nn.LayerNorm(dim), Attention(dim, heads)  # few ops: latency
+        self.norm_cross = nn.LayerNorm(dim)
+        self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
+        self.norm_mlp = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def memory(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the context (B, M, C), computed once per chunk and reused by every step."""
+        B, M, C = context.shape
+        k, v = self.kv(context).view(B, M, 2, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        return k, v  # (B, heads, M, C/heads) each
+
+    def forward(self, x: torch.Tensor, memory: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        B, L, C = x.shape
+        x = x + self.self_attn(self.norm_self(x))
+        q = self.q(self.norm_cross(x)).view(B, L, self.heads, C // self.heads).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, *memory)  # (B, heads, L, C/heads)
+        x = x + self.proj(y.transpose(1, 2).reshape(B, L, C))
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class ActionDecoder(nn.Module):
+    """Velocity field over a chunk: v(noisy actions (B, H, A), t, step size; context, state) -> (B, H, A)."""
+
+    def __init__(self, cfg: VipraConfig, context_dim: int, levels: int):
+        super().__init__()
+        C = cfg.dim
+        self.action_in = nn.Linear(cfg.action_dim, C)
+        self.time_mlp = nn.Sequential(nn.Linear(2 * C, C), nn.SiLU(), nn.Linear(C, C))
+        self.step_embed = nn.Embedding(levels + 1, C)  # index 0: d = 0 (plain flow matching)
+        self.pos = nn.Parameter(torch.randn(1, cfg.chunk_size, C) * 0.02)
+        self.context_in = nn.Linear(context_dim, C)
+        self.state_in = nn.Linear(cfg.state_dim, C)
+        self.blocks = nn.ModuleList(DecoderBlock(C, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(C)
+        self.out = nn.Linear(C, cfg.action_dim)
+
+    def memory(self, context: torch.Tensor, state: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """context (B, M, C_bb), normalized state (B, S) -> per-block keys/values of M + 1 tokens."""
+        tokens = torch.cat([self.context_in(context), self.state_in(state)[:, None]], dim=1)
+        return [block.memory(tokens) for block in self.blocks]
+
+    def forward(self, x, t, d_index, memory) -> torch.Tensor:
+        h = self.action_in(x) + self.pos
+        cond = self.time_mlp(sinusoidal(t, 2 * h.shape[-1]))
+        h = h + (cond + self.step_embed(d_index))[:, None]
+        for block, mem in zip(self.blocks, memory, strict=True):
+            h = block(h, mem)
+        return self.out(self.norm(h))
+
+
+class VipraPolicy(PreTrainedPolicy):
+    config_class = VipraConfig
+    name = "vipra"
+
+    def __init__(self, config: VipraConfig, dataset_stats: dict | None = None):
+        super().__init__(config)
+        config.validate_features()
+        self.backbone = VideoBackbone(BackboneConfig(**config.backbone))
+        self.decoder = ActionDecoder(config, self.backbone.cfg.dim, config.shortcut_levels)
+        self.state_norm = Normalizer(STATE_KEY, config.state_dim)
+        self.action_norm = Normalizer(ACTION_KEY, config.action_dim)
+        if dataset_stats is not None:
+            self.set_stats(dataset_stats)
+        self.reset()
+
+    # ------------------------------------------------------------------------------------------ setup
+    def set_stats(self, stats: dict) -> None:
+        """stats[key] = {"mean": ..., "std": ...} for the state and action keys (LeRobot's stats layout)."""
+        for key, norm in ((STATE_KEY, self.state_norm), (ACTION_KEY, self.action_norm)):
+            if key not in stats or not {"mean", "std"} <= set(stats[key]):
+                raise ValueError(f"dataset stats need mean and std of {key!r}; got keys {list(stats)}")
+            norm.set_stats(stats[key]["mean"], stats[key]["std"])
+
+    def get_optim_params(self) -> list[dict]:
+        scale = self.config.backbone_lr_scale
+        groups = [{"params": [p for n, p in self.named_parameters() if not n.startswith("backbone.")]}]
+        if scale > 0:
+            groups.append(
+                {"params": list(self.backbone.parameters()), "lr": self.config.optimizer_lr * scale}
+            )
+        return groups
+
+    def reset(self) -> None:
+        """Call at every episode start: forgets queued actions and the previous frame."""
+        self._queue: deque[torch.Tensor] = deque(maxlen=self.config.n_action_steps)
+        self._prev_frame: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------------------------------ encoding
+    def _context_frames(self, batch: dict) -> torch.Tensor:
+        """(B, 2, 3, H, W) frames t-1, t from the batch, or from the current frame and the one kept."""
+        frames = batch[self.config.image_key]
+        if frames.ndim == 5:
+            return frames[:, -2:]
+        if frames.ndim != 4:
+            raise ValueError(
+                f"{self.config.image_key!r} must be (B, 3, H, W) or (B, 2, 3, H, W), got {tuple(frames.shape)}"
+            )
+        prev = self._prev_frame
+        if prev is None or prev.shape != frames.shape:
+            prev = frames  # an episode's first step: no motion yet, as in training
+        return torch.stack([prev, frames], dim=1)
+
+    def _state(self, batch: dict) -> torch.Tensor:
+        state = batch[STATE_KEY]
+        state = state[:, -1] if state.ndim == 3 else state  # (B, n_obs_steps, S) from LeRobot's loader
+        return self.state_norm.normalize(state)
+
+    def _encode(self, batch: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The decoder's memory for a batch: backbone context + state."""
+        frames = self._context_frames(batch)
+        words = tokenize(list(batch["task"]), self.backbone.cfg.vocab_size).to(frames.device)
+        context = self.backbone.features(self.backbone(frames, words))
+        return self.decoder.memory(context, self._state(batch))
+
+    # ------------------------------------------------------------------------------------------ training
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        cfg = self.config
+        self.state_norm.check()
+        self.action_norm.check()
+        actions = batch[ACTION_KEY]
+        if actions.ndim != 3 or actions.shape[1:] != (cfg.chunk_size, cfg.action_dim):
+            raise ValueError(
+                f"{ACTION_KEY!r} must be (B, {cfg.chunk_size}, {cfg.action_dim}), got {tuple(actions.shape)}"
+            )
+        actions = self.action_norm.normalize(actions)
+        keep = (
+            ~batch["action_is_pad"]
+            if "action_is_pad" in batch
+            else torch.ones(actions.shape[:2], dtype=torch.bool)
+        )
+        keep = keep.to(actions.device)[..., None].float()
+        memory = self._encode(batch)
+        B = len(actions)
+
+        noise = torch.randn_like(actions)
+        t = sample_time(B, cfg.time_alpha, device=actions.device)
+        zeros = torch.zeros(B, dtype=torch.long, device=actions.device)
+        v = self.decoder(interpolate(actions, noise, t), t, zeros, memory)
+        fm_loss = ((v - target_velocity(actions, noise)) ** 2 * keep).sum() / (keep.sum() * cfg.action_dim)
+
+        n = int(round(cfg.shortcut_fraction * B))
+        shortcut_loss = torch.zeros((), device=actions.device)
+        if n > 0:
+            sub = [(k[:n], v[:n]) for k, v in memory]
+            x_t, t_s, d_index, target = shortcut_targets(
+                lambda x, tt, d: self.decoder(x, tt, d, sub), actions[:n], noise[:n], cfg.shortcut_levels
+            )
+            v_s = self.decoder(x_t, t_s, d_index, sub)
+            shortcut_loss = ((v_s - target) ** 2 * keep[:n]).sum() / (keep[:n].sum() * cfg.action_dim)
+        loss = fm_loss + shortcut_loss
+        return loss, {"fm_loss": fm_loss.item(), "shortcut_loss": shortcut_loss.item()}
+
+    # ------------------------------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def predict_action_chunk(self, batch: dict, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, H, A) actions in the dataset's units; `noise` (B, H, A) fixes the sample."""
+        cfg = self.config
+        self.state_norm.check()
+        self.action_norm.check()
+        memory = self._encode(batch)
+        B = memory[0][0].shape[0]
+        if noise is None:
+            noise = torch.randn(B, cfg.chunk_size, cfg.action_dim, device=memory[0][0].device)
+        steps = cfg.num_few_steps if cfg.few_step else cfg.num_inference_steps
+        d_index = steps_to_index(steps, cfg.few_step)
+        actions = euler_sample(lambda x, t, d: self.decoder(x, t, d, memory), noise, steps, d_index)
+        return self.action_norm.unnormalize(actions)
+
+    @torch.no_grad()
+    def select_action(self, batch: dict, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, A): the next action of the current chunk; a new chunk every n_action_steps calls."""
+        frames = batch[self.config.image_key]
+        if not self._queue:
+            chunk = self.predict_action_chunk(batch, noise)  # uses the previous frame kept below
+            self._queue.extend(chunk[:, : self.config.n_action_steps].transpose(0, 1))
+        self._prev_frame = frames if frames.ndim == 4 else frames[:, -1]
+        return self._queue.popleft()
+
+    # ------------------------------------------------------------------------------------------ loading
+    @classmethod
+    def _load_as_safetensor(cls, model, model_file: str, map_location: str, strict: bool):
+        """Strict loading with a clear error: a checkpoint of another config, or one without statistics."""
+        state = load_file(model_file, device="cpu")
+        own = model.state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        wrong = [k for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+        if missing or unexpected or wrong:
+            raise ValueError(
+                f"{model_file} does not match this policy's config: missing {missing[:5]}, unexpected "
+                f"{unexpected[:5]}, shapes differ for {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in wrong[:5]]}"
+            )
+        model.load_state_dict(state)
+        model.state_norm.check()
+        model.action_norm.check()
+        return model
+
+
+def make_policy(path: str | Path, task: str | None = None, device: str = "cpu", **overrides) -> VipraPolicy:
+    """Factory for the evaluation harness (`_target_: policies.vipra.make_policy`, `_partial_: true`):
+    a trained policy from `save_pretrained`'s folder; `overrides` set config fields (e.g. few_step=true)."""
+    path = Path(path)
+    if not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"no policy at {path} (expected model.safetensors and config.json from save_pretrained)"
+        )
+    config = VipraConfig.from_pretrained(path)
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            raise ValueError(f"VipraConfig has no field {key!r}")
+        setattr(config, key, value)
+    config.device = device
+    return VipraPolicy.from_pretrained(path, config=config)

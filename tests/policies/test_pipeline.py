@@ -1,0 +1,122 @@
+"""The whole pipeline at toy scale on the fixture datasets: latent actions -> labels -> backbone ->
+policy -> the evaluation harness; and the stage plan of python -m policies.pipeline."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize
+
+TINY = [
+    "task.tasks=[stack_block,carrot_on_plate]",
+    "data.demos.name=demos",
+    "data.video.name=video",
+    # latent action model
+    "model.lam.dim=16", "model.lam.heads=2", "model.lam.idm_layers=1", "model.lam.fdm_layers=1",
+    "train.lam.steps=2", "train.lam.batch_size=2", "train.lam.val_clips=4", "train.lam.val_fraction=0.2",
+    # backbone
+    "model.backbone.dim=32", "model.backbone.heads=2", "model.backbone.layers=1", "model.backbone.horizon=6",
+    "train.backbone.steps=3", "train.backbone.batch_size=4", "train.backbone.val_fraction=0.2",
+    "train.backbone.ckpt_every=2",
+    # policy
+    "model.policy.chunk_size=6", "model.policy.n_action_steps=3", "model.policy.dim=32", "model.policy.heads=2",
+    "model.policy.layers=1", "train.policy.steps=3", "train.policy.batch_size=4", "train.policy.ckpt_every=2",
+]  # fmt: skip
+
+
+def config(root, run_dir, *extra):
+    with initialize(version_base="1.3", config_path="../../conf"):
+        return compose(
+            "config",
+            overrides=[
+                f"data.root={root}",
+                f"run_dir={run_dir}",
+                f"train.lam.out_dir={run_dir}/lam",
+                f"train.backbone.out_dir={run_dir}/backbone",
+                f"train.policy.out_dir={run_dir}/policy",
+                *TINY,
+                *extra,
+            ],
+        )
+
+
+@pytest.fixture(scope="module")
+def pipeline_runs(datasets, tmp_path_factory):
+    """Train every stage once at toy scale; returns (cfg, run_dir)."""
+    from world_model.label_lam import label_dataset, write_labels
+    from world_model.train_backbone import train as train_backbone
+    from world_model.train_lam import load_lam
+    from world_model.train_lam import train as train_lam
+
+    root, run_dir = datasets[0], tmp_path_factory.mktemp("runs")
+    cfg = config(root, run_dir)
+    train_lam(cfg)
+    lam = load_lam(cfg.train.lam.out_dir)
+    labels = label_dataset(lam, root / "video", cfg.task.image_key)
+    write_labels(labels, lam, Path(cfg.train.backbone.labels), {})
+    summary = train_backbone(cfg)
+    return cfg, run_dir, summary
+
+
+def test_backbone_trains_on_labelled_video(pipeline_runs):
+    _, run_dir, summary = pipeline_runs
+    assert {"frame_mse", "copy_mse", "action_acc", "majority_acc"} <= set(summary)
+    assert (run_dir / "backbone/checkpoints/last/model.safetensors").is_file()
+
+
+def test_finetuned_policy_runs_in_the_harness(pipeline_runs, datasets):
+    from policies.train_policy import train as train_policy
+    from policies.vipra import make_policy
+    from sim.evaluate import evaluate
+    from world_model.train_backbone import load_backbone
+
+    cfg, run_dir, _ = pipeline_runs
+    train_policy(cfg)
+    path = run_dir / "policy/pretrained_model"
+    policy = make_policy(path)
+    # The backbone was initialised from the pretrained one, then tuned at a tenth of the rate.
+    pretrained = load_backbone(run_dir / "backbone")
+    assert policy.backbone.cfg == pretrained.cfg
+    assert policy.config.backbone_lr_scale == pytest.approx(0.1)
+    results = evaluate(
+        {"ours": lambda task: make_policy(path)}, ["stack_block"], ["visual_matching"], episodes=1, num_envs=1
+    )
+    assert results["average_success"]["ours"]["visual_matching"] in (0.0, 1.0)
+
+
+def test_scratch_policy_and_resume(pipeline_runs, datasets):
+    from policies.train_policy import train as train_policy
+
+    _, run_dir, _ = pipeline_runs
+    cfg = config(
+        datasets[0], run_dir, "train.policy.backbone=null", f"train.policy.out_dir={run_dir}/scratch"
+    )
+    assert train_policy(cfg)["resumed_at"] == 0
+    cfg.train.policy.steps = 4
+    assert train_policy(cfg)["resumed_at"] == 3  # the final checkpoint of the first run
+    from policies.vipra import make_policy
+
+    policy = make_policy(run_dir / "scratch/pretrained_model")
+    assert policy.config.backbone_lr_scale == 1.0
+    obs = {
+        "observation.images.image": torch.rand(1, 3, 64, 64),
+        "observation.state": torch.zeros(1, 7),
+        "task": ["x"],
+    }
+    assert policy.select_action(obs).shape == (1, 7)
+
+
+def test_pipeline_plans_every_stage_of_the_table(tmp_path):
+    from policies.pipeline import stages
+
+    cfg = config(tmp_path / "data", tmp_path / "runs", "experiment=full")
+    plan = stages(cfg, ["experiment=full"])
+    modules = [m for m, _ in plan]
+    assert modules[0] == "data.generate" and modules[-1] == "sim.evaluate"
+    assert modules.count("world_model.train_lam") == 2 and modules.count("world_model.train_backbone") == 5
+    assert modules.count("policies.train_policy") == 6 and "policies.lerobot_baseline" in modules
+    evaluated = plan[-1][1][-1]
+    assert evaluated.startswith("eval.policies=[ours,scratch_fm,lerobot_baseline")
+    cfg.pipeline.policies = ["ours", "nonsense"]
+    with pytest.raises(ValueError, match="unknown policies"):
+        stages(cfg, [])

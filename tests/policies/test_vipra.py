@@ -1,0 +1,166 @@
+"""The ViPRA-style policy: LeRobot's contract, overfitting one chunk, save/load, refusals."""
+
+import json
+from collections import deque
+
+import pytest
+import torch
+from lerobot.configs.policies import PreTrainedConfig
+from lerobot.policies.pretrained import PreTrainedPolicy
+
+from policies.vipra import VipraConfig, VipraPolicy, make_policy
+from world_model.backbone import BackboneConfig
+
+TINY_BACKBONE = BackboneConfig(image_size=32, patch_size=8, horizon=6, dim=32, heads=2, layers=1, pool=2)
+
+
+def tiny_config(**kw) -> VipraConfig:
+    from lerobot.configs import FeatureType, PolicyFeature
+
+    args = dict(
+        input_features={
+            "observation.images.image": PolicyFeature(FeatureType.VISUAL, (3, 32, 32)),
+            "observation.state": PolicyFeature(FeatureType.STATE, (7,)),
+        },
+        chunk_size=6,
+        n_action_steps=3,
+        backbone=TINY_BACKBONE.to_dict(),
+        dim=32,
+        heads=2,
+        layers=1,
+        optimizer_lr=2e-3,
+        backbone_lr_scale=1.0,
+    )
+    return VipraConfig(**(args | kw))
+
+
+STATS = {
+    "observation.state": {"mean": torch.zeros(7), "std": torch.ones(7)},
+    "action": {"mean": torch.full((7,), 0.1), "std": torch.full((7,), 0.5)},
+}
+
+
+def make_batch(B=2, H=6, seed=0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "observation.images.image": torch.rand(B, 2, 3, 32, 32, generator=g),
+        "observation.state": torch.randn(B, 7, generator=g),
+        "action": 0.1 + 0.5 * torch.randn(B, H, 7, generator=g),
+        "action_is_pad": torch.zeros(B, H, dtype=torch.bool),
+        "task": ["put carrot on plate", "stack the green block on the yellow block"][:B] * (B // 2 or 1),
+    }
+
+
+def test_policy_follows_the_lerobot_contract():
+    torch.manual_seed(0)
+    policy = VipraPolicy(tiny_config(), STATS)
+    assert isinstance(policy, PreTrainedPolicy) and policy.name == "vipra" and policy.config.type == "vipra"
+    assert policy.config.observation_delta_indices == [-1, 0]
+    assert policy.config.action_delta_indices == list(range(6))
+    batch = make_batch()
+    loss, terms = policy.forward(batch)
+    assert loss.ndim == 0 and torch.isfinite(loss) and {"fm_loss", "shortcut_loss"} <= set(terms)
+    loss.backward()
+    assert all(p.grad is not None for p in policy.decoder.parameters())
+    torch.optim.AdamW(policy.get_optim_params(), lr=1e-3).step()  # the groups are valid optimizer input
+
+    policy.eval()
+    assert policy.predict_action_chunk(batch).shape == (2, 6, 7)
+    obs = {k: batch[k] for k in ("observation.state", "task")} | {
+        "observation.images.image": batch["observation.images.image"][:, 1]
+    }
+    calls = []
+    real = policy.predict_action_chunk
+    policy.predict_action_chunk = lambda b, noise=None: calls.append(1) or real(b, noise)
+    policy.reset()
+    actions = [policy.select_action(obs) for _ in range(7)]
+    assert all(a.shape == (2, 7) for a in actions)
+    assert len(calls) == 3  # a new chunk every n_action_steps = 3 calls
+    policy.reset()
+    assert isinstance(policy._queue, deque) and not policy._queue and policy._prev_frame is None
+
+
+def test_select_action_executes_the_chunk_in_order():
+    policy = VipraPolicy(tiny_config(), STATS).eval()
+    obs = {
+        "observation.images.image": torch.rand(1, 3, 32, 32),
+        "observation.state": torch.zeros(1, 7),
+        "task": ["x"],
+    }
+    noise = torch.randn(1, 6, 7, generator=torch.Generator().manual_seed(0))
+    chunk = policy.predict_action_chunk(obs, noise)  # no previous frame: frame t stands in for t-1
+    policy.reset()
+    first = [policy.select_action(obs, noise) for _ in range(3)]
+    torch.testing.assert_close(torch.stack(first, 1), chunk[:, :3])
+
+
+def test_overfits_one_chunk():
+    """Two samples with different images and instructions: the sampler must reproduce each one's chunk."""
+    torch.manual_seed(0)
+    policy = VipraPolicy(tiny_config(shortcut_fraction=0.0), STATS)
+    batch = make_batch(B=2)
+    opt = torch.optim.AdamW(policy.get_optim_params(), lr=3e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 800)
+    for _ in range(800):
+        loss, _ = policy.forward(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        schedule.step()
+    policy.eval()
+    sampled = policy.predict_action_chunk(
+        batch, noise=torch.randn(2, 6, 7, generator=torch.Generator().manual_seed(1))
+    )
+    error = ((sampled - batch["action"]) / 0.5).pow(2).mean().item()  # in normalized units; chance is ~2
+    assert error < 0.08, error  # ~0.02 (seeds 0-2), ~1 with the chunk's mean, ~2 at chance
+
+
+def test_save_and_load_give_identical_actions(tmp_path):
+    torch.manual_seed(0)
+    policy = VipraPolicy(tiny_config(), STATS).eval()
+    policy.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file() and json.loads((tmp_path / "config.json").read_text())[
+        "type"
+    ] == "vipra"
+    assert isinstance(PreTrainedConfig.from_pretrained(tmp_path), VipraConfig)
+    loaded = make_policy(tmp_path)
+    batch = make_batch()
+    noise = torch.randn(2, 6, 7, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(
+        loaded.predict_action_chunk(batch, noise), policy.predict_action_chunk(batch, noise), rtol=0, atol=0
+    )
+    torch.testing.assert_close(loaded.action_norm.mean, STATS["action"]["mean"])
+    few = make_policy(tmp_path, few_step=True)  # config overrides for evaluation
+    assert few.config.few_step and few.predict_action_chunk(batch, noise).shape == (2, 6, 7)
+
+
+def test_missing_statistics_are_an_error(tmp_path):
+    policy = VipraPolicy(tiny_config())  # built without dataset statistics
+    with pytest.raises(RuntimeError, match="normalization statistics of 'observation.state' are missing"):
+        policy.forward(make_batch())
+    with pytest.raises(RuntimeError, match="missing"):
+        policy.predict_action_chunk(make_batch())
+    policy.save_pretrained(tmp_path)
+    with pytest.raises(RuntimeError, match="missing"):
+        make_policy(tmp_path)
+    with pytest.raises(ValueError, match="mean and std of 'action'"):
+        VipraPolicy(tiny_config(), {"observation.state": STATS["observation.state"]})
+
+
+def test_bad_inputs_are_refused(tmp_path):
+    policy = VipraPolicy(tiny_config(), STATS)
+    batch = make_batch()
+    with pytest.raises(ValueError, match=r"'action' must be \(B, 6, 7\)"):
+        policy.forward(batch | {"action": batch["action"][..., :6]})
+    with pytest.raises(ValueError, match="6 dimensions, the policy was built for 7"):
+        policy.predict_action_chunk(batch | {"observation.state": batch["observation.state"][:, :6]})
+    with pytest.raises(ValueError, match="backbone takes 32x32"):
+        policy.predict_action_chunk(batch | {"observation.images.image": torch.rand(2, 2, 3, 64, 64)})
+    with pytest.raises(ValueError, match="horizon 6 must equal chunk_size 8"):
+        tiny_config(chunk_size=8)
+    policy.save_pretrained(tmp_path / "small")
+    other = tiny_config(dim=64)
+    with pytest.raises(ValueError, match="does not match this policy's config"):
+        VipraPolicy.from_pretrained(tmp_path / "small", config=other)
+    with pytest.raises(FileNotFoundError, match="expected model.safetensors"):
+        make_policy(tmp_path / "nowhere")

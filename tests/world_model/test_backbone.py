@@ -1,0 +1,79 @@
+"""The video-prediction backbone and the chunk sampling it trains on."""
+
+import pytest
+import torch
+
+from data.chunks import EpisodeBank
+from world_model.backbone import BackboneConfig, VideoBackbone, backbone_loss, tokenize
+
+TINY = BackboneConfig(
+    image_size=32, patch_size=8, horizon=5, tokens_per_step=2, num_codes=8, dim=32, heads=2, layers=1
+)
+
+
+def test_shapes_and_context_tokens():
+    model = VideoBackbone(TINY)
+    frames, words = torch.rand(3, 2, 3, 32, 32), tokenize(["put carrot on plate"] * 3, TINY.vocab_size)
+    out = model(frames, words)
+    assert out.frame.shape == (3, 3, 32, 32) and out.logits.shape == (3, 5, 2, 8)
+    assert out.hidden.shape == (3, 16 + 1 + 10, 32)
+    assert (
+        model.features(out).shape == (3, TINY.num_context_tokens, 32) and TINY.num_context_tokens == 4 + 1 + 5
+    )
+    # Zero-initialised pixel head: the untrained prediction is frame t itself.
+    torch.testing.assert_close(out.frame, frames[:, 1])
+
+
+def test_loss_ignores_codes_past_the_episode_end():
+    model = VideoBackbone(TINY)
+    out = model(torch.rand(2, 2, 3, 32, 32), tokenize(["a", "b"], TINY.vocab_size))
+    codes = torch.randint(8, (2, 5, 2))
+    codes[1, 3:] = -1
+    loss, terms = backbone_loss(out, torch.rand(2, 3, 32, 32), codes, frame_weight=1.0, action_weight=1.0)
+    valid = codes >= 0
+    expected = torch.nn.functional.cross_entropy(out.logits[valid], codes[valid])
+    torch.testing.assert_close(terms["action_ce"], expected)
+    assert torch.isfinite(loss)
+    _, none = backbone_loss(out, torch.rand(2, 3, 32, 32), torch.full_like(codes, -1), 1.0, 1.0)
+    assert none["action_ce"].item() == 0.0
+
+
+def test_tokenize_is_stable_and_padded():
+    ids = tokenize(["Put the carrot on the plate", "stack"], vocab_size=64, max_words=8)
+    assert (
+        ids.shape == (2, 8) and (ids[0, :6] > 0).all() and (ids[0, 6:] == 0).all() and (ids[1, 1:] == 0).all()
+    )
+    assert ids[0, 1] == ids[0, 4]  # "the" twice, case-insensitive hashing
+    assert torch.equal(ids, tokenize(["put the carrot on the plate", "stack"], vocab_size=64, max_words=8))
+
+
+def test_bad_inputs_are_refused():
+    model = VideoBackbone(TINY)
+    with pytest.raises(ValueError, match="frames t-1 and t"):
+        model(torch.rand(2, 3, 3, 32, 32), torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="backbone takes 32x32"):
+        model(torch.rand(2, 2, 3, 64, 64), torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="pool 3 does not divide"):
+        BackboneConfig(image_size=32, patch_size=8, pool=3)
+
+
+def test_episode_bank_windows():
+    # Two episodes of 4 and 3 frames; frame k holds the value k in every pixel.
+    frames = torch.arange(7, dtype=torch.uint8).view(7, 1, 1, 1).expand(7, 3, 2, 2)
+    action = torch.arange(7, dtype=torch.float32)[:, None]
+    bank = EpisodeBank.from_arrays(
+        frames, {"action": action}, torch.tensor([0, 0, 0, 0, 5, 5, 5]), ["a"] * 4 + ["b"] * 3
+    )
+    w = bank.window(torch.tensor([0, 2, 4, 6]), horizon=3)
+    assert w.context.tolist() == [[0, 0], [1, 2], [4, 4], [5, 6]]  # t-1 = t at an episode's start
+    assert w.future.tolist() == [3, 3, 6, 6]  # t+3, clamped to the episode's last frame
+    assert w.chunk.tolist() == [[0, 1, 2], [2, 3, 3], [4, 5, 6], [6, 6, 6]]
+    assert w.chunk_is_pad.tolist() == [[False] * 3, [False, False, True], [False] * 3, [False, True, True]]
+    sub = bank.subset([5])
+    assert (
+        len(sub) == 3
+        and sub.tasks == ["b"] * 3
+        and sub.window(torch.tensor([0]), 2).context.tolist() == [[0, 0]]
+    )
+    with pytest.raises(ValueError, match="one row per frame"):
+        EpisodeBank.from_arrays(frames, {"action": action[:3]}, torch.zeros(7, dtype=torch.long), ["a"] * 7)

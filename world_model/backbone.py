@@ -1,0 +1,165 @@
+"""Video-prediction backbone: from two context frames and the instruction, predict the frame H steps
+ahead and the H latent actions in between (ViPRA's pretraining task, at CPU scale).
+
+    frames t-1, t (B, 2, 3, H, W) in [0, 1], instruction token ids (B, W)
+      └─ tokens: 64 patches of frame t, each with its difference from t-1 (motion so far)
+                 + 1 instruction token (bag of hashed words) + H*N latent-action queries
+      └─ transformer (bidirectional over all tokens)
+           ├─ patch tokens  -> frame t+H as frame t plus a predicted change      (MSE)
+           └─ action queries -> logits over the latent-action codebook, per step (cross-entropy)
+
+Latent actions are the frozen latent action model's discrete codes, so the targets are ViPRA's
+discrete tokens trained with cross-entropy. `features` returns what the action decoder reads:
+pooled patch tokens, the instruction token and one token per future step carrying the predicted
+latent actions (their hidden state plus the expected code embedding).
+"""
+
+import re
+import zlib
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from world_model.lam import SpaceTimeBlock, patchify, unpatchify
+
+
+@dataclass
+class BackboneConfig:
+    image_size: int = 64
+    patch_size: int = 8  # 64 patch tokens per frame at 64x64
+    horizon: int = 14  # H: predict frame t+H and the H latent actions t -> t+H (ViPRA's 14)
+    tokens_per_step: int = 4  # N: latent tokens per transition, as the latent action model names them
+    num_codes: int = 8  # the latent action model's codebook size
+    vocab_size: int = 512  # hashed instruction words
+    dim: int = 128
+    heads: int = 4
+    layers: int = 4
+    mlp_ratio: float = 4.0
+    pool: int = 2  # patch tokens are average-pooled pool x pool into the decoder's context
+
+    def __post_init__(self):
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
+        if (self.image_size // self.patch_size) % self.pool:
+            raise ValueError(
+                f"pool {self.pool} does not divide the {self.image_size // self.patch_size}-patch grid"
+            )
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not a multiple of heads {self.heads}")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid**2
+
+    @property
+    def num_context_tokens(self) -> int:
+        """Tokens `features` returns: pooled patches + instruction + one per future step."""
+        return (self.grid // self.pool) ** 2 + 1 + self.horizon
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def tokenize(instructions: list[str], vocab_size: int, max_words: int = 16) -> torch.Tensor:
+    """Instructions -> (B, max_words) ids: each lower-cased word hashed (crc32) into 1..vocab_size-1; 0 pads.
+
+    A stable hash rather than a fitted vocabulary: nothing to store, any instruction maps somewhere."""
+    ids = torch.zeros(len(instructions), max_words, dtype=torch.long)
+    for i, text in enumerate(instructions):
+        words = re.findall(r"[a-z0-9]+", text.lower())[:max_words]
+        for j, word in enumerate(words):
+            ids[i, j] = 1 + zlib.crc32(word.encode()) % (vocab_size - 1)
+    return ids
+
+
+@dataclass
+class BackboneOutput:
+    hidden: torch.Tensor  # (B, P + 1 + H*N, C) final tokens: patches, instruction, action queries
+    frame: torch.Tensor  # (B, 3, H, W) predicted frame t+H (unclamped)
+    logits: torch.Tensor  # (B, H, N, K) latent-action code logits per future step
+
+
+class VideoBackbone(nn.Module):
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        self.cfg = cfg
+        P, C, Q = cfg.num_patches, cfg.dim, cfg.horizon * cfg.tokens_per_step
+        self.patch_embed = nn.Linear(6 * cfg.patch_size**2, C)
+        self.word_embed = nn.EmbeddingBag(cfg.vocab_size, C, mode="mean", padding_idx=0)
+        self.queries = nn.Parameter(torch.randn(1, Q, C) * 0.02)
+        self.pos = nn.Parameter(torch.randn(1, P + 1 + Q, C) * 0.02)
+        # Spatial-only blocks over one "frame" of tokens: a plain bidirectional transformer.
+        self.blocks = nn.ModuleList(
+            SpaceTimeBlock(C, cfg.heads, cfg.mlp_ratio, temporal=False) for _ in range(cfg.layers)
+        )
+        self.norm = nn.LayerNorm(C)
+        self.to_pixels = nn.Linear(C, 3 * cfg.patch_size**2)
+        nn.init.zeros_(self.to_pixels.weight)  # start as "nothing changes"
+        nn.init.zeros_(self.to_pixels.bias)
+        self.to_logits = nn.Linear(C, cfg.num_codes)
+        self.code_embed = nn.Linear(cfg.tokens_per_step * cfg.num_codes, C)  # expected codes -> a token
+
+    def check_inputs(self, frames: torch.Tensor, words: torch.Tensor) -> None:
+        size = self.cfg.image_size
+        if frames.ndim != 5 or frames.shape[1:3] != (2, 3):
+            raise ValueError(f"frames must be (B, 2, 3, H, W): frames t-1 and t; got {tuple(frames.shape)}")
+        if frames.shape[-2:] != (size, size):
+            raise ValueError(
+                f"frames are {frames.shape[-2]}x{frames.shape[-1]}, the backbone takes {size}x{size}"
+            )
+        if words.ndim != 2 or len(words) != len(frames):
+            raise ValueError(f"words must be (B, W) token ids for B={len(frames)}; got {tuple(words.shape)}")
+
+    def forward(self, frames: torch.Tensor, words: torch.Tensor) -> BackboneOutput:
+        """frames (B, 2, 3, H, W) in [0, 1] (t-1, t), words (B, W) hashed word ids (0 = padding)."""
+        self.check_inputs(frames, words)
+        cfg, B = self.cfg, len(frames)
+        now, diff = frames[:, 1], frames[:, 1] - frames[:, 0]
+        x = torch.cat([now * 2 - 1, 4 * diff], dim=1)[:, None]  # (B, 1, 6, H, W); differences are small
+        patches = self.patch_embed(patchify(x, cfg.patch_size)[:, 0])  # (B, P, C)
+        instruction = self.word_embed(words)[:, None]  # (B, 1, C)
+        x = torch.cat([patches, instruction, self.queries.expand(B, -1, -1)], dim=1) + self.pos
+        x = x[:, None]  # SpaceTimeBlock works on (B, T, L, C); here T = 1
+        for block in self.blocks:
+            x = block(x)
+        hidden = self.norm(x[:, 0])  # (B, L, C)
+        P = cfg.num_patches
+        change = unpatchify(self.to_pixels(hidden[:, None, :P]), cfg.patch_size, cfg.image_size)[:, 0]
+        logits = self.to_logits(hidden[:, P + 1 :]).view(B, cfg.horizon, cfg.tokens_per_step, cfg.num_codes)
+        return BackboneOutput(hidden, now + change, logits)
+
+    def features(self, out: BackboneOutput) -> torch.Tensor:
+        """Context for the action decoder: (B, (grid/pool)^2 + 1 + H, C)."""
+        cfg, B, C = self.cfg, len(out.hidden), self.cfg.dim
+        P, g = cfg.num_patches, cfg.grid
+        grid = out.hidden[:, :P].transpose(1, 2).reshape(B, C, g, g)
+        pooled = F.avg_pool2d(grid, cfg.pool).flatten(2).transpose(1, 2)  # (B, (g/pool)^2, C)
+        steps = out.hidden[:, P + 1 :].view(B, cfg.horizon, cfg.tokens_per_step, C).mean(2)  # (B, H, C)
+        expected = self.code_embed(out.logits.softmax(-1).flatten(2))  # (B, H, C): the predicted latents
+        return torch.cat([pooled, out.hidden[:, P : P + 1], steps + expected], dim=1)
+
+
+def backbone_loss(
+    out: BackboneOutput, future: torch.Tensor, codes: torch.Tensor, frame_weight: float, action_weight: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """future (B, 3, H, W) in [0, 1]; codes (B, H, N) with -1 where no label exists (past an episode's end).
+
+    Returns the weighted loss and its terms (unweighted), with the top-1 accuracy of the code predictions.
+    """
+    frame = F.mse_loss(out.frame, future)
+    valid = codes >= 0
+    if valid.any():
+        action = F.cross_entropy(out.logits[valid], codes[valid])
+        accuracy = (out.logits[valid].argmax(-1) == codes[valid]).float().mean()
+    else:  # a batch entirely past episode ends: nothing to score
+        action = accuracy = out.logits.sum() * 0
+    loss = frame_weight * frame + action_weight * action
+    return loss, {"frame_mse": frame, "action_ce": action, "action_acc": accuracy}
