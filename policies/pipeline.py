@@ -96,7 +96,8 @@ def stages(cfg: DictConfig, base: list[str]) -> list[tuple[str, list[str]]]:
         )
     if "lerobot_baseline" in trained:
         out.append(("policies.lerobot_baseline", [*base, f"lerobot_baseline.out_dir={run_dir / 'act'}"]))
-    out.append(("sim.evaluate", [*base, f"eval.policies=[{','.join(wanted)}]"]))
+    if cfg.pipeline.evaluate:
+        out.append(("sim.evaluate", [*base, f"eval.policies=[{','.join(wanted)}]"]))
     return out
 
 
