@@ -110,7 +110,8 @@ def train(cfg: DictConfig) -> dict:
     out_dir = Path(tcfg.out_dir)
     torch.manual_seed(tcfg.seed)
     bank = EpisodeBank.load(tcfg.dataset, cfg.task.image_key, columns=[STATE_KEY, ACTION_KEY])
-    policy = build_policy(cfg, bank)
+    device = torch.device(tcfg.device)
+    policy = build_policy(cfg, bank).to(device)
     policy.train()
     groups = policy.get_optim_params()
     optimizer = torch.optim.AdamW(
@@ -144,7 +145,8 @@ def train(cfg: DictConfig) -> dict:
         for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = lr * lr_factor(step, tcfg)
         rows = torch.randint(len(bank), (tcfg.batch_size,), generator=gen)
-        loss, terms = policy.forward(make_batch(bank, rows, horizon, key, tcfg.shift, gen))
+        batch = make_batch(bank, rows, horizon, key, tcfg.shift, gen)
+        loss, terms = policy.forward({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss is {loss.item()} at step {step} ({terms}); last good checkpoint kept"

@@ -78,7 +78,9 @@ def evaluate(model: VideoBackbone, bank: EpisodeBank, majority_code: int, num: i
     model.eval()
     cfg = model.cfg
     rows = torch.linspace(0, len(bank) - 1, min(num, len(bank))).round().long()
-    frames, words, future, codes = make_batch(bank, rows, cfg.horizon, cfg.vocab_size, shift=0)
+    device = next(model.parameters()).device
+    batch = make_batch(bank, rows, cfg.horizon, cfg.vocab_size, shift=0)
+    frames, words, future, codes = (t.to(device) for t in batch)
     out = model(frames, words)
     valid = codes >= 0
     model.train()
@@ -115,7 +117,8 @@ def train(cfg: DictConfig) -> dict:
             f"{cfg.task.image_key!r} in {tcfg.dataset} is {bank.frames.shape[-1]} pixels wide, the backbone "
             f"takes {model_cfg.image_size}"
         )
-    model = VideoBackbone(model_cfg)
+    device = torch.device(tcfg.device)
+    model = VideoBackbone(model_cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     gen = torch.Generator().manual_seed(tcfg.seed)
     train_eps, val_eps = split_episodes(len(bank.episodes), tcfg.val_fraction, tcfg.seed)
@@ -147,9 +150,8 @@ def train(cfg: DictConfig) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, tcfg)
         rows = torch.randint(len(train_bank), (tcfg.batch_size,), generator=gen)
-        frames, words, future, codes = make_batch(
-            train_bank, rows, model_cfg.horizon, model_cfg.vocab_size, tcfg.shift, gen
-        )
+        batch = make_batch(train_bank, rows, model_cfg.horizon, model_cfg.vocab_size, tcfg.shift, gen)
+        frames, words, future, codes = (t.to(device) for t in batch)
         loss, terms = backbone_loss(model(frames, words), future, codes, tcfg.loss.frame, tcfg.loss.action)
         if not torch.isfinite(loss):
             raise FloatingPointError(

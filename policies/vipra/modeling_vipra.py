@@ -191,7 +191,7 @@ class VipraPolicy(PreTrainedPolicy):
         n = int(round(cfg.shortcut_fraction * B))
         shortcut_loss = torch.zeros((), device=actions.device)
         if n > 0:
-            sub = [(k[:n], v[:n]) for k, v in memory]
+            sub = [(key[:n], value[:n]) for key, value in memory]  # the first n samples
             x_t, t_s, d_index, target = shortcut_targets(
                 lambda x, tt, d: self.decoder(x, tt, d, sub), actions[:n], noise[:n], cfg.shortcut_levels
             )
