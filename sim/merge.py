@@ -1,0 +1,67 @@
+"""Merge evaluations run separately into one table: the same tasks, protocols, episodes and seed, so
+every policy faced the same scenes (e.g. policies evaluated as soon as each finished training).
+
+    python -m sim.merge reports/experiment outputs/eval/a/results.json outputs/eval/b/results.json \
+        --order ours,scratch_fm,lerobot_baseline
+
+Writes results.json / results.md / results.png to the output folder, as sim.evaluate does; each
+part's own command and commit are kept under `parts`.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sim.evaluate import write_report
+
+SAME = ("episodes_per_task", "seed", "image_size")
+
+
+def merge(parts: list[dict], order: list[str] | None = None) -> dict:
+    first = parts[0]
+    policies: dict = {}
+    for part in parts:
+        differ = {k: (first[k], part[k]) for k in SAME if part[k] != first[k]}
+        if differ:
+            raise ValueError(f"evaluations differ in {differ}: their scenes are not the same")
+        for name, entry in part["policies"].items():
+            if name in policies:
+                raise ValueError(f"policy {name!r} appears in more than one evaluation")
+            layout = {t: sorted(v) for t, v in entry["tasks"].items()}
+            reference = next(iter(policies.values()), entry)
+            if layout != {t: sorted(v) for t, v in reference["tasks"].items()}:
+                raise ValueError(f"policy {name!r} was evaluated on other tasks or protocols: {layout}")
+            policies[name] = entry
+    if order:
+        missing = [n for n in order if n not in policies]
+        if missing:
+            raise ValueError(
+                f"--order names {missing}, which no evaluation holds; they hold {list(policies)}"
+            )
+        policies = {n: policies[n] for n in order} | {n: e for n, e in policies.items() if n not in order}
+    merged = {k: first[k] for k in SAME} | {"policies": policies}
+    merged["average_success"] = {
+        name: {p: avg["success"] for p, avg in entry["average"].items()} for name, entry in policies.items()
+    }
+    merged["parts"] = [
+        {"command": p.get("command"), "commit": p.get("commit"), "policies": list(p["policies"])}
+        for p in parts
+    ]
+    return merged
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("inputs", type=Path, nargs="+", help="results.json files of sim.evaluate")
+    parser.add_argument("--order", default="", help="comma-separated policy order for the table")
+    args = parser.parse_args()
+    parts = [json.loads(p.read_text()) for p in args.inputs]
+    merged = merge(parts, [n for n in args.order.split(",") if n])
+    print(write_report(merged, args.out_dir, "python -m sim.merge " + " ".join(sys.argv[1:])))
+    print(f"wrote {args.out_dir / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
