@@ -52,7 +52,7 @@ def observation(policy, seed: int = 0) -> dict:
     }
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no autograd bookkeeping: about half the time of no_grad for these small ops
 def latency(policy, repeats: int) -> dict:
     obs = observation(policy)
     memory = policy._encode(obs)

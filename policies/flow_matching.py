@@ -83,7 +83,7 @@ def shortcut_targets(
 
 
 # ---------------------------------------------------------------------------------------------- solver
-@torch.no_grad()
+@torch.inference_mode()
 def euler_sample(velocity_fn: VelocityFn, noise: torch.Tensor, steps: int, d_index: int = 0) -> torch.Tensor:
     """Integrate from noise at t = 1 to t = 0 in `steps` equal Euler steps; returns x_0 (the actions)."""
     if steps < 1:

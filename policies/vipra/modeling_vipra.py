@@ -201,7 +201,7 @@ class VipraPolicy(PreTrainedPolicy):
         return loss, {"fm_loss": fm_loss.item(), "shortcut_loss": shortcut_loss.item()}
 
     # ------------------------------------------------------------------------------------------ inference
-    @torch.no_grad()
+    @torch.inference_mode()  # cheaper than no_grad per op, which matters at batch 1
     def predict_action_chunk(self, batch: dict, noise: torch.Tensor | None = None) -> torch.Tensor:
         """(B, H, A) actions in the dataset's units; `noise` (B, H, A) fixes the sample."""
         cfg = self.config
@@ -216,7 +216,7 @@ class VipraPolicy(PreTrainedPolicy):
         actions = euler_sample(lambda x, t, d: self.decoder(x, t, d, memory), noise, steps, d_index)
         return self.action_norm.unnormalize(actions)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def select_action(self, batch: dict, noise: torch.Tensor | None = None) -> torch.Tensor:
         """(B, A): the next action of the current chunk; a new chunk every n_action_steps calls."""
         frames = batch[self.config.image_key]
