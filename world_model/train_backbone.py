@@ -13,7 +13,6 @@ copying frame t, the code accuracy against always naming the most common code.
 """
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ from world_model.checkpoint import (
     restore_interrupted_swap,
     save_checkpoint,
 )
-from world_model.train_lam import split_episodes
+from world_model.train_lam import lr_at, split_episodes
 
 EMBODIMENTS = {"robot": 0, "hand": 1}
 
@@ -93,13 +92,6 @@ def evaluate(model: VideoBackbone, bank: EpisodeBank, majority_code: int, num: i
 
 
 # ---------------------------------------------------------------------------------------------- training
-def lr_at(step: int, cfg: DictConfig) -> float:
-    if step < cfg.lr_warmup:
-        return cfg.lr * (step + 1) / cfg.lr_warmup
-    progress = (step - cfg.lr_warmup) / max(1, cfg.steps - cfg.lr_warmup)
-    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 def train(cfg: DictConfig) -> dict:
     tcfg = cfg.train.backbone
     out_dir = Path(tcfg.out_dir)
