@@ -41,7 +41,7 @@ demo: install
 	rm -rf $(DEMO_DIR)
 	$(PYTHON) -m policies.pipeline experiment=demo
 
-# The results table (conf/experiment/full.yaml, ~2 h here): every policy and ablation, 50 episodes per
+# The results table (conf/experiment/full.yaml, ~3 h here, estimated from its stages): every policy and ablation, 50 episodes per
 # task and protocol -> reports/experiment/. Resumes from the runs in outputs/experiment.
 experiment: install
 	$(PYTHON) -m policies.pipeline experiment=full

@@ -2,7 +2,7 @@
 policy of the results table (ours, Scratch-FM, the LeRobot baseline, the ablations).
 
     python -m policies.pipeline experiment=demo          # make demo: quick profile, ours vs Scratch-FM
-    python -m policies.pipeline experiment=full          # make experiment: the whole table (~2 h here)
+    python -m policies.pipeline experiment=full          # make experiment: the whole table (~3 h here)
     python -m policies.pipeline experiment=full 'pipeline.policies=[ours,scratch_fm]'
 
 Each stage is its own entry point, run as a subprocess with the same experiment and overrides, so a
