@@ -212,13 +212,21 @@ class LeRobotPolicyAdapter:
     def reset(self) -> None:
         self.policy.reset()  # empties ACT's action queue
 
-    def select_action(self, batch: dict) -> torch.Tensor:
+    def _inputs(self, batch: dict) -> dict:
         # Only the keys the policy was trained on, so privileged ones never reach it.
         obs = {k: batch[k] for k in self.input_keys}
         if "task" in batch:
             obs["task"] = batch["task"]
-        action = self.policy.select_action(self.preprocessor(obs))
+        return self.preprocessor(obs)
+
+    def select_action(self, batch: dict) -> torch.Tensor:
+        action = self.policy.select_action(self._inputs(batch))
         return self.postprocessor(action).cpu()
+
+    @torch.inference_mode()
+    def predict_action_chunk(self, batch: dict) -> torch.Tensor:
+        """(B, chunk_size, action_dim) in the env's units, for the control loop."""
+        return self.postprocessor(self.policy.predict_action_chunk(self._inputs(batch))).cpu()
 
 
 def load_lerobot_policy(

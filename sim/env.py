@@ -301,12 +301,8 @@ class TabletopEnv(gym.Env):
             )
         if not np.all(np.isfinite(action)):
             raise ValueError(f"action must be finite, got {action.tolist()}")
-        action = np.clip(action, ACTION_LOW, ACTION_HIGH)
-
         start_pos, start_rpy = self._hand_pos, self._hand_rpy
-        self._hand_pos = np.clip(start_pos + action[:3], HAND_LOW, HAND_HIGH)
-        self._hand_rpy = np.clip(start_rpy + action[3:6], RPY_LOW, RPY_HIGH)
-        self.data.ctrl[0] = FINGER_TRAVEL - (FINGER_TRAVEL + FINGER_SQUEEZE) * float(action[6])
+        self._move_targets(np.clip(action, ACTION_LOW, ACTION_HIGH))
         for k in range(1, SUBSTEP_CHUNKS + 1):
             a = k / SUBSTEP_CHUNKS
             self._set_hand(
@@ -319,6 +315,32 @@ class TabletopEnv(gym.Env):
         info = self._info()
         truncated = self._steps >= self.max_episode_steps
         return self._observation(), float(info["is_success"]), False, truncated, info
+
+    def _move_targets(self, action: np.ndarray) -> None:
+        """Move the hand target by the action's deltas (within the workspace) and set the gripper."""
+        self._hand_pos = np.clip(self._hand_pos + action[:3], HAND_LOW, HAND_HIGH)
+        self._hand_rpy = np.clip(self._hand_rpy + action[3:6], RPY_LOW, RPY_HIGH)
+        self.data.ctrl[0] = FINGER_TRAVEL - (FINGER_TRAVEL + FINGER_SQUEEZE) * float(action[6])
+
+    # ---- wall-clock use (sim.realtime): command now, simulate as time passes ---------------------
+    def command(self, action: np.ndarray) -> None:
+        """Apply an action at once, without stepping: the hand target jumps by its deltas (clipped to
+        the action box and the workspace). A caller stepping at 20-50 Hz sends small deltas, so the
+        target moves in small steps, as `step` interpolates it within a 5 Hz step."""
+        self._move_targets(np.clip(np.asarray(action, dtype=np.float64), ACTION_LOW, ACTION_HIGH))
+        self._set_hand(self._hand_pos, self._hand_rpy)
+
+    def simulate(self, nstep: int) -> None:
+        """Advance the physics by `nstep` timesteps (model.opt.timestep each) toward the current targets."""
+        if nstep > 0:
+            mujoco.mj_step(self.model, self.data, nstep=nstep)
+            self._sync()
+
+    def observation(self) -> dict:
+        return self._observation()
+
+    def info(self) -> dict:
+        return self._info()
 
     # ---- observation and judging ---------------------------------------------------------------
     def _finger_contacts(self) -> tuple[bool, bool]:

@@ -1,0 +1,33 @@
+"""A tiny ViPRA-style policy config (32x32 frames, chunks of 6) for fast tests."""
+
+import torch
+from lerobot.configs import FeatureType, PolicyFeature
+
+from policies.vipra import VipraConfig
+from world_model.backbone import BackboneConfig
+
+TINY_BACKBONE = BackboneConfig(image_size=32, patch_size=8, horizon=6, dim=32, heads=2, layers=1, pool=2)
+
+
+def tiny_config(**kw) -> VipraConfig:
+    args = dict(
+        input_features={
+            "observation.images.image": PolicyFeature(FeatureType.VISUAL, (3, 32, 32)),
+            "observation.state": PolicyFeature(FeatureType.STATE, (7,)),
+        },
+        chunk_size=6,
+        n_action_steps=3,
+        backbone=TINY_BACKBONE.to_dict(),
+        dim=32,
+        heads=2,
+        layers=1,
+        optimizer_lr=2e-3,
+        backbone_lr_scale=1.0,
+    )
+    return VipraConfig(**(args | kw))
+
+
+STATS = {
+    "observation.state": {"mean": torch.zeros(7), "std": torch.ones(7)},
+    "action": {"mean": torch.full((7,), 0.1), "std": torch.full((7,), 0.5)},
+}
