@@ -129,7 +129,9 @@ class MujocoRobot(Robot):
             raise KeyError(f"action lacks {missing}; expected keys {list(self.action_features)}")
         vector = np.array([float(action[k]) for k in self.action_features])
         if not np.all(np.isfinite(vector)):
-            raise ValueError(f"action must be finite, got {dict(zip(self.action_features, vector, strict=True))}")
+            raise ValueError(
+                f"action must be finite, got {dict(zip(self.action_features, vector, strict=True))}"
+            )
         self._advance()  # the previous target held until now
         sent = np.clip(vector, ACTION_LOW, ACTION_HIGH)
         self.env.command(sent)
