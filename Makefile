@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export PYENV_VERSION ?= 3.12
 DEMO_DIR := outputs/demo
 
-.PHONY: install system-deps test test-all demo experiment lint bench-sim bench-lam bench-policy datasets clean
+.PHONY: install system-deps test test-all demo experiment lint bench-sim bench-lam bench-policy bench-control datasets clean
 
 # Offscreen rendering needs EGL and Mesa; install them only when missing (root, Debian).
 system-deps:
@@ -68,6 +68,11 @@ bench-lam: install datasets
 # Policy latency (chunk and full step, batch 1, this CPU) and few-step success: reports/bench/policy.json.
 bench-policy: install
 	$(PYTHON) -m policies.bench_policy
+
+# The real-time loop at 20 and 50 Hz on the MuJoCo robot with the trained policy (~15 min of real-time
+# episodes): reports/bench/control.json and reports/figures/control.png.
+bench-control: install
+	$(PYTHON) -m policies.control.bench
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache

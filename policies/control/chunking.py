@@ -131,19 +131,25 @@ class ChunkPlan:
         self.chunks, self._boundary_at = [], None
 
 
-def boundary_jump_ratio(actions: np.ndarray, boundary: np.ndarray, scale: np.ndarray | None = None) -> float:
+def boundary_jump_ratio(actions, boundary, scale=None) -> float:
     """Largest action change entering a chunk boundary over the largest change inside chunks.
 
-    actions (N, A) as executed, boundary (N,) True at the first tick of each new chunk; changes are
-    max-abs over dimensions after dividing by `scale` (e.g. the action range), so that no unit wins.
-    Returns nan when either set is empty or the inside changes are all zero.
+    actions (N, A) as executed and boundary (N,) True at the first tick of each new chunk, or lists of
+    such arrays (one per run; no change is counted across runs). Changes are max-abs over dimensions
+    after dividing by `scale` (e.g. the action range), so that no unit wins. nan when either set is
+    empty or nothing changes inside chunks.
     """
-    actions = np.asarray(actions, dtype=np.float64)
-    if scale is not None:
-        actions = actions / np.asarray(scale, dtype=np.float64)
-    jumps = np.abs(np.diff(actions, axis=0)).max(axis=1)  # jumps[i]: from tick i to tick i + 1
-    at_boundary = np.asarray(boundary, dtype=bool)[1:]
-    if not at_boundary.any() or at_boundary.all():
+    if not isinstance(actions, list):
+        actions, boundary = [actions], [boundary]
+    at, inside = [0.0], [0.0]
+    for a, b in zip(actions, boundary, strict=True):
+        a = np.asarray(a, dtype=np.float64).reshape(len(b), -1)
+        if scale is not None:
+            a = a / np.asarray(scale, dtype=np.float64)
+        jumps = np.abs(np.diff(a, axis=0)).max(axis=1, initial=0.0)  # jumps[i]: tick i -> i + 1
+        entering = np.asarray(b, dtype=bool)[1:]
+        at += list(jumps[entering])
+        inside += list(jumps[~entering])
+    if len(at) == 1 or len(inside) == 1 or max(inside) == 0:
         return float("nan")
-    inside = jumps[~at_boundary].max()
-    return float(jumps[at_boundary].max() / inside) if inside > 0 else float("nan")
+    return float(max(at) / max(inside))

@@ -243,29 +243,33 @@ class ControlReport:
     clipped_change: int = 0
 
     def summary(self, scale: np.ndarray | None = None) -> dict:
-        period_ms = np.diff(self.tick_start) * 1000.0
-        nominal = 1000.0 / self.hz
-        pct = lambda x, q: float(np.percentile(x, q)) if len(x) else float("nan")  # noqa: E731
-        inference_ms = np.asarray(self.inference_s) * 1000.0
-        actions = np.asarray(self.actions)
-        return {
-            "steps": len(self.tick_start),
-            "period_ms_p50": pct(period_ms, 50),
-            "period_ms_p99": pct(period_ms, 99),
-            "jitter_ms_p99": pct(np.abs(period_ms - nominal), 99),
-            "deadline_misses": int(np.sum(np.asarray(self.tick_late_s) > 0)),
-            "inference_ms_p50": pct(inference_ms, 50),
-            "inference_ms_p99": pct(inference_ms, 99),
-            "delay_ticks_max": int(max(self.delay_ticks, default=0)),
-            "chunks": len(self.inference_s),
-            "held_ticks": self.held_ticks,
-            "clipped_bounds": self.clipped_bounds,
-            "clipped_change": self.clipped_change,
-            "boundary_jump_ratio": boundary_jump_ratio(actions, np.asarray(self.boundary), scale)
-            if len(actions) > 2
-            else float("nan"),
-            "stop_reason": self.stop_reason,
-        }
+        return summarize([self], scale)
+
+
+def summarize(reports: list[ControlReport], scale: np.ndarray | None = None) -> dict:
+    """The benchmark's keys over one or more runs (periods and jumps never span two runs)."""
+    pct = lambda x, q: float(np.percentile(x, q)) if len(x) else float("nan")  # noqa: E731
+    period_ms = np.concatenate([np.diff(r.tick_start) * 1000.0 for r in reports] + [np.zeros(0)])
+    nominal = 1000.0 / reports[0].hz
+    inference_ms = np.concatenate([np.asarray(r.inference_s) * 1000.0 for r in reports])
+    return {
+        "steps": sum(len(r.tick_start) for r in reports),
+        "period_ms_p50": pct(period_ms, 50),
+        "period_ms_p99": pct(period_ms, 99),
+        "jitter_ms_p99": pct(np.abs(period_ms - nominal), 99),
+        "deadline_misses": int(sum(np.sum(np.asarray(r.tick_late_s) > 0) for r in reports)),
+        "inference_ms_p50": pct(inference_ms, 50),
+        "inference_ms_p99": pct(inference_ms, 99),
+        "delay_ticks_max": int(max((d for r in reports for d in r.delay_ticks), default=0)),
+        "chunks": int(sum(len(r.inference_s) for r in reports)),
+        "held_ticks": sum(r.held_ticks for r in reports),
+        "clipped_bounds": sum(r.clipped_bounds for r in reports),
+        "clipped_change": sum(r.clipped_change for r in reports),
+        "boundary_jump_ratio": boundary_jump_ratio(
+            [np.asarray(r.actions) for r in reports], [np.asarray(r.boundary) for r in reports], scale
+        ),
+        "stop_reason": ",".join(sorted({r.stop_reason for r in reports})),
+    }
 
 
 class WatchdogStop(RuntimeError):

@@ -1,0 +1,197 @@
+"""make bench-control: the real-time loop on the MuJoCo robot with the best trained policy
+-> reports/bench/control.json and reports/figures/control.png.
+
+    python -m policies.control.bench [control.policy.path=...] [bench_control.episodes_per_task=5]
+
+- hz20 / hz50: timing of the loop (RTC-style blending on), over real-time episodes of every task:
+  period, jitter (|period - 1/hz|), deadline misses, inference time, boundary_jump_ratio.
+- boundary_jump_ratio_by_smoothing: the 20 Hz ratio with blending, ensembling and no smoothing.
+- success_realtime vs success_offline: the same policy on the same scenes (visual matching, seeds
+  eval.seed + i), once through the 20 Hz loop in wall-clock time and once offline (sim.evaluate's
+  synchronous 5 Hz rollouts); with Wilson 95% intervals, and grasp rates beside them.
+"""
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+import data  # noqa: F401  (offline hub before lerobot is imported)
+import sim  # noqa: F401  (MUJOCO_GL before mujoco is imported)
+from policies.control.runtime import ControlConfig, summarize
+from policies.control.session import load_policy, make_robot, run_session
+from sim.evaluate import git_commit, make_vector_env, run_episodes, write_atomic
+from sim.metrics import wilson_interval
+from sim.tasks import get_task
+
+
+def loop_config(cfg: DictConfig, **overrides) -> ControlConfig:
+    loop = OmegaConf.to_container(cfg.control.loop, resolve=True) | {"status_every_s": 0} | overrides
+    return ControlConfig(**loop, safety=OmegaConf.to_container(cfg.robot.safety, resolve=True))
+
+
+def realtime_episodes(cfg: DictConfig, policy, loop: ControlConfig, episodes: int, bar: tqdm) -> list:
+    """`episodes` real-time episodes per task on visual-matching scenes eval.seed + i."""
+    results = []
+    for task in cfg.task.tasks:
+        robot_cfg = OmegaConf.to_container(cfg.robot.config, resolve=True) | {
+            "task": task,
+            "protocol": "visual_matching",
+        }
+        robot = make_robot(robot_cfg)
+        spec = get_task(task)
+        bar.set_postfix_str(f"{loop.hz:g} Hz {loop.smoothing} {task}")
+        for r in run_session(
+            robot, policy, loop, spec.instruction, episodes=episodes, duration_s=spec.max_steps / loop.policy_hz,
+            seed=cfg.eval.seed, on_episode=lambda *_: bar.update(1),
+        ):  # fmt: skip
+            results.append((task, r))
+    return results
+
+
+def offline_episodes(cfg: DictConfig, policy, episodes: int) -> dict[str, dict[str, list[bool]]]:
+    """The same scenes through sim.evaluate's synchronous rollouts (5 Hz, select_action)."""
+    out = {}
+    for task in cfg.task.tasks:
+        envs = make_vector_env(task, "visual_matching", 1, image_size=cfg.task.image_size)
+        try:
+            out[task] = run_episodes(policy, envs, episodes, get_task(task).max_steps, seed=cfg.eval.seed)
+        finally:
+            envs.close()
+    return out
+
+
+def rate(outcomes: list[bool]) -> dict:
+    lo, hi = wilson_interval(sum(outcomes), len(outcomes))
+    return {"rate": sum(outcomes) / len(outcomes), "ci95": [lo, hi], "n": len(outcomes)}
+
+
+def action_scale(cfg: DictConfig, loop: ControlConfig) -> np.ndarray:
+    """The action range in executed units (delta dimensions shared among a policy step's ticks)."""
+    low, high = np.asarray(cfg.robot.safety.low, float), np.asarray(cfg.robot.safety.high, float)
+    delta = np.zeros(len(low), bool)
+    delta[list(cfg.robot.safety.delta_dims)] = True
+    return (high - low) * np.where(delta, 1.0 / loop.ticks_per_step, 1.0)
+
+
+def plot(periods: dict, traces: dict, path: Path) -> None:
+    """Period histograms (name -> reports) and 20 Hz action traces across boundaries (mode -> report)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+    for name, reports in periods.items():
+        periods = np.concatenate([np.diff(r.tick_start) * 1000 for r in reports])
+        axes[0].hist(
+            periods, bins=80, alpha=0.7, label=f"{name}: p99 {np.percentile(periods, 99):.2f} ms", log=True
+        )
+    axes[0].set(xlabel="tick period (ms)", ylabel="ticks", title="control period")
+    axes[0].legend()
+    for ax, (mode, report) in zip(axes[1:], traces.items(), strict=True):
+        actions = np.asarray(report.actions)[:160] * 4  # x delta in policy units (per 5 Hz step) at 20 Hz
+        ticks = np.arange(len(actions))
+        ax.plot(ticks, actions[:, 0], lw=1.2, label="dx")
+        ax.plot(ticks, actions[:, 1], lw=1.2, label="dy")
+        for t in np.flatnonzero(np.asarray(report.boundary)[: len(actions)])[1:]:
+            ax.axvline(t, color="k", lw=0.6, ls=":")
+        ax.set(
+            xlabel="tick (20 Hz)",
+            ylabel="m per 5 Hz step",
+            title=f"actions across chunk boundaries (:), smoothing={mode}",
+        )
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    b = cfg.bench_control
+    policy = load_policy(
+        cfg.control.policy.path, cfg.control.policy.device, dict(cfg.control.policy.overrides)
+    )
+    n = b.episodes_per_task
+    tasks = len(cfg.task.tasks)
+    # 20 Hz blend: n episodes per task (success and timing); 50 Hz and the other smoothings: one each.
+    plan = [
+        ("hz20", 20, "blend", n),
+        ("hz50", 50, "blend", 1),
+        ("none", 20, "none", 1),
+        ("ensemble", 20, "ensemble", 1),
+    ]
+    runs, results = {}, {}
+    with tqdm(total=sum(e for *_, e in plan) * tasks, desc="real-time episodes", unit="ep") as bar:
+        for name, hz, smoothing, episodes in plan:
+            loop = loop_config(cfg, hz=hz, smoothing=smoothing)
+            runs[name] = realtime_episodes(cfg, policy, loop, episodes, bar)
+    reports = {k: [r.report for _, r in v] for k, v in runs.items()}
+
+    for name, hz in (("hz20", 20), ("hz50", 50)):
+        results[name] = summarize(reports[name], action_scale(cfg, loop_config(cfg, hz=hz)))
+        if results[name]["steps"] < b.min_steps:
+            print(f"warning: {name} ran {results[name]['steps']} steps < {b.min_steps}", file=sys.stderr)
+    results["boundary_jump_ratio_by_smoothing"] = {
+        mode: summarize(reports[key], action_scale(cfg, loop_config(cfg, hz=20)))["boundary_jump_ratio"]
+        for mode, key in (("blend", "hz20"), ("ensemble", "ensemble"), ("none", "none"))
+    }
+    results["boundary_jump_ratio"] = results["boundary_jump_ratio_by_smoothing"]["blend"]
+    results["boundary_jump_ratio_no_smoothing"] = results["boundary_jump_ratio_by_smoothing"]["none"]
+
+    realtime = [r.info for _, r in runs["hz20"]]
+    offline = offline_episodes(cfg, policy, n)
+    offline_success = [s for t in cfg.task.tasks for s in offline[t]["success"]]
+    offline_grasped = [g for t in cfg.task.tasks for g in offline[t]["grasped"]]
+    results["success_realtime"] = rate([bool(i["is_success"]) for i in realtime])
+    results["success_offline"] = rate(offline_success)
+    results["grasp_realtime"] = rate([bool(i["grasped"]) for i in realtime])
+    results["grasp_offline"] = rate(offline_grasped)
+    results["success_realtime_by_task"] = {
+        t: rate([bool(r.info["is_success"]) for task, r in runs["hz20"] if task == t]) for t in cfg.task.tasks
+    }
+    results["success_hz50"] = rate([bool(r.info["is_success"]) for _, r in runs["hz50"]])
+    lo, hi = results["success_offline"]["ci95"]
+    results["realtime_within_offline_ci"] = bool(lo <= results["success_realtime"]["rate"] <= hi)
+    results["meta"] = {
+        "policy": str(cfg.control.policy.path),
+        "loop": OmegaConf.to_container(cfg.control.loop, resolve=True),
+        "episodes": {name: len(v) for name, v in runs.items()},
+        "protocol": "visual_matching",
+        "seed": cfg.eval.seed,
+        "cpu": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
+        "torch_threads_inference": cfg.control.loop.inference_threads,
+        "command": "python -m policies.control.bench " + " ".join(sys.argv[1:]),
+        "commit": git_commit(),
+    }
+    write_atomic(Path(b.out), json.dumps(results, indent=1) + "\n")
+    plot(
+        periods={"20 Hz": reports["hz20"], "50 Hz": reports["hz50"]},
+        traces={"none": reports["none"][0], "blend": reports["hz20"][0]},
+        path=Path(b.figure),
+    )
+    h20, h50 = results["hz20"], results["hz50"]
+    print(json.dumps(results, indent=1))
+    print(
+        f"control bench: 20 Hz jitter p99 {h20['jitter_ms_p99']:.2f} ms, {h20['deadline_misses']} misses / "
+        f"{h20['steps']} steps; 50 Hz jitter p99 {h50['jitter_ms_p99']:.2f} ms, {h50['deadline_misses']} misses / "
+        f"{h50['steps']} steps; inference p99 {h20['inference_ms_p99']:.1f} ms; boundary ratio "
+        f"{results['boundary_jump_ratio']:.2f} (none: {results['boundary_jump_ratio_no_smoothing']:.2f}); success "
+        f"{100 * results['success_realtime']['rate']:.1f}% real-time vs {100 * results['success_offline']['rate']:.1f}% "
+        f"offline -> {b.out}"
+    )
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main()
