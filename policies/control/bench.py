@@ -90,11 +90,12 @@ def plot(periods: dict, traces: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4))
     for name, reports in periods.items():
-        periods = np.concatenate([np.diff(r.tick_start) * 1000 for r in reports])
-        axes[0].hist(
-            periods, bins=80, alpha=0.7, label=f"{name}: p99 {np.percentile(periods, 99):.2f} ms", log=True
+        error = np.concatenate([(np.diff(r.tick_start) - 1 / r.hz) * 1000 for r in reports])
+        label = (
+            f"{name}: |error| p99 {np.percentile(np.abs(error), 99):.2f} ms, max {np.abs(error).max():.1f} ms"
         )
-    axes[0].set(xlabel="tick period (ms)", ylabel="ticks", title="control period")
+        axes[0].hist(error, bins=np.linspace(-6, 6, 121), alpha=0.6, label=label, log=True)
+    axes[0].set(xlabel="tick period - 1/hz (ms)", ylabel="ticks", title="control period error")
     axes[0].legend()
     for ax, (mode, report) in zip(axes[1:], traces.items(), strict=True):
         actions = np.asarray(report.actions)[:160] * 4  # x delta in policy units (per 5 Hz step) at 20 Hz
