@@ -110,6 +110,12 @@ class ThreadWorker:
         self.busy = False
         return result
 
+    def drain(self, timeout_s: float = 60.0) -> None:
+        """Wait for a running inference and drop its result (it belongs to a run that has ended)."""
+        if self.busy:
+            self._results.get(timeout=timeout_s)
+            self.busy = False
+
     def close(self) -> None:
         self._requests.put(None)
         self._thread.join(timeout=5.0)
@@ -229,9 +235,8 @@ class ControlReport:
 
     hz: float
     tick_start: list[float] = field(default_factory=list)
-    tick_late_s: list[float] = field(
-        default_factory=list
-    )  # action sent this long after the tick's deadline (<= 0: on time)
+    # How long after its tick's deadline (the next tick's start) each action was sent; <= 0: on time.
+    tick_late_s: list[float] = field(default_factory=list)
     actions: list[np.ndarray] = field(default_factory=list)
     boundary: list[bool] = field(default_factory=list)
     inference_s: list[float] = field(default_factory=list)
@@ -353,6 +358,7 @@ class ControlLoop:
     # ---- the loop -----------------------------------------------------------------------------
     def warm_up(self, report: ControlReport) -> None:
         """One inference before the clock starts: the first plan, and a first delay estimate."""
+        self.worker.drain()  # a chunk still computing for the previous run must not land in this one
         self.adapter.reset()
         self.plan.reset()
         self.safety.reset()
@@ -396,10 +402,8 @@ class ControlLoop:
             raise
         finally:
             self._stop_robot(report)
-            report.clipped_bounds, report.clipped_change = (
-                self.safety.clipped_bounds,
-                self.safety.clipped_change,
-            )
+            report.clipped_bounds = self.safety.clipped_bounds
+            report.clipped_change = self.safety.clipped_change
             sys.setswitchinterval(switch_interval)
             torch.set_num_threads(threads)
         return report

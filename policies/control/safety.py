@@ -36,9 +36,7 @@ class SafetyFilter:
         if np.any(self.low > self.high):
             raise ValueError(f"safety bounds have low > high: low {self.low}, high {self.high}")
         self.max_change = self._vector(cfg.max_change, "max_change", action_dim, np.inf)
-        self.last: np.ndarray | None = None  # the last action sent (executed units)
-        self.clipped_bounds = 0
-        self.clipped_change = 0
+        self.reset()
 
     @staticmethod
     def _vector(value, name: str, dim: int, default: float) -> np.ndarray:
@@ -70,7 +68,8 @@ class SafetyFilter:
         return self.last.copy()
 
     def reset(self) -> None:
-        self.last = None
+        self.last: np.ndarray | None = None  # the last action sent (executed units)
+        self.clipped_bounds = self.clipped_change = 0  # actions clipped to the bounds / change limits
 
 
 class Watchdog:

@@ -119,6 +119,9 @@ class DelayedWorker:
         self.pending = None
         return ChunkResult(chunk, tick, self.delay_s)
 
+    def drain(self):
+        self.pending = None
+
     def close(self):
         pass
 
@@ -230,6 +233,15 @@ def test_blending_removes_boundary_jumps_that_the_hard_switch_has():
         report = loop.run(max_ticks=120)
         ratios[mode] = report.summary(scale=[0.01, 100.0])["boundary_jump_ratio"]
     assert ratios["blend"] <= 1.0 < ratios["none"]
+
+
+def test_a_chunk_still_computing_when_a_run_ends_never_reaches_the_next_run():
+    loop, robot, worker = make_loop(delay_s=0.25)
+    loop.run(max_ticks=5)
+    assert worker.busy  # chunk 1, from the observation of tick 4, is still being computed
+    report = loop.run(max_ticks=5)
+    assert [a[1] for _, a in robot.sent[-6:-1]] == [200, 201, 202, 203, 204]  # the new warm-up's chunk 2
+    assert report.delay_ticks == [] and report.stop_reason == "done"
 
 
 def test_a_late_tick_counts_as_a_deadline_miss_without_a_burst():
