@@ -4,13 +4,15 @@
 controllers behind `reset()` / `select_action(batch)` so the harness runs it like a learned policy.
 """
 
+import copy
 from dataclasses import dataclass, field
 from enum import IntEnum
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-from sim.env import ACTION_HIGH, ACTION_LOW
+from sim.env import ACTION_HIGH, ACTION_LOW, HAND_HIGH, HAND_LOW, RPY_HIGH, RPY_LOW
 from sim.tasks import TaskSpec, get_task
 
 STATE_KEY = "observation.state"
@@ -157,6 +159,84 @@ class ScriptedPolicy:
             c.act(s, e) for c, s, e in zip(self.controllers[: len(state)], state, env_state, strict=True)
         ]
         return torch.from_numpy(np.stack(actions))
+
+
+class ChunkedExpertPolicy:
+    """The scripted expert planning open-loop chunks, so chunked execution (the real-time loop, or
+    replanning every n steps) can be measured with a policy that succeeds.
+
+    A chunk is the expert's state machine rolled out for `chunk_size` steps on a kinematic model of the
+    arm from the observed state: the hand goes where the action says, the gripper closes on the source
+    object when it is between the fingers, and a held object moves with the hand. The machine's state
+    after `n_action_steps` steps is kept for the next chunk, which starts from the observed state again.
+    """
+
+    name = "scripted_chunks"
+
+    def __init__(self, task: str, chunk_size: int = 14, n_action_steps: int = 7, seed: int = 0):
+        from lerobot.configs import FeatureType, PolicyFeature
+
+        if not 1 <= n_action_steps <= chunk_size:
+            raise ValueError(f"n_action_steps must be in 1..chunk_size={chunk_size}, got {n_action_steps}")
+        self.task = get_task(task)
+        self.rng = np.random.default_rng(seed)
+        self.config = SimpleNamespace(
+            input_features={
+                "observation.images.image": PolicyFeature(FeatureType.VISUAL, (3, 64, 64)),
+                STATE_KEY: PolicyFeature(FeatureType.STATE, (7,)),
+                ENV_STATE_KEY: PolicyFeature(FeatureType.ENV, (8,)),
+            },
+            output_features={"action": PolicyFeature(FeatureType.ACTION, (7,))},
+            chunk_size=chunk_size,
+            n_action_steps=n_action_steps,
+            n_obs_steps=1,
+        )
+        self.reset()
+
+    def reset(self) -> None:
+        self.controller: ExpertController | None = None
+        self._queue: list[np.ndarray] = []
+
+    def predict_action_chunk(self, batch: dict) -> torch.Tensor:
+        """(1, chunk_size, 7): the expert's actions along its imagined rollout."""
+        state, env_state = _to_numpy(batch[STATE_KEY]), _to_numpy(batch[ENV_STATE_KEY])
+        if len(state) != 1:
+            raise ValueError(f"the chunked expert plans one episode at a time, got a batch of {len(state)}")
+        if self.controller is None:
+            self.controller = ExpertController(self.task, rng=np.random.default_rng(self.rng.integers(2**31)))
+        controller = copy.deepcopy(self.controller)
+        state, env_state = state[0].astype(np.float64), env_state[0].astype(np.float64)
+        actions = []
+        for step in range(self.config.chunk_size):
+            action = controller.act(state, env_state)
+            actions.append(action)
+            state, env_state = self._imagine(state, env_state, action)
+            if step + 1 == self.config.n_action_steps:
+                self.controller = copy.deepcopy(controller)  # where the next chunk's rollout resumes
+        return torch.from_numpy(np.stack(actions)[None].astype(np.float32))
+
+    def _imagine(self, state: np.ndarray, env_state: np.ndarray, action: np.ndarray):
+        """One step of the kinematic model: (agent_pos, environment_state) after `action`."""
+        state, env_state = state.copy(), env_state.copy()
+        hand = np.clip(state[:3] + action[:3], HAND_LOW, HAND_HIGH)
+        between_fingers = np.linalg.norm(state[:3] - (env_state[:3] + [0, 0, 0.02])) < 0.03
+        closing = action[6] > 0.5
+        if closing and (between_fingers or state[6] < 0.9):  # closes on the object, or keeps holding it
+            state[6] = 0.6
+            env_state[:3] += hand - state[:3]
+            env_state[3] += action[5]
+        else:
+            state[6] = 1.0 if closing else 0.0
+        state[:3] = hand
+        state[3:6] = np.clip(state[3:6] + action[3:6], RPY_LOW, RPY_HIGH)
+        return state, env_state
+
+    def select_action(self, batch: dict) -> torch.Tensor:
+        """Replans every n_action_steps calls, as a learned chunking policy does under sim.evaluate."""
+        if not self._queue:
+            chunk = self.predict_action_chunk(batch)[0]
+            self._queue = list(chunk[: self.config.n_action_steps])
+        return self._queue.pop(0)[None]
 
 
 class RandomPolicy:

@@ -6,7 +6,8 @@ since the last call (50 Hz physics), so a slow caller sees the world move on wit
 robot would. Actions are end-effector deltas per control tick (the policy's 5 Hz deltas, divided
 by the runtime across its ticks) plus an absolute gripper command; they move the hand target at once.
 
-    observation: x.pos .. yaw.pos (m, rad), gripper.pos in [0, 1], image (H, W, 3) uint8
+    observation: x.pos .. yaw.pos (m, rad), gripper.pos in [0, 1], image (H, W, 3) uint8, and with
+                 `privileged` the object poses env.src_x .. env.tgt_yaw (for the scripted expert)
     action:      x.delta .. yaw.delta (m, rad per tick), gripper.pos in [0, 1] (1 = closed)
 """
 
@@ -24,6 +25,7 @@ from sim.tasks import PROTOCOLS, get_task
 
 STATE_NAMES = ("x", "y", "z", "roll", "pitch", "yaw")
 CAMERA = "image"
+ENV_STATE_NAMES = tuple(f"env.{o}_{q}" for o in ("src", "tgt") for q in ("x", "y", "z", "yaw"))
 
 
 @RobotConfig.register_subclass("mujoco_tabletop")
@@ -33,6 +35,7 @@ class MujocoRobotConfig(RobotConfig):
     protocol: str = "visual_matching"
     image_size: int = 64
     seed: int = 0  # the scene of the first episode; reset(seed) draws another
+    privileged: bool = False  # also observe the object poses (env.*), as the scripted expert needs
     # LeRobot's Robot keeps calibration files; a simulated arm has none, so keep them out of $HOME.
     calibration_dir: Path | None = Path(tempfile.gettempdir()) / "vidbot_calibration"
 
@@ -61,7 +64,10 @@ class MujocoRobot(Robot):
     @property
     def observation_features(self) -> dict:
         s = self.config.image_size
-        return {**{f"{n}.pos": float for n in STATE_NAMES}, "gripper.pos": float, CAMERA: (s, s, 3)}
+        features = {**{f"{n}.pos": float for n in STATE_NAMES}, "gripper.pos": float, CAMERA: (s, s, 3)}
+        if self.config.privileged:
+            features |= dict.fromkeys(ENV_STATE_NAMES, float)
+        return features
 
     @property
     def action_features(self) -> dict:
@@ -115,11 +121,14 @@ class MujocoRobot(Robot):
     def get_observation(self) -> dict:
         self._require_connected()
         self._advance()
+        self.env.info()  # keeps the episode's "grasped" flag current, as env.step does every step
         obs = self.env.observation()
         state = obs["agent_pos"]
         out = {f"{n}.pos": float(state[i]) for i, n in enumerate(STATE_NAMES)}
         out["gripper.pos"] = float(state[6])
         out[CAMERA] = obs["pixels"]["image"]
+        if self.config.privileged:
+            out |= dict(zip(ENV_STATE_NAMES, obs["environment_state"].tolist(), strict=True))
         return out
 
     def send_action(self, action: dict) -> dict:

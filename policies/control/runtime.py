@@ -12,6 +12,7 @@ are dropped (policies.control.chunking), so each chunk runs its steps d .. d + e
 delay of d ticks, the ones meant for the ticks they run at.
 """
 
+import gc
 import logging
 import math
 import queue
@@ -30,6 +31,7 @@ from policies.control.chunking import ChunkPlan, boundary_jump_ratio, resample_c
 from policies.control.safety import SafetyConfig, SafetyFilter, Watchdog
 
 log = logging.getLogger("policies.control")
+ENV_KEY = "observation.environment_state"
 
 
 # ---------------------------------------------------------------------------------------------- clocks
@@ -125,12 +127,19 @@ class ThreadWorker:
 class ObservationAdapter:
     """Robot observations (LeRobot's flat dict: float motors, HWC uint8 cameras) -> policy batches.
 
-    Float features become `observation.state` in the robot's order; the camera becomes the policy's
-    image key. A policy reading n_obs_steps frames gets them one policy step apart, from the history.
+    Float features become `observation.state` in the robot's order, except privileged ones (`env.*`,
+    a simulator's object poses), which become `observation.environment_state` for a policy that reads
+    it; the camera becomes the policy's image key. A policy reading n_obs_steps frames gets them one
+    policy step apart, from the history.
     """
 
     def __init__(self, robot_features: dict, policy_config, task: str, ticks_per_step: int):
-        self.state_keys = [k for k, v in robot_features.items() if v is float]
+        floats = [k for k, v in robot_features.items() if v is float]
+        self.state_keys = [k for k in floats if not k.startswith("env.")]
+        wants_env = ENV_KEY in policy_config.input_features
+        self.env_keys = [k for k in floats if k.startswith("env.")] if wants_env else []
+        if wants_env and not self.env_keys:
+            raise ValueError(f"the policy reads {ENV_KEY!r}; the robot observes no env.* features: {floats}")
         cameras = {k: v for k, v in robot_features.items() if isinstance(v, tuple)}
         images = {k: f for k, f in policy_config.input_features.items() if f.type is FeatureType.VISUAL}
         if len(images) != 1 or len(cameras) != 1:
@@ -171,9 +180,14 @@ class ObservationAdapter:
         images = torch.stack([torch.from_numpy(np.ascontiguousarray(o[self.camera])) for o in picks])
         images = images.permute(0, 3, 1, 2).float().div_(255.0)[None]  # (1, n, 3, H, W)
         state = torch.tensor([[o[k] for k in self.state_keys] for o in picks], dtype=torch.float32)[None]
+        batch = {self.image_key: images, "observation.state": state, "task": [self.task]}
+        if self.env_keys:
+            batch[ENV_KEY] = torch.tensor(
+                [[o[k] for k in self.env_keys] for o in picks], dtype=torch.float32
+            )[None]
         if self.n_obs_steps == 1:
-            images, state = images[:, 0], state[:, 0]
-        return {self.image_key: images, "observation.state": state, "task": [self.task]}
+            batch = {k: v[:, 0] if k != "task" else v for k, v in batch.items()}
+        return batch
 
     def reset(self) -> None:
         self.history.clear()
@@ -213,6 +227,7 @@ class ControlConfig:
     spin_s: float = 0.001  # busy-wait before each tick for a precise start
     switch_interval_s: float = 0.0005  # Python's GIL switch interval while the loop runs (default 5 ms)
     inference_threads: int = 1  # torch threads for inference; the loop keeps the other core
+    pause_gc: bool = True  # no automatic garbage collection during a run (a full one can take ms)
     status_every_s: float = 0.5  # live status line period (0: off)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
@@ -384,6 +399,10 @@ class ControlLoop:
         sys.setswitchinterval(cfg.switch_interval_s)  # the loop gets the GIL back fast from the worker
         threads = torch.get_num_threads()
         torch.set_num_threads(cfg.inference_threads)
+        gc_was_enabled = gc.isenabled()
+        if cfg.pause_gc:
+            gc.collect()
+            gc.disable()
         try:
             self.warm_up(report)
             self._event(report, 0, "start", f"{cfg.hz} Hz, smoothing {cfg.smoothing}, {max_ticks} ticks")
@@ -406,6 +425,8 @@ class ControlLoop:
             report.clipped_change = self.safety.clipped_change
             sys.setswitchinterval(switch_interval)
             torch.set_num_threads(threads)
+            if gc_was_enabled:
+                gc.enable()
         return report
 
     def _loop(self, report: ControlReport, max_ticks: int) -> None:
