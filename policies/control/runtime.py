@@ -138,8 +138,11 @@ class ObservationAdapter:
         self.state_keys = [k for k in floats if not k.startswith("env.")]
         wants_env = ENV_KEY in policy_config.input_features
         self.env_keys = [k for k in floats if k.startswith("env.")] if wants_env else []
-        if wants_env and not self.env_keys:
-            raise ValueError(f"the policy reads {ENV_KEY!r}; the robot observes no env.* features: {floats}")
+        if wants_env and (len(self.env_keys),) != tuple(policy_config.input_features[ENV_KEY].shape):
+            raise ValueError(
+                f"the policy's {ENV_KEY!r} expects {tuple(policy_config.input_features[ENV_KEY].shape)}; the "
+                f"robot observes env.* features {self.env_keys or 'none'} (a simulated robot with privileged=true has them)"
+            )
         cameras = {k: v for k, v in robot_features.items() if isinstance(v, tuple)}
         images = {k: f for k, f in policy_config.input_features.items() if f.type is FeatureType.VISUAL}
         if len(images) != 1 or len(cameras) != 1:

@@ -375,3 +375,29 @@ def test_the_entry_point_runs_a_checkpoint_on_the_mujoco_robot(tmp_path):
     assert summary["steps"] == 50 and summary["stop_reason"] == "done" and "is_success" in summary
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     assert events[0]["kind"] == "start"
+
+
+def test_privileged_features_reach_a_policy_that_reads_them_and_no_other():
+    from policies.control.runtime import ObservationAdapter
+
+    features = FakeRobot.observation_features | {"env.src_x": float, "env.src_y": float}
+    obs = {
+        "a.pos": 0.5,
+        "b.pos": 1.0,
+        "env.src_x": 3.0,
+        "env.src_y": 4.0,
+        "cam": np.zeros((8, 8, 3), np.uint8),
+    }
+    plain = ObservationAdapter(features, ChunkPolicy().config, "task", 1)
+    plain.observe(obs)
+    assert plain.batch()["observation.state"].tolist() == [[0.5, 1.0]]  # env.* never in the state
+    assert "observation.environment_state" not in plain.batch()
+    config = ChunkPolicy().config
+    config.input_features = config.input_features | {
+        "observation.environment_state": PolicyFeature(FeatureType.ENV, (2,))
+    }
+    privileged = ObservationAdapter(features, config, "task", 1)
+    privileged.observe(obs)
+    assert privileged.batch()["observation.environment_state"].tolist() == [[3.0, 4.0]]
+    with pytest.raises(ValueError, match=r"expects \(2,\); the robot observes env.\* features none"):
+        ObservationAdapter(FakeRobot.observation_features, config, "task", 1)

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from sim.env import TabletopEnv
-from sim.experts import PlayController, ScriptedPolicy, wrap_yaw
+from sim.evaluate import make_vector_env, run_episodes
+from sim.experts import ChunkedExpertPolicy, PlayController, ScriptedPolicy, wrap_yaw
 
 
 def test_wrap_yaw_symmetry():
@@ -36,3 +37,29 @@ def test_scripted_policy_needs_privileged_state():
     policy = ScriptedPolicy("stack_block")
     with pytest.raises(KeyError, match="observation.environment_state"):
         policy.select_action({"observation.state": torch.zeros(1, 7)})
+
+
+def test_chunked_expert_plans_open_loop_chunks_that_succeed():
+    policy = ChunkedExpertPolicy("stack_block", chunk_size=14, n_action_steps=7)
+    envs = make_vector_env("stack_block", "visual_matching", 1)
+    try:
+        outcome = run_episodes(policy, envs, episodes=2, max_steps=60, seed=1000)
+    finally:
+        envs.close()
+    assert outcome["success"] == [True, True]  # replanning every 7 steps from the observed state
+    env = TabletopEnv("stack_block")
+    obs, _ = env.reset(seed=0)
+    env.close()
+    batch = {
+        "observation.state": torch.from_numpy(obs["agent_pos"])[None],
+        "observation.environment_state": torch.from_numpy(obs["environment_state"])[None],
+    }
+    policy.reset()
+    chunk = policy.predict_action_chunk(batch)
+    assert chunk.shape == (1, 14, 7) and torch.isfinite(chunk).all()
+    # The imagined hand heads for the object: the chunk's summed displacement shrinks the distance to it.
+    hand, src = obs["agent_pos"][:2], obs["environment_state"][:2]
+    moved = hand + chunk[0, :, :2].sum(0).numpy()
+    assert np.linalg.norm(moved - src) < np.linalg.norm(hand - src)
+    with pytest.raises(ValueError, match="n_action_steps"):
+        ChunkedExpertPolicy("stack_block", chunk_size=4, n_action_steps=5)
