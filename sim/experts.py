@@ -221,7 +221,10 @@ class ChunkedExpertPolicy:
         hand = np.clip(state[:3] + action[:3], HAND_LOW, HAND_HIGH)
         between_fingers = np.linalg.norm(state[:3] - (env_state[:3] + [0, 0, 0.02])) < 0.03
         closing = action[6] > 0.5
-        if closing and (between_fingers or state[6] < 0.9):  # closes on the object, or keeps holding it
+        holding = (
+            0.3 < state[6] < 0.97
+        )  # closed on something (empty fingers close fully, as the expert checks)
+        if closing and (between_fingers or holding):  # closes on the object, or keeps holding it
             state[6] = 0.6
             env_state[:3] += hand - state[:3]
             env_state[3] += action[5]

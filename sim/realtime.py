@@ -142,6 +142,8 @@ class MujocoRobot(Robot):
                 f"action must be finite, got {dict(zip(self.action_features, vector, strict=True))}"
             )
         self._advance()  # the previous target held until now
+        # The env's 5 Hz action box: at 20-50 Hz a backstop against wild values only; the control
+        # loop's safety filter holds the per-tick limits.
         sent = np.clip(vector, ACTION_LOW, ACTION_HIGH)
         self.env.command(sent)
         return dict(zip(self.action_features, sent.tolist(), strict=True))

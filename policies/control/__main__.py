@@ -38,7 +38,8 @@ def main(cfg: DictConfig) -> None:
     c = cfg.control
     out_dir = Path(c.out_dir or HydraConfig.get().runtime.output_dir)
     loop_cfg = ControlConfig(
-        **OmegaConf.to_container(c.loop, resolve=True), safety=OmegaConf.to_container(cfg.robot.safety)
+        **OmegaConf.to_container(c.loop, resolve=True),
+        safety=OmegaConf.to_container(cfg.robot.safety, resolve=True),
     )
     robot = make_robot(cfg.robot.config)
     policy = load_policy(c.policy.path, c.policy.device, OmegaConf.to_container(c.policy.overrides))
@@ -48,22 +49,26 @@ def main(cfg: DictConfig) -> None:
         sys.stderr.write("\n")
         logging.info("episode %d: %s %s", i, result.info, json.dumps(summary))
 
-    results = run_session(
-        robot,
-        policy,
-        loop_cfg,
-        instruction_for(cfg, robot),
-        episodes=c.episodes,
-        duration_s=c.duration_s,
-        seed=c.seed,
-        on_status=status_line,
-        on_episode=on_episode,
-    )
-    summaries = [{**r.report.summary(), **r.info} for r in results]
-    write_atomic(out_dir / "summary.json", json.dumps(summaries, indent=2, default=bool) + "\n")
-    events = [json.dumps(e) for r in results for e in r.report.events]
-    write_atomic(out_dir / "events.jsonl", "\n".join(events) + "\n")
-    print(f"{len(results)} episode(s); summary and events in {out_dir}")
+    results = []
+    try:
+        run_session(
+            robot,
+            policy,
+            loop_cfg,
+            instruction_for(cfg, robot),
+            episodes=c.episodes,
+            duration_s=c.duration_s,
+            seed=c.seed,
+            on_status=status_line,
+            on_episode=on_episode,
+            results=results,
+        )
+    finally:  # also after Ctrl-C or an error: what ran is kept
+        summaries = [{**r.report.summary(), **r.info} for r in results if r.report.tick_start]
+        write_atomic(out_dir / "summary.json", json.dumps(summaries, indent=2, default=bool) + "\n")
+        events = [json.dumps(e) for r in results for e in r.report.events]
+        write_atomic(out_dir / "events.jsonl", "\n".join(events) + "\n")
+        print(f"\n{len(results)} episode(s); summary and events in {out_dir}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ def resample_chunk(
     """(H, A) actions at policy_hz -> (T, A) at control_hz, T = round(H * control_hz / policy_hz).
 
     Delta dimensions (boolean mask) are displacements per policy step: each tick gets its share
-    (x control period / policy period), so the chunk moves the robot just as far. Absolute ones are
+    (x control period / policy period), so with a whole number of ticks per step (ControlConfig
+    requires it) the chunk moves the robot just as far. Absolute ones are
     held through their policy step, or with `interpolate` ramped from the previous value (`previous`,
     else the chunk's first) to reach each target at the end of its step.
     """
@@ -108,7 +109,11 @@ class ChunkPlan:
             return fresh
         start, old = self.chunks[-1]
         old = old[now - start :]
-        n = min(len(old), len(fresh), self.blend_ticks)
+        if len(old) == 0:
+            return fresh
+        if len(old) < self.blend_ticks:  # the old plan ends within the hand-over: it holds its last action
+            old = np.concatenate([old, np.repeat(old[-1:], self.blend_ticks - len(old), axis=0)])
+        n = min(len(fresh), self.blend_ticks)
         w_old = (1.0 - np.arange(n) / self.blend_ticks)[:, None]
         out = fresh.copy()
         out[:n] = w_old * old[:n] + (1 - w_old) * fresh[:n]
@@ -143,6 +148,8 @@ def boundary_jump_ratio(actions, boundary, scale=None) -> float:
         actions, boundary = [actions], [boundary]
     at, inside = [0.0], [0.0]
     for a, b in zip(actions, boundary, strict=True):
+        if len(b) < 2:
+            continue
         a = np.asarray(a, dtype=np.float64).reshape(len(b), -1)
         if scale is not None:
             a = a / np.asarray(scale, dtype=np.float64)

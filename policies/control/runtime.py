@@ -94,7 +94,7 @@ class ThreadWorker:
             start = self.clock.now()
             try:
                 chunk, error = self.infer(batch), None
-            except Exception as e:  # handed to the loop, which stops the robot
+            except BaseException as e:  # handed to the loop, which stops the robot
                 chunk, error = None, e
             self._results.put(ChunkResult(chunk, tick, self.clock.now() - start, error))
 
@@ -115,10 +115,14 @@ class ThreadWorker:
     def drain(self, timeout_s: float = 60.0) -> None:
         """Wait for a running inference and drop its result (it belongs to a run that has ended)."""
         if self.busy:
-            self._results.get(timeout=timeout_s)
+            try:
+                self._results.get(timeout=timeout_s)
+            except queue.Empty:
+                raise TimeoutError(f"inference still running after {timeout_s} s") from None
             self.busy = False
 
     def close(self) -> None:
+        self.drain()  # never leave the thread running the policy: the caller may reuse it
         self._requests.put(None)
         self._thread.join(timeout=5.0)
 
@@ -239,8 +243,12 @@ class ControlConfig:
             self.safety = SafetyConfig(**self.safety)
         if self.hz <= 0 or self.policy_hz <= 0:
             raise ValueError(f"hz and policy_hz must be > 0, got {self.hz} and {self.policy_hz}")
-        if self.hz < self.policy_hz:
-            raise ValueError(f"control rate {self.hz} Hz is below the policy's {self.policy_hz} Hz")
+        ratio = self.hz / self.policy_hz
+        if ratio < 1 or abs(ratio - round(ratio)) > 1e-9:
+            raise ValueError(
+                f"control rate {self.hz} Hz must be a whole multiple of the policy's {self.policy_hz} Hz "
+                "(each policy step is then split into equal ticks)"
+            )
 
     @property
     def ticks_per_step(self) -> float:
@@ -257,7 +265,8 @@ class ControlReport:
     tick_late_s: list[float] = field(default_factory=list)
     actions: list[np.ndarray] = field(default_factory=list)
     boundary: list[bool] = field(default_factory=list)
-    inference_s: list[float] = field(default_factory=list)
+    inference_s: list[float] = field(default_factory=list)  # worker inferences (the warm-up apart)
+    warmup_s: float = float("nan")  # the first, synchronous (and cold) inference
     delay_ticks: list[int] = field(default_factory=list)
     held_ticks: int = 0
     events: list[dict] = field(default_factory=list)
@@ -352,7 +361,8 @@ class ControlLoop:
     def _take_over(self, result: ChunkResult, tick: int, report: ControlReport) -> None:
         report.inference_s.append(result.seconds)
         if result.error is not None:
-            raise RuntimeError(f"inference failed at tick {tick}") from result.error
+            error = result.error
+            raise RuntimeError(f"inference failed at tick {tick}: {type(error).__name__}: {error}") from error
         if not self._valid(result.chunk, tick, report):
             return
         takeover = self.plan.integrate(self._to_ticks(result.chunk), result.obs_tick, tick)
@@ -370,7 +380,7 @@ class ControlLoop:
         than the delay the next chunk will likely take (the worst of the last 8) plus a margin, or the
         plan would run dry while it is computed.
         """
-        recent = report.delay_ticks[-8:] or [math.ceil(report.inference_s[-1] * self.cfg.hz)]
+        recent = report.delay_ticks[-8:] or [math.ceil(report.warmup_s * self.cfg.hz)]
         return max(self.chunk_ticks - self.execute_ticks, max(recent) + self.cfg.delay_margin_ticks)
 
     # ---- the loop -----------------------------------------------------------------------------
@@ -383,9 +393,9 @@ class ControlLoop:
         self.adapter.observe(self.robot.get_observation())
         start = self.clock.now()
         chunk = self.infer(self.adapter.batch())
-        report.inference_s.append(self.clock.now() - start)
+        report.warmup_s = self.clock.now() - start
         if not self._valid(chunk, 0, report):
-            raise RuntimeError("the policy's first chunk is unusable (see the events)")
+            raise RuntimeError(f"the policy's first chunk is unusable: {report.events[-1]['detail']}")
         ticks = self._to_ticks(chunk)
         self.chunk_ticks = len(ticks)
         self.plan.integrate(ticks, 0, 0)
@@ -393,11 +403,15 @@ class ControlLoop:
     def run(self, max_ticks: int | None = None, duration_s: float | None = None) -> ControlReport:
         """Run until max_ticks ticks or duration_s seconds (or a stop); returns what was measured."""
         cfg = self.cfg
-        report = ControlReport(hz=cfg.hz)
+        report = self.report = ControlReport(hz=cfg.hz)  # reachable after Ctrl-C or an error
         if max_ticks is None and duration_s is None:
             raise ValueError("give max_ticks or duration_s (Ctrl-C stops a run early)")
         if duration_s is not None:
-            max_ticks = min(max_ticks or math.inf, round(duration_s * cfg.hz))
+            max_ticks = min(math.inf if max_ticks is None else max_ticks, round(duration_s * cfg.hz))
+        if max_ticks < 1:
+            raise ValueError(
+                f"a run needs at least one tick, got max_ticks={max_ticks} (duration_s={duration_s})"
+            )
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(cfg.switch_interval_s)  # the loop gets the GIL back fast from the worker
         threads = torch.get_num_threads()
@@ -424,6 +438,7 @@ class ControlLoop:
             raise
         finally:
             self._stop_robot(report)
+            self.worker.drain()  # a chunk still computing must not outlive the run (policy.reset follows)
             report.clipped_bounds = self.safety.clipped_bounds
             report.clipped_change = self.safety.clipped_change
             sys.setswitchinterval(switch_interval)
@@ -433,12 +448,15 @@ class ControlLoop:
         return report
 
     def _loop(self, report: ControlReport, max_ticks: int) -> None:
+        """Ticks are slots of the grid t0 + tick * dt: a tick whose slot has passed is skipped (its planned
+        action dropped), so every action runs in the slot it was planned for and no burst catches up."""
         dt = 1.0 / self.cfg.hz
         watchdog = Watchdog(self.cfg.safety.stop_after_s)
         t0 = self.clock.now()
         last_status = t0
         starving = False
-        for tick in range(max_ticks):
+        tick = 0
+        while tick < max_ticks:
             scheduled = t0 + tick * dt
             self.clock.sleep_until(scheduled)
             now = self.clock.now()
@@ -477,10 +495,10 @@ class ControlLoop:
                 self._event(
                     report, tick, "deadline_miss", f"action sent {late * 1000:.1f} ms after the deadline"
                 )
-                t0 += math.ceil(late / dt) * dt  # skip the lost ticks instead of bursting to catch up
             if self.on_status and self.cfg.status_every_s and now - last_status >= self.cfg.status_every_s:
                 self.on_status(self._status(report, tick))
                 last_status = now
+            tick += 1 + (math.ceil(late / dt) if late > 0 else 0)  # past slots are skipped
 
     def _status(self, report: ControlReport, tick: int) -> str:
         recent = np.diff(report.tick_start[-50:])

@@ -3,7 +3,8 @@ the watchdog that stops the robot when no fresh action has come for too long.
 
 Limits are in the policy's units (a delta dimension per policy step, as the bounds of the action box
 are written), whatever the control rate: the filter rescales delta dimensions by the ticks per policy
-step before checking.
+step before checking. The change limit applies between consecutive ticks, so the same value allows a
+faster change at a higher rate.
 """
 
 from dataclasses import dataclass, field
@@ -15,7 +16,9 @@ import numpy as np
 class SafetyConfig:
     low: list[float] | None = None  # action bounds (policy units); None: no bounds
     high: list[float] | None = None
-    max_change: list[float] | float | None = None  # largest change between consecutive ticks (policy units)
+    max_change: list[float] | float | None = (
+        None  # largest change between consecutive ticks (policy units, per tick)
+    )
     stop_after_s: float = 1.0  # watchdog: stop when no fresh action has been sent for this long
     delta_dims: list[int] = field(default_factory=list)  # dimensions that are per-step displacements
 

@@ -88,13 +88,16 @@ def run_session(
     on_episode=None,
     clock=None,
     worker=None,
+    results: list[EpisodeResult] | None = None,
 ) -> list[EpisodeResult]:
     """Check shapes, connect, run `episodes` episodes (a simulated robot draws scene seed + i for each),
-    disconnect. Nothing is sent before the checks pass and the robot is connected. `clock` and
-    `worker` replace the real ones (tests)."""
-    loop = ControlLoop(
-        robot, policy, cfg, task=instruction, clock=clock, worker=worker
-    )  # checks shapes first
+    disconnect. Nothing is sent before the checks pass and the robot is connected.
+
+    Episodes are appended to `results` (a new list by default) as they end, and an episode cut short
+    by Ctrl-C or an error too (info {"stopped": reason}), so a caller can save them whatever happens.
+    `clock` and `worker` replace the real ones (tests).
+    """
+    loop = ControlLoop(robot, policy, cfg, task=instruction, clock=clock, worker=worker)  # checks shapes
     loop.on_status = on_status
     try:
         robot.connect()
@@ -103,7 +106,8 @@ def run_session(
         raise ConnectionError(
             f"could not connect to robot {robot!s} ({type(e).__name__}: {e}); nothing was sent"
         ) from e
-    results = []
+    results = [] if results is None else results
+    loop.report = None
     try:
         for i in range(episodes):
             if hasattr(robot, "reset"):
@@ -117,6 +121,10 @@ def run_session(
                 on_episode(i, results[-1])
             if report.stop_reason == "watchdog":
                 break
+    except BaseException:
+        if loop.report is not None and (not results or results[-1].report is not loop.report):
+            results.append(EpisodeResult(loop.report, {"stopped": loop.report.stop_reason}))
+        raise
     finally:
         loop.close()
         robot.disconnect()

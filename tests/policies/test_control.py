@@ -190,6 +190,14 @@ def test_ensemble_weights_the_older_chunk_more():
         ChunkPlan(1, mode="average")
 
 
+def test_blend_hands_over_smoothly_when_the_old_plan_ends_first():
+    plan = ChunkPlan(1, mode="blend", blend_ticks=4)
+    plan.integrate(np.zeros((5, 1)), 0, 0)
+    plan.integrate(np.ones((10, 1)), 3, 3)  # the old plan covers 2 more ticks only
+    got = [plan.pop(t)[0][0] for t in range(3, 9)]
+    np.testing.assert_allclose(got, [0.0, 0.25, 0.5, 0.75, 1.0, 1.0])  # no jump when it runs out
+
+
 def test_boundary_jump_ratio_on_hand_made_sequences():
     actions = np.array([[0.0], [0.1], [0.2], [1.2], [1.3]])
     boundary = np.array([False, False, False, True, False])
@@ -205,6 +213,10 @@ def test_safety_filter_bounds_and_change_limits_in_policy_units():
     np.testing.assert_allclose(f(np.array([-0.0125, 0.0])), [0.0125 - 0.005, 0.5])  # change limited
     assert (f.clipped_bounds, f.clipped_change) == (1, 1)
     np.testing.assert_allclose(f.hold(), [0.0, 0.5])  # no displacement, target kept
+    with pytest.raises(ValueError, match="whole multiple"):
+        ControlConfig(hz=12, policy_hz=5)
+    with pytest.raises(ValueError, match="at least one tick"):
+        make_loop()[0].run(max_ticks=0)
     with pytest.raises(ValueError, match="3 values; the robot's action has 2"):
         SafetyFilter(SafetyConfig(low=[0, 0, 0], high=[1, 1, 1]), 2, 1)
 
@@ -238,7 +250,7 @@ def test_blending_removes_boundary_jumps_that_the_hard_switch_has():
 def test_a_chunk_still_computing_when_a_run_ends_never_reaches_the_next_run():
     loop, robot, worker = make_loop(delay_s=0.25)
     loop.run(max_ticks=5)
-    assert worker.busy  # chunk 1, from the observation of tick 4, is still being computed
+    assert worker.submitted == [4] and not worker.busy  # chunk 1 was still computing: dropped at the end
     report = loop.run(max_ticks=5)
     assert [a[1] for _, a in robot.sent[-6:-1]] == [200, 201, 202, 203, 204]  # the new warm-up's chunk 2
     assert report.delay_ticks == [] and report.stop_reason == "done"
@@ -252,7 +264,8 @@ def test_a_late_tick_counts_as_a_deadline_miss_without_a_burst():
     assert summary["deadline_misses"] == 1
     assert [e["kind"] for e in report.events].count("deadline_miss") == 1
     times = np.array([t for t, _ in robot.sent[:-1]])  # (the last send is the hold at the end)
-    assert len(times) == 12 and np.diff(times).min() > 0.06  # no burst of sends to catch up
+    assert len(times) == 11 and np.diff(times).min() > 0.06  # the lost slot is skipped: no burst
+    np.testing.assert_allclose(np.diff(report.tick_start), [0.1] * 5 + [0.2] + [0.1] * 4)  # one slot skipped
     periods = (times[6:] - times[0]) / 0.1  # after the late tick the loop is back on the 100 ms grid
     np.testing.assert_allclose(periods, np.round(periods), atol=1e-9)
 
@@ -283,10 +296,14 @@ def test_ctrl_c_holds_the_robot_and_disconnects(tmp_path):
     policy = ChunkPolicy()
     cfg = ControlConfig(hz=10, policy_hz=10, safety=SAFETY, status_every_s=0)
     worker = DelayedWorker(chunk_function(policy), clock, 0.15)
+    results = []
     with pytest.raises(KeyboardInterrupt):
-        run_session(robot, policy, cfg, "test", duration_s=5.0, clock=clock, worker=worker)
+        run_session(robot, policy, cfg, "test", duration_s=5.0, clock=clock, worker=worker, results=results)
     assert not robot.connected
     assert robot.sent[-1][1] == [0.0, robot.sent[-2][1][1]]  # the last thing sent: hold
+    (cut,) = results  # the interrupted episode is kept for the caller to save
+    assert cut.info == {"stopped": "interrupted"} and len(cut.report.actions) == 6
+    assert cut.report.events[-1]["kind"] == "interrupted"
 
 
 def test_refusals_name_the_shapes_and_send_nothing():
@@ -348,7 +365,9 @@ def test_a_learned_policy_drives_the_mujoco_robot_in_fake_time():
             and s["deadline_misses"] == 0
             and s["stop_reason"] == "done"
         )
-        assert s["chunks"] >= 60 // (3 * 4)  # chunks of 6 steps executing 3, at 4 ticks per step
+        assert (
+            s["chunks"] >= 60 // (3 * 4) - 1
+        )  # chunks of 6 steps executing 3, at 4 ticks per step, after the warm-up
         assert set(r.info) >= {"is_success", "grasped"}
     assert worker.submitted  # ran through the worker, not the warm-up alone
 
