@@ -19,11 +19,13 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libegl1 libgl1 libgl1-mesa-dri >/dev/null; \
 	fi
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml policies/plugin/pyproject.toml sim/plugin/pyproject.toml
 	$(MAKE) system-deps
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	@# (the local wheel mirrors make pip warn about every package they lack: hide that noise)
 	$(PYTHON) -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
+	@# the LeRobot plugin distributions (lerobot-train --policy.type=vipra, lerobot-eval --env.type=tabletop)
+	$(PYTHON) -m pip install -q --disable-pip-version-check --no-deps -e policies/plugin -e sim/plugin 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -102,6 +102,7 @@ class TabletopEnv(gym.Env):
         self.image_size = image_size
         self.render_mode = render_mode
         self.max_episode_steps = max_episode_steps or self.spec_task.max_steps
+        self._max_episode_steps = self.max_episode_steps  # where lerobot-eval's rollout reads the horizon
 
         # Compile only this task's objects and its possible distractors: parked bodies still cost time.
         self._objects = (self.spec_task.source, self.spec_task.target) + tuple(

@@ -102,7 +102,8 @@ class VipraPolicy(PreTrainedPolicy):
     config_class = VipraConfig
     name = "vipra"
 
-    def __init__(self, config: VipraConfig, dataset_stats: dict | None = None):
+    def __init__(self, config: VipraConfig, dataset_stats: dict | None = None, **_):
+        # (**_: lerobot's make_policy also passes dataset_meta, which this policy does not need)
         super().__init__(config)
         config.validate_features()
         self.backbone = VideoBackbone(BackboneConfig(**config.backbone))

@@ -12,7 +12,7 @@ from torch import nn
 
 from world_model.backbone import tokenize
 
-__all__ = ["Normalizer", "tokenize"]
+__all__ = ["Normalizer", "make_vipra_pre_post_processors", "tokenize"]
 
 
 class Normalizer(nn.Module):
@@ -56,3 +56,25 @@ class Normalizer(nn.Module):
             raise ValueError(
                 f"{self.name!r} has {x.shape[-1]} dimensions, the policy was built for {len(self.mean)}"
             )
+
+
+def make_vipra_pre_post_processors(config, dataset_stats: dict | None = None):
+    """LeRobot's processor pair for `lerobot-train` / `lerobot-eval` (found by this name through the
+    plugin): renaming, batching and device placement only. Normalization is not a processor step here:
+    its statistics are buffers of the policy (set from `dataset_stats` when the policy is built), so
+    they travel inside model.safetensors and a checkpoint cannot lose them."""
+    from lerobot.processor import (
+        AddBatchDimensionProcessorStep,
+        DeviceProcessorStep,
+        RenameObservationsProcessorStep,
+    )
+    from lerobot.processor.factory import make_policy_processor_pipelines
+
+    return make_policy_processor_pipelines(
+        input_steps=[
+            RenameObservationsProcessorStep(rename_map={}),
+            AddBatchDimensionProcessorStep(),
+            DeviceProcessorStep(device=config.device),
+        ],
+        output_steps=[DeviceProcessorStep(device="cpu")],
+    )

@@ -1,0 +1,67 @@
+"""The LeRobot plugin: lerobot discovers the installed `lerobot_policy_vipra` and trains our policy with
+its own trainer (`lerobot-train --policy.type=vipra`), whose checkpoint then runs here."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from policies.vipra import make_policy
+
+
+def test_lerobot_discovers_the_plugin():
+    code = (
+        "from lerobot.configs.policies import PreTrainedConfig\n"
+        "from lerobot.utils.import_utils import register_third_party_plugins\n"
+        "assert 'vipra' not in PreTrainedConfig.get_known_choices()\n"
+        "register_third_party_plugins()\n"
+        "from lerobot.policies.factory import get_policy_class\n"
+        "print(get_policy_class('vipra').__name__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout.strip().endswith("VipraPolicy")
+
+
+@pytest.fixture(scope="module")
+def trained(datasets, tmp_path_factory):
+    """A vipra policy trained for 2 steps by lerobot-train on the test demos: its pretrained_model dir."""
+    root = datasets[0] / "demos"
+    out = tmp_path_factory.mktemp("lerobot_train") / "run"
+    cmd = [
+        sys.executable, "-m", "lerobot.scripts.lerobot_train", "--policy.type=vipra", "--policy.dim=32",
+        "--policy.layers=1", "--policy.heads=2", f"--dataset.repo_id=local/{root.name}", f"--dataset.root={root}",
+        "--dataset.video_backend=pyav", "--dataset.use_imagenet_stats=false", f"--output_dir={out}",
+        "--steps=2", "--batch_size=2", "--log_freq=1", "--save_freq=2", "--env_eval_freq=0", "--num_workers=0",
+    ]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return out / "checkpoints" / "last" / "pretrained_model"
+
+
+def test_lerobot_train_trains_the_policy_from_a_dataset(trained):
+    policy = make_policy(trained)
+    # The dataset's statistics reached the policy's own buffers (lerobot passes them at construction).
+    assert torch.isfinite(policy.action_norm.mean).all() and policy.action_norm.std.min() > 0
+    size = policy.backbone.cfg.image_size
+    batch = {
+        "observation.images.image": torch.rand(1, 3, size, size),
+        "observation.state": torch.zeros(1, 7),
+        "task": ["stack the green block on the yellow block"],
+    }
+    assert policy.predict_action_chunk(batch).shape == (1, policy.config.chunk_size, 7)
+
+
+def test_lerobot_eval_runs_the_checkpoint_on_the_tabletop_env(trained, tmp_path):
+    out = tmp_path / "eval"
+    cmd = [
+        sys.executable, "-m", "lerobot.scripts.lerobot_eval", f"--policy.path={trained}", "--env.type=tabletop",
+        "--env.task=stack_block", "--eval.n_episodes=1", "--eval.batch_size=1", f"--output_dir={out}",
+    ]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
+    assert run.returncode == 0, run.stderr[-3000:]
+    info = json.loads((out / "eval_info.json").read_text())
+    assert info["overall"]["n_episodes"] == 1 and 0.0 <= info["overall"]["pc_success"] <= 100.0
