@@ -28,6 +28,7 @@ from tqdm import tqdm
 import data  # noqa: F401  (offline hub before lerobot is imported)
 import sim  # noqa: F401  (MUJOCO_GL before mujoco is imported)
 from policies.control.runtime import ENV_KEY, ControlConfig, summarize
+from policies.control.safety import SafetyFilter
 from policies.control.session import load_policy, make_robot, run_session
 from sim.evaluate import git_commit, make_vector_env, run_episodes, write_atomic
 from sim.experts import ChunkedExpertPolicy
@@ -95,10 +96,8 @@ def rate(outcomes: list[bool]) -> dict:
 
 def action_scale(cfg: DictConfig, loop: ControlConfig) -> np.ndarray:
     """The action range in executed units (delta dimensions shared among a policy step's ticks)."""
-    low, high = np.asarray(cfg.robot.safety.low, float), np.asarray(cfg.robot.safety.high, float)
-    delta = np.zeros(len(low), bool)
-    delta[list(cfg.robot.safety.delta_dims)] = True
-    return (high - low) * np.where(delta, 1.0 / loop.ticks_per_step, 1.0)
+    f = SafetyFilter(loop.safety, len(cfg.robot.safety.low), loop.ticks_per_step)
+    return (f.high - f.low) * f.scale
 
 
 def plot(periods: dict, traces: dict, path: Path) -> None:

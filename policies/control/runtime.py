@@ -323,9 +323,8 @@ class ControlLoop:
                 f"({len(self.action_keys)},) {self.action_keys}"
             )
         tps = cfg.ticks_per_step
-        self.adapter = ObservationAdapter(robot.observation_features, policy.config, task, max(1, round(tps)))
+        self.adapter = ObservationAdapter(robot.observation_features, policy.config, task, round(tps))
         self.safety = SafetyFilter(cfg.safety, self.action_dim, tps)
-        self.delta_dims = self.safety.delta
         execute = cfg.execute_steps or getattr(policy.config, "n_action_steps", None) or 1
         self.execute_ticks = max(1, round(execute * tps))
         self.plan = ChunkPlan(
@@ -339,7 +338,7 @@ class ControlLoop:
     def _to_ticks(self, chunk: np.ndarray) -> np.ndarray:
         previous = self.safety.last / self.safety.scale if self.safety.last is not None else None
         return resample_chunk(
-            chunk, self.cfg.policy_hz, self.cfg.hz, self.delta_dims, previous, self.cfg.interpolate
+            chunk, self.cfg.policy_hz, self.cfg.hz, self.safety.delta, previous, self.cfg.interpolate
         )
 
     def _valid(self, chunk, tick: int, report: ControlReport) -> bool:
