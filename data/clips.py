@@ -137,15 +137,24 @@ def episode_columns(root: str | Path, keys: list[str]) -> dict[str, np.ndarray]:
     return {k: np.asarray(table[k]) for k in [*keys, "episode_index", "frame_index"]}
 
 
-def random_shift(frames: torch.Tensor, pad: int, gen: torch.Generator | None = None) -> torch.Tensor:
+def shift_offsets(n: int, pad: int, gen: torch.Generator | None = None) -> torch.Tensor:
+    """(2, n) random (x, y) offsets in [0, 2 pad] for `random_shift`; drawn for a whole global batch so
+    data-parallel processes can each take their columns."""
+    return torch.randint(0, 2 * pad + 1, (2, n), generator=gen)
+
+
+def random_shift(
+    frames: torch.Tensor, pad: int, gen: torch.Generator | None = None, offsets: torch.Tensor | None = None
+) -> torch.Tensor:
     """Shift each sample's frames (B, ..., C, H, W) by one random offset of up to `pad` pixels, edges
-    repeated (DrQ's augmentation): frames of a sample move together, so motion between them is kept."""
+    repeated (DrQ's augmentation): frames of a sample move together, so motion between them is kept.
+    `offsets` (2, B) from `shift_offsets` fixes the offsets; otherwise they are drawn from `gen`."""
     if pad <= 0:
         return frames
     shape = frames.shape
     x = frames.reshape(shape[0], -1, *shape[-2:])  # (B, T*C, H, W)
     H, W = shape[-2:]
     x = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
-    dx, dy = torch.randint(0, 2 * pad + 1, (2, shape[0]), generator=gen).tolist()
+    dx, dy = (shift_offsets(shape[0], pad, gen) if offsets is None else offsets).tolist()
     out = torch.stack([x[i, :, y : y + H, c : c + W] for i, (c, y) in enumerate(zip(dx, dy, strict=True))])
     return out.reshape(shape)

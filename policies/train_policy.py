@@ -30,7 +30,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from data.chunks import EpisodeBank
-from data.clips import random_shift
+from data.clips import random_shift, shift_offsets
 from policies.vipra import VipraConfig, VipraPolicy
 from policies.vipra.configuration_vipra import ACTION_KEY, STATE_KEY
 from world_model.checkpoint import (
@@ -40,17 +40,30 @@ from world_model.checkpoint import (
     restore_interrupted_swap,
     save_checkpoint,
 )
+from world_model.distributed import (
+    accumulation,
+    finite_everywhere,
+    is_main_process,
+    make_accelerator,
+    seed_process,
+    shard_rows,
+)
 from world_model.train_backbone import load_backbone
 
 PRETRAINED_DIR = "pretrained_model"
 
 
 def make_batch(
-    bank: EpisodeBank, rows: torch.Tensor, horizon: int, image_key: str, shift: int, gen=None
+    bank: EpisodeBank,
+    rows: torch.Tensor,
+    horizon: int,
+    image_key: str,
+    shift: int,
+    offsets: torch.Tensor | None = None,
 ) -> dict:
-    """Rows of frames t -> a LeRobot training batch."""
+    """Rows of frames t -> a LeRobot training batch; `offsets` (2, B) are the random shifts."""
     w = bank.window(rows, horizon)
-    frames = random_shift(bank.frames[w.context].float() / 255, shift, gen)  # (B, 2, 3, H, W)
+    frames = random_shift(bank.frames[w.context].float() / 255, shift, offsets=offsets)  # (B, 2, 3, H, W)
     return {
         image_key: frames,
         STATE_KEY: bank.columns[STATE_KEY][rows],
@@ -108,9 +121,12 @@ def lr_factor(step: int, tcfg: DictConfig) -> float:
 def train(cfg: DictConfig) -> dict:
     tcfg = cfg.train.policy
     out_dir = Path(tcfg.out_dir)
-    torch.manual_seed(tcfg.seed)
+    accelerator = make_accelerator(tcfg)
+    seed_process(tcfg.seed, accelerator)
+    is_main = accelerator.is_main_process
+    log = print if is_main else lambda *a, **k: None
     bank = EpisodeBank.load(tcfg.dataset, cfg.task.image_key, columns=[STATE_KEY, ACTION_KEY])
-    device = torch.device(tcfg.device)
+    device = accelerator.device
     policy = build_policy(cfg, bank).to(device)
     policy.train()
     groups = policy.get_optim_params()
@@ -129,54 +145,68 @@ def train(cfg: DictConfig) -> dict:
     if tcfg.resume and has_checkpoint(out_dir):
         hint = "use another train.policy.out_dir or set train.policy.resume=false"
         start = load_checkpoint(out_dir, modules, optimizer, gen, model_config, hint)["step"]
-        print(f"resuming from {out_dir / CKPT_DIR} at step {start}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        log(f"resuming from {out_dir / CKPT_DIR} at step {start}")
+        seed_process(tcfg.seed, accelerator, start)
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     n_params = sum(p.numel() for p in policy.parameters()) / 1e6
-    print(
+    log(
         f"policy: {n_params:.2f}M parameters, backbone {'from ' + str(tcfg.backbone) if tcfg.backbone else 'from scratch'}; "
-        f"{len(bank)} frames of {len(bank.episodes)} demos"
+        f"{len(bank)} frames of {len(bank.episodes)} demos; "
+        f"{accelerator.num_processes} process(es) x {tcfg.grad_accum} micro-batch(es) per step"
     )
-    writer = SummaryWriter(str(out_dir / "tb"), purge_step=start)
+    writer = SummaryWriter(str(out_dir / "tb"), purge_step=start) if is_main else None
+    parallel = accelerator.prepare_model(policy)  # DDP (and autocast) when launched on several processes
     clock = time.perf_counter()
-    progress = tqdm(range(start, tcfg.steps), initial=start, total=tcfg.steps, desc="policy", unit="step")
+    steps = range(start, tcfg.steps)
+    progress = tqdm(steps, initial=start, total=tcfg.steps, desc="policy", unit="step", disable=not is_main)
     horizon, key = policy.config.chunk_size, cfg.task.image_key
     for step in progress:
         for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = lr * lr_factor(step, tcfg)
-        rows = torch.randint(len(bank), (tcfg.batch_size,), generator=gen)
-        batch = make_batch(bank, rows, horizon, key, tcfg.shift, gen)
-        loss, terms = policy.forward({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss is {loss.item()} at step {step} ({terms}); last good checkpoint kept"
-            )
+        rows = torch.randint(len(bank), (tcfg.batch_size,), generator=gen)  # the global batch
+        offsets = shift_offsets(len(rows), tcfg.shift, gen)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), tcfg.grad_clip)
+        for mine in accumulation(accelerator, parallel, shard_rows(rows, accelerator, tcfg.grad_accum)):
+            batch = make_batch(bank, rows[mine], horizon, key, tcfg.shift, offsets[:, mine])
+            loss, terms = parallel({k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
+            if not finite_everywhere(loss, accelerator):
+                raise FloatingPointError(
+                    f"loss is {loss.item()} at step {step} ({terms}); last good checkpoint kept"
+                )
+            accelerator.backward(loss / tcfg.grad_accum)
+        accelerator.clip_grad_norm_(parallel.parameters(), tcfg.grad_clip)
         optimizer.step()
-        if (step + 1) % tcfg.log_every == 0:
+        if (step + 1) % tcfg.log_every == 0 and is_main:
             for k, v in terms.items():
                 writer.add_scalar(f"train/{k}", v, step + 1)
             progress.set_postfix(fm=f"{terms['fm_loss']:.3f}", sc=f"{terms['shortcut_loss']:.3f}")
         if (step + 1) % tcfg.ckpt_every == 0 or step + 1 == tcfg.steps:
-            save_checkpoint(out_dir, modules, optimizer, step + 1, gen, {"model_config": model_config})
+            if is_main:
+                save_checkpoint(out_dir, modules, optimizer, step + 1, gen, {"model_config": model_config})
+            accelerator.wait_for_everyone()
     progress.close()
-    writer.close()
-    save_pretrained_atomic(policy, out_dir / PRETRAINED_DIR)
     summary = {"steps": tcfg.steps, "resumed_at": start, "minutes": (time.perf_counter() - clock) / 60}
+    summary |= {"processes": accelerator.num_processes, "grad_accum": tcfg.grad_accum}
     summary |= (
         {"final_fm_loss": terms["fm_loss"], "final_shortcut_loss": terms["shortcut_loss"]}
         if tcfg.steps > start
         else {}
     )
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    if is_main:
+        writer.close()
+        save_pretrained_atomic(policy, out_dir / PRETRAINED_DIR)
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    accelerator.wait_for_everyone()
     return summary
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     summary = train(cfg)
+    if not is_main_process():
+        return
     print(json.dumps(summary, indent=1))
     print(f"policy: {Path(cfg.train.policy.out_dir) / PRETRAINED_DIR}")
     print("command: python -m policies.train_policy " + " ".join(sys.argv[1:]))

@@ -25,7 +25,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from data.chunks import EpisodeBank
-from data.clips import random_shift
+from data.clips import random_shift, shift_offsets
 from world_model.backbone import BackboneConfig, VideoBackbone, backbone_loss, tokenize
 from world_model.checkpoint import (
     CKPT_DIR,
@@ -33,6 +33,14 @@ from world_model.checkpoint import (
     load_checkpoint,
     restore_interrupted_swap,
     save_checkpoint,
+)
+from world_model.distributed import (
+    accumulation,
+    finite_everywhere,
+    is_main_process,
+    make_accelerator,
+    seed_process,
+    shard_rows,
 )
 from world_model.train_lam import lr_at, split_episodes
 
@@ -61,11 +69,19 @@ def load_labelled_video(dataset: str | Path, labels: str | Path, image_key: str,
     return bank, int(label["codebook"].shape[0]), int(label["codes"].shape[1])
 
 
-def make_batch(bank: EpisodeBank, rows: torch.Tensor, horizon: int, vocab: int, shift: int, gen=None):
-    """Rows of frames t -> (frames (B, 2, 3, H, W), words, future (B, 3, H, W), codes (B, H, N))."""
+def make_batch(
+    bank: EpisodeBank,
+    rows: torch.Tensor,
+    horizon: int,
+    vocab: int,
+    shift: int,
+    offsets: torch.Tensor | None = None,
+):
+    """Rows of frames t -> (frames (B, 2, 3, H, W), words, future (B, 3, H, W), codes (B, H, N)).
+    `offsets` (2, B) are the random shifts (`data.clips.shift_offsets`)."""
     w = bank.window(rows, horizon)
     frames = torch.cat([bank.frames[w.context], bank.frames[w.future][:, None]], dim=1).float() / 255
-    frames = random_shift(frames, shift, gen)
+    frames = random_shift(frames, shift, offsets=offsets)
     codes = bank.columns["codes"][w.chunk].masked_fill(w.chunk_is_pad[..., None], -1)
     words = tokenize([bank.tasks[i] for i in rows.tolist()], vocab)
     return frames[:, :2], words, frames[:, 2], codes
@@ -95,7 +111,9 @@ def evaluate(model: VideoBackbone, bank: EpisodeBank, majority_code: int, num: i
 def train(cfg: DictConfig) -> dict:
     tcfg = cfg.train.backbone
     out_dir = Path(tcfg.out_dir)
-    torch.manual_seed(tcfg.seed)
+    accelerator = make_accelerator(tcfg)
+    seed_process(tcfg.seed, accelerator)
+    log = print if accelerator.is_main_process else lambda *a, **k: None
     bank, num_codes, tokens = load_labelled_video(
         tcfg.dataset, tcfg.labels, cfg.task.image_key, tcfg.embodiment
     )
@@ -109,7 +127,7 @@ def train(cfg: DictConfig) -> dict:
             f"{cfg.task.image_key!r} in {tcfg.dataset} is {bank.frames.shape[-1]} pixels wide, the backbone "
             f"takes {model_cfg.image_size}"
         )
-    device = torch.device(tcfg.device)
+    device = accelerator.device
     model = VideoBackbone(model_cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     gen = torch.Generator().manual_seed(tcfg.seed)
@@ -127,48 +145,64 @@ def train(cfg: DictConfig) -> dict:
     if tcfg.resume and has_checkpoint(out_dir):
         hint = "use another train.backbone.out_dir or set train.backbone.resume=false"
         start = load_checkpoint(out_dir, modules, optimizer, gen, model_cfg.to_dict(), hint)["step"]
-        print(f"resuming from {out_dir / CKPT_DIR} at step {start}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        log(f"resuming from {out_dir / CKPT_DIR} at step {start}")
+        seed_process(tcfg.seed, accelerator, start)
+    is_main = accelerator.is_main_process
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     meta = {"model_config": model_cfg.to_dict(), "dataset": str(tcfg.dataset), "embodiment": tcfg.embodiment}
-    print(
+    log(
         f"backbone: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
-        f"{len(train_bank)} training frames ({len(train_bank.episodes)} episodes), {len(val_bank)} held out"
+        f"{len(train_bank)} training frames ({len(train_bank.episodes)} episodes), {len(val_bank)} held out; "
+        f"{accelerator.num_processes} process(es) x {tcfg.grad_accum} micro-batch(es) per step"
     )
-    writer = SummaryWriter(str(out_dir / "tb"), purge_step=start)
+    writer = SummaryWriter(str(out_dir / "tb"), purge_step=start) if is_main else None
+    parallel = accelerator.prepare_model(model)  # DDP (and autocast) when launched on several processes
     clock = time.perf_counter()
-    progress = tqdm(range(start, tcfg.steps), initial=start, total=tcfg.steps, desc="backbone", unit="step")
+    steps = range(start, tcfg.steps)
+    progress = tqdm(steps, initial=start, total=tcfg.steps, desc="backbone", unit="step", disable=not is_main)
     for step in progress:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, tcfg)
-        rows = torch.randint(len(train_bank), (tcfg.batch_size,), generator=gen)
-        batch = make_batch(train_bank, rows, model_cfg.horizon, model_cfg.vocab_size, tcfg.shift, gen)
-        frames, words, future, codes = (t.to(device) for t in batch)
-        loss, terms = backbone_loss(model(frames, words), future, codes, tcfg.loss.frame, tcfg.loss.action)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss is {loss.item()} at step {step}; the last good checkpoint in {out_dir / CKPT_DIR} is kept"
-            )
+        rows = torch.randint(len(train_bank), (tcfg.batch_size,), generator=gen)  # the global batch
+        offsets = shift_offsets(len(rows), tcfg.shift, gen)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+        for mine in accumulation(accelerator, parallel, shard_rows(rows, accelerator, tcfg.grad_accum)):
+            batch = make_batch(
+                train_bank, rows[mine], model_cfg.horizon, model_cfg.vocab_size, tcfg.shift, offsets[:, mine]
+            )
+            frames, words, future, codes = (t.to(device) for t in batch)
+            loss, terms = backbone_loss(
+                parallel(frames, words), future, codes, tcfg.loss.frame, tcfg.loss.action
+            )
+            if not finite_everywhere(loss, accelerator):
+                raise FloatingPointError(
+                    f"loss is {loss.item()} at step {step}; the last good checkpoint in {out_dir / CKPT_DIR} is kept"
+                )
+            accelerator.backward(loss / tcfg.grad_accum)
+        accelerator.clip_grad_norm_(parallel.parameters(), tcfg.grad_clip)
         optimizer.step()
-        if (step + 1) % tcfg.log_every == 0:
+        if (step + 1) % tcfg.log_every == 0 and is_main:
             for k, v in terms.items():
                 writer.add_scalar(f"train/{k}", v.item(), step + 1)
             progress.set_postfix(
                 mse=f"{terms['frame_mse'].item():.4f}", acc=f"{terms['action_acc'].item():.2f}"
             )
-        if (step + 1) % tcfg.val_every == 0 or step + 1 == tcfg.steps:
+        if ((step + 1) % tcfg.val_every == 0 or step + 1 == tcfg.steps) and is_main:
             for k, v in evaluate(model, val_bank, majority).items():
                 writer.add_scalar(f"val/{k}", v, step + 1)
         if (step + 1) % tcfg.ckpt_every == 0 or step + 1 == tcfg.steps:
-            save_checkpoint(out_dir, modules, optimizer, step + 1, gen, meta)
+            if is_main:
+                save_checkpoint(out_dir, modules, optimizer, step + 1, gen, meta)
+            accelerator.wait_for_everyone()
     progress.close()
-    writer.close()
     summary = {"steps": tcfg.steps, "resumed_at": start, "minutes": (time.perf_counter() - clock) / 60}
-    summary |= evaluate(model, val_bank, majority)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    summary |= {"processes": accelerator.num_processes, "grad_accum": tcfg.grad_accum}
+    if is_main:
+        writer.close()
+        summary |= evaluate(model, val_bank, majority)
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
@@ -187,6 +221,8 @@ def load_backbone(path: str | Path) -> VideoBackbone:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     summary = train(cfg)
+    if not is_main_process():
+        return
     print(json.dumps(summary, indent=1))
     print(f"checkpoint: {Path(cfg.train.backbone.out_dir) / CKPT_DIR}")
     print("command: python -m world_model.train_backbone " + " ".join(sys.argv[1:]))
