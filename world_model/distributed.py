@@ -75,6 +75,16 @@ def finite_everywhere(loss: torch.Tensor, accelerator: Accelerator) -> bool:
     return accelerator.reduce(bad, reduction="sum").item() == 0
 
 
+@torch.no_grad()
+def broadcast_from_main(module: torch.nn.Module, accelerator: Accelerator) -> None:
+    """Copy the main process's parameters and buffers of `module` to the others: for state changed outside
+    the optimizer (a codebook initialised from data or re-seeded), which would otherwise drift apart."""
+    if accelerator.num_processes == 1:
+        return
+    for tensor in module.state_dict().values():
+        torch.distributed.broadcast(tensor, src=0)
+
+
 def is_main_process() -> bool:
     """Whether this is the process that prints and writes (true without a launcher)."""
     return PartialState().is_main_process

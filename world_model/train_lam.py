@@ -26,6 +26,15 @@ from tqdm import tqdm
 
 from data.clips import flow_targets, load_episode_frames, to_uint8_hwc
 from world_model.checkpoint import CKPT_DIR, load_checkpoint, restore_interrupted_swap, save_checkpoint
+from world_model.distributed import (
+    accumulation,
+    broadcast_from_main,
+    finite_everywhere,
+    is_main_process,
+    make_accelerator,
+    seed_process,
+    shard_rows,
+)
 from world_model.lam import LAMConfig, LatentActionModel
 from world_model.losses import FlowNet, psnr, ramp, ssim
 
@@ -82,14 +91,22 @@ def load_banks(cfg: DictConfig, image_key: str, clip_len: int, image_size: int):
 
 
 # ---------------------------------------------------------------------------------------------- loss
-def compute_loss(model, flow_net, clips: torch.Tensor, step: int, loss_cfg: DictConfig, gen: torch.Generator):
+def compute_loss(
+    model,
+    flow_net,
+    clips: torch.Tensor,
+    step: int,
+    loss_cfg: DictConfig,
+    gen: torch.Generator | None = None,
+    j: torch.Tensor | None = None,
+):
     """Total loss and its terms for clips (B, T, 3, H, W). Every step is predicted from the real frame
-    before it; one random step per clip feeds SSIM and the flow terms (an unbiased estimate at 1/(T-1)
-    of the cost)."""
+    before it; one random step j per clip (B,), drawn from `gen` unless given, feeds SSIM and the flow
+    terms (an unbiased estimate at 1/(T-1) of the cost)."""
     out = model(clips)
     real = clips[:, 1:]
     B, S = real.shape[:2]
-    j = torch.randint(S, (B,), generator=gen)
+    j = torch.randint(S, (B,), generator=gen) if j is None else j
     rows = torch.arange(B)
     prev_j, real_j, pred_j = clips[rows, j], real[rows, j], out.predicted[rows, j]
     prev_u8, real_u8 = to_uint8_hwc(prev_j), to_uint8_hwc(real_j)
@@ -114,6 +131,18 @@ def compute_loss(model, flow_net, clips: torch.Tensor, step: int, loss_cfg: Dict
     weights = {k: loss_cfg[k].weight * ramp(step, loss_cfg[k].start, loss_cfg[k].warmup) for k in terms}
     total = sum(weights[k] * v for k, v in terms.items()) + out.quantizer_loss
     return total, terms, weights, out
+
+
+class Objective(torch.nn.Module):
+    """The model and the flow estimator it trains beside, as one module whose forward is the loss, so
+    that one DDP wrapper sees every parameter (and `flow_net.frozen` stays inside the forward)."""
+
+    def __init__(self, model: LatentActionModel, flow_net: FlowNet, loss_cfg: DictConfig):
+        super().__init__()
+        self.model, self.flow_net, self.loss_cfg = model, flow_net, loss_cfg
+
+    def forward(self, clips: torch.Tensor, step: int, j: torch.Tensor):
+        return compute_loss(self.model, self.flow_net, clips, step, self.loss_cfg, j=j)
 
 
 def lr_at(step: int, cfg: DictConfig) -> float:
@@ -178,9 +207,12 @@ def train(cfg: DictConfig) -> dict:
     out_dir = Path(tcfg.out_dir)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
-    torch.manual_seed(tcfg.seed)
+    accelerator = make_accelerator(tcfg)
+    seed_process(tcfg.seed, accelerator)
+    is_main = accelerator.is_main_process
+    log = print if is_main else lambda *a, **k: None
     model_cfg = LAMConfig(**OmegaConf.to_container(cfg.model.lam, resolve=True))
-    device = torch.device(tcfg.device)
+    device = accelerator.device
     model, flow_net = LatentActionModel(model_cfg).to(device), FlowNet().to(device)
     params = list(model.parameters()) + list(flow_net.parameters())
     optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
@@ -193,9 +225,11 @@ def train(cfg: DictConfig) -> dict:
     if tcfg.resume and (out_dir / CKPT_DIR / "state.json").is_file():
         hint = "use another train.lam.out_dir or set train.lam.resume=false"
         start = load_checkpoint(out_dir, modules, optimizer, gen, model_cfg.to_dict(), hint)["step"]
-        print(f"resuming from {out_dir / CKPT_DIR} at step {start}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        log(f"resuming from {out_dir / CKPT_DIR} at step {start}")
+        seed_process(tcfg.seed, accelerator, start)
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     extra = {
         "model_config": model_cfg.to_dict(),
         "val_episodes": val_bank.episodes,
@@ -203,32 +237,39 @@ def train(cfg: DictConfig) -> dict:
         "image_key": cfg.task.image_key,
     }
 
-    writer = SummaryWriter(str(out_dir / "tb"), purge_step=start)
-    print(
+    writer = SummaryWriter(str(out_dir / "tb"), purge_step=start) if is_main else None
+    log(
         f"latent action model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
-        f"{len(train_bank)} training clips, {len(val_bank)} held out ({len(val_bank.episodes)} episodes)"
+        f"{len(train_bank)} training clips, {len(val_bank)} held out ({len(val_bank.episodes)} episodes); "
+        f"{accelerator.num_processes} process(es) x {tcfg.grad_accum} micro-batch(es) per step"
     )
+    parallel = accelerator.prepare_model(Objective(model, flow_net, tcfg.loss))  # DDP with several processes
     clock, samples = time.perf_counter(), 0
-    progress = tqdm(range(start, tcfg.steps), initial=start, total=tcfg.steps, desc="lam", unit="step")
+    steps = range(start, tcfg.steps)
+    progress = tqdm(steps, initial=start, total=tcfg.steps, desc="lam", unit="step", disable=not is_main)
     for step in progress:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, tcfg)
-        clips = train_bank.clips(torch.randint(len(train_bank), (tcfg.batch_size,), generator=gen)).to(device)
-        loss, terms, weights, out = compute_loss(model, flow_net, clips, step, tcfg.loss, gen)
-        if not torch.isfinite(loss):
-            writer.close()
-            raise FloatingPointError(
-                f"loss is {loss.item()} at step {step} (terms { ({k: v.item() for k, v in terms.items()}) }); "
-                f"stopped. The last good checkpoint in {out_dir / CKPT_DIR} is kept; lower train.lam.lr and resume."
-            )
+        rows = torch.randint(len(train_bank), (tcfg.batch_size,), generator=gen)  # the global batch
+        transitions = torch.randint(model_cfg.clip_len - 1, (len(rows),), generator=gen)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
+        for mine in accumulation(accelerator, parallel, shard_rows(rows, accelerator, tcfg.grad_accum)):
+            clips = train_bank.clips(rows[mine]).to(device)
+            loss, terms, weights, out = parallel(clips, step, transitions[mine])
+            if not finite_everywhere(loss, accelerator):
+                raise FloatingPointError(
+                    f"loss is {loss.item()} at step {step} (terms { ({k: v.item() for k, v in terms.items()}) }); "
+                    f"stopped. The last good checkpoint in {out_dir / CKPT_DIR} is kept; lower train.lam.lr and resume."
+                )
+            accelerator.backward(loss / tcfg.grad_accum)
+        grad_norm = accelerator.clip_grad_norm_(params, tcfg.grad_clip)
         optimizer.step()
-        samples += len(clips)
+        samples += len(rows)
         replaced = revive_dead_codes(model, step, tcfg)
+        if step == start or codes_due(step, tcfg):  # the codebook changed outside the optimizer
+            broadcast_from_main(model.quantizer, accelerator)
 
-        if (step + 1) % tcfg.log_every == 0 or replaced:
+        if ((step + 1) % tcfg.log_every == 0 or replaced) and is_main:
             elapsed = time.perf_counter() - clock
             log_scalars(
                 writer,
@@ -244,22 +285,33 @@ def train(cfg: DictConfig) -> dict:
                 model.quantizer.num_codes,
             )
             progress.set_postfix(loss=f"{loss.item():.4f}", l1=f"{terms['l1'].item():.4f}")
-        if (step + 1) % tcfg.val_every == 0 or step + 1 == tcfg.steps:
+        if ((step + 1) % tcfg.val_every == 0 or step + 1 == tcfg.steps) and is_main:
             for k, v in evaluate(model, val_bank, tcfg.val_clips).items():
                 writer.add_scalar(f"val/{k}", v, step + 1)
         if (step + 1) % tcfg.ckpt_every == 0 or step + 1 == tcfg.steps:
-            save_checkpoint(out_dir, modules, optimizer, step + 1, gen, extra)
+            if is_main:
+                save_checkpoint(out_dir, modules, optimizer, step + 1, gen, extra)
+            accelerator.wait_for_everyone()
     progress.close()
-    writer.close()
     minutes = (time.perf_counter() - clock) / 60
     summary = {
         "steps": tcfg.steps,
         "resumed_at": start,
         "minutes": minutes,
-        "samples_per_s": samples / max(60 * minutes, 1e-9),
+        "samples_per_s": samples / max(60 * minutes, 1e-9),  # global samples
+        "processes": accelerator.num_processes,
+        "grad_accum": tcfg.grad_accum,
     }
-    summary |= evaluate(model, val_bank, tcfg.val_clips)
+    if is_main:
+        writer.close()
+        summary |= evaluate(model, val_bank, tcfg.val_clips)
+    accelerator.wait_for_everyone()
     return summary
+
+
+def codes_due(step: int, tcfg: DictConfig) -> bool:
+    """Whether dead codes are re-seeded after this step (the same answer on every process)."""
+    return step < tcfg.dead_codes.until * tcfg.steps and (step + 1) % tcfg.dead_codes.every == 0
 
 
 def revive_dead_codes(model, step: int, tcfg: DictConfig) -> int:
@@ -267,9 +319,9 @@ def revive_dead_codes(model, step: int, tcfg: DictConfig) -> int:
 
     Runs right after the step whose latents it re-seeds from, so resuming from a checkpoint changes nothing."""
     quantizer = model.quantizer
-    if not hasattr(quantizer, "replace_dead_codes") or step >= tcfg.dead_codes.until * tcfg.steps:
+    if not hasattr(quantizer, "replace_dead_codes") or not codes_due(step, tcfg):
         return 0
-    return quantizer.replace_dead_codes() if (step + 1) % tcfg.dead_codes.every == 0 else 0
+    return quantizer.replace_dead_codes()
 
 
 def log_scalars(writer, step, loss, terms, weights, out, grad_norm, lr, samples_per_s, replaced, num_codes):
@@ -289,6 +341,8 @@ def log_scalars(writer, step, loss, terms, weights, out, grad_norm, lr, samples_
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     summary = train(cfg)
+    if not is_main_process():
+        return
     print(json.dumps(summary, indent=1))
     print(f"checkpoint: {Path(cfg.train.lam.out_dir) / CKPT_DIR}")
     print("command: python -m world_model.train_lam " + " ".join(sys.argv[1:]))

@@ -183,8 +183,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(datasets, tmp_path, m
 
     real = train_lam.compute_loss
 
-    def poisoned(model, flow_net, clips, step, *args):
-        loss, *rest = real(model, flow_net, clips, step, *args)
+    def poisoned(model, flow_net, clips, step, *args, **kwargs):
+        loss, *rest = real(model, flow_net, clips, step, *args, **kwargs)
         return (loss * math.nan if step == 4 else loss), *rest
 
     monkeypatch.setattr(train_lam, "compute_loss", poisoned)
