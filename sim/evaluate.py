@@ -6,6 +6,12 @@ step, as SIMPLER does; grasp counts episodes in which the source object was gras
 
     python -m sim.evaluate                                  # scripted expert and random policy
     python -m sim.evaluate eval=full 'task.tasks=[stack_block]' eval.num_envs=2
+
+Sharded across processes or machines (each shard runs a contiguous range of episode indices, so the
+scenes are those of one run; `python -m sim.merge --shards` adds the shards' counts back up):
+
+    python -m sim.evaluate -m hydra/launcher=joblib eval.shard.count=2 eval.shard.index=0,1
+    python -m sim.merge --shards reports/eval/quick reports/eval/quick/shards/*/results.json
 """
 
 import functools
@@ -111,8 +117,41 @@ def run_episodes(
 
 
 def summarize(outcomes: list[bool]) -> dict:
-    lo, hi = wilson_interval(sum(outcomes), len(outcomes))
-    return {"rate": sum(outcomes) / max(len(outcomes), 1), "ci95": [lo, hi], "n": len(outcomes)}
+    return summarize_counts(sum(outcomes), len(outcomes))
+
+
+def summarize_counts(k: int, n: int) -> dict:
+    lo, hi = wilson_interval(k, n)
+    return {"rate": k / max(n, 1), "ci95": [lo, hi], "n": n}
+
+
+def shard_range(episodes: int, index: int, count: int) -> range:
+    """Episode indices of shard `index` of `count`: contiguous, sizes differing by at most one."""
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"eval.shard.index={index} must be in [0, eval.shard.count={count})")
+    if count > episodes:
+        raise ValueError(
+            f"eval.shard.count={count} exceeds episodes_per_task={episodes}: some shards would be empty"
+        )
+    bounds = [episodes * i // count for i in range(count + 1)]
+    return range(bounds[index], bounds[index + 1])
+
+
+def add_averages(results: dict, protocols: list[str]) -> dict:
+    """Per policy, the mean over tasks of each rate, and the headline table (SIMPLER's average success)."""
+    for entry in results["policies"].values():
+        entry["average"] = {
+            p: {
+                key: float(np.mean([t[p][key]["rate"] for t in entry["tasks"].values()]))
+                for key in ("success", "grasp")
+            }
+            for p in protocols
+        }
+    results["average_success"] = {
+        name: {p: entry["average"][p]["success"] for p in protocols}
+        for name, entry in results["policies"].items()
+    }
+    return results
 
 
 def evaluate(
@@ -125,8 +164,10 @@ def evaluate(
     image_size: int = 64,
     video_dir: Path | None = None,
     control_hz: float = 5.0,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict:
-    """Evaluate each policy on each task and protocol; returns the results dict written to results.json."""
+    """Evaluate each policy on each task and protocol; returns the results dict written to results.json.
+    With `shard=(index, count)`, only that shard's episodes run (`shard_range`)."""
     for p in protocols:
         if p not in PROTOCOLS:
             raise ValueError(f"unknown protocol {p!r}; expected one of {PROTOCOLS}")
@@ -137,13 +178,17 @@ def evaluate(
     if episodes < 1 or num_envs < 1:
         raise ValueError(f"episodes and num_envs must be >= 1, got episodes={episodes}, num_envs={num_envs}")
     specs = [get_task(t) for t in tasks]
-    total = len(policies) * len(protocols) * len(tasks) * episodes
+    mine = shard_range(episodes, *shard)
+    total = len(policies) * len(protocols) * len(tasks) * len(mine)
     results = {"episodes_per_task": episodes, "seed": seed, "image_size": image_size, "policies": {}}
+    if shard[1] > 1:
+        results["shard"] = {"index": shard[0], "count": shard[1], "episodes": [mine.start, mine.stop]}
+        video_dir = video_dir if mine.start == 0 else None  # the first episode lives in shard 0
     with tqdm(total=total, desc="eval episodes", unit="ep") as progress:
         for spec in specs:
             # One set of workers per task; the protocol is an attribute read at reset.
             envs = make_vector_env(
-                spec.name, protocols[0], min(num_envs, episodes), image_size, control_hz=control_hz
+                spec.name, protocols[0], min(num_envs, len(mine)), image_size, control_hz=control_hz
             )
             try:
                 for protocol in protocols:
@@ -153,7 +198,7 @@ def evaluate(
                         video = video_dir / f"{name}_{spec.name}_{protocol}.mp4" if video_dir else None
                         policy = factory(task=spec.name)
                         out = run_episodes(
-                            policy, envs, episodes, spec.max_steps, seed, video, name, progress
+                            policy, envs, len(mine), spec.max_steps, seed + mine.start, video, name, progress
                         )
                         per_task = results["policies"].setdefault(name, {"tasks": {}})["tasks"]
                         per_task.setdefault(spec.name, {})[protocol] = {
@@ -162,20 +207,7 @@ def evaluate(
                         }
             finally:
                 envs.close()
-    for entry in results["policies"].values():
-        entry["average"] = {
-            p: {
-                key: float(np.mean([t[p][key]["rate"] for t in entry["tasks"].values()]))
-                for key in ("success", "grasp")
-            }
-            for p in protocols
-        }
-    # The headline numbers (SIMPLER's): average success per policy and protocol.
-    results["average_success"] = {
-        name: {p: entry["average"][p]["success"] for p in protocols}
-        for name, entry in results["policies"].items()
-    }
-    return results
+    return add_averages(results, protocols)
 
 
 def _pct(stat: dict) -> str:
@@ -282,6 +314,9 @@ def bar_chart(results: dict, path: Path) -> None:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     out_dir = Path(cfg.eval.report_dir)
+    shard = (cfg.eval.shard.index, cfg.eval.shard.count)
+    if shard[1] > 1:
+        out_dir = out_dir / "shards" / f"{shard[0]}-of-{shard[1]}"
     unknown = [n for n in cfg.eval.policies if n not in cfg.policies]
     if unknown:
         raise ValueError(
@@ -298,6 +333,7 @@ def main(cfg: DictConfig) -> None:
         cfg.task.image_size,
         out_dir / "videos" if cfg.eval.save_videos else None,
         control_hz=cfg.task.fps,
+        shard=shard,
     )
     print(write_report(results, out_dir, "python -m sim.evaluate " + " ".join(sys.argv[1:])))
     print(f"wrote {out_dir / 'results.json'} and {out_dir / 'results.md'}")

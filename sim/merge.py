@@ -4,6 +4,11 @@ every policy faced the same scenes (e.g. policies evaluated as soon as each fini
     python -m sim.merge reports/experiment outputs/eval/a/results.json outputs/eval/b/results.json \
         --order ours,scratch_fm,lerobot_baseline
 
+With `--shards`, the inputs are the shards of one evaluation (`eval.shard.count` > 1): their episode
+counts are added up per policy, task and protocol, and the intervals recomputed.
+
+    python -m sim.merge --shards reports/eval/quick reports/eval/quick/shards/*/results.json
+
 Writes results.json / results.md / results.png to the output folder, as sim.evaluate does; each
 part's own command and commit are kept under `parts`.
 """
@@ -13,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from sim.evaluate import write_report
+from sim.evaluate import add_averages, summarize_counts, write_report
 
 SAME = ("episodes_per_task", "seed", "image_size")
 
@@ -51,14 +56,57 @@ def merge(parts: list[dict], order: list[str] | None = None) -> dict:
     return merged
 
 
+def merge_shards(parts: list[dict]) -> dict:
+    """One evaluation from its shards: every shard once, the same policies, tasks and protocols."""
+    first = parts[0]
+    count = first.get("shard", {}).get("count")
+    indices = sorted(p.get("shard", {}).get("index", -1) for p in parts)
+    if count is None or indices != list(range(count)) or any(p["shard"]["count"] != count for p in parts):
+        raise ValueError(
+            f"--shards needs each shard of one evaluation exactly once; got shard indices {indices} "
+            f"of count {count} (a results.json without `shard` was not sharded)"
+        )
+    for part in parts:
+        differ = {k: (first[k], part[k]) for k in SAME if part[k] != first[k]}
+        layout = {n: {t: sorted(v) for t, v in e["tasks"].items()} for n, e in part["policies"].items()}
+        if differ or layout != {
+            n: {t: sorted(v) for t, v in e["tasks"].items()} for n, e in first["policies"].items()
+        }:
+            raise ValueError(f"shard {part['shard']['index']} is of another evaluation ({differ or layout})")
+    policies = {}
+    for name, entry in first["policies"].items():
+        tasks = {}
+        for task, per_protocol in entry["tasks"].items():
+            for protocol in per_protocol:
+                stats = [p["policies"][name]["tasks"][task][protocol] for p in parts]
+                tasks.setdefault(task, {})[protocol] = {
+                    key: summarize_counts(
+                        sum(round(s[key]["rate"] * s[key]["n"]) for s in stats),
+                        sum(s[key]["n"] for s in stats),
+                    )
+                    for key in ("success", "grasp")
+                }
+        policies[name] = {"tasks": tasks}
+    protocols = list(next(iter(next(iter(policies.values()))["tasks"].values())))
+    merged = add_averages({k: first[k] for k in SAME} | {"policies": policies}, protocols)
+    episodes = {st["success"]["n"] for e in policies.values() for t in e["tasks"].values() for st in t.values()}
+    if episodes != {first["episodes_per_task"]}:
+        raise ValueError(f"the shards hold {episodes} episodes per entry, not {first['episodes_per_task']}")
+    merged["parts"] = [
+        {"command": p.get("command"), "commit": p.get("commit"), "shard": p["shard"]} for p in parts
+    ]
+    return merged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("inputs", type=Path, nargs="+", help="results.json files of sim.evaluate")
     parser.add_argument("--order", default="", help="comma-separated policy order for the table")
+    parser.add_argument("--shards", action="store_true", help="the inputs are shards of one evaluation")
     args = parser.parse_args()
     parts = [json.loads(p.read_text()) for p in args.inputs]
-    merged = merge(parts, [n for n in args.order.split(",") if n])
+    merged = merge_shards(parts) if args.shards else merge(parts, [n for n in args.order.split(",") if n])
     print(write_report(merged, args.out_dir, "python -m sim.merge " + " ".join(sys.argv[1:])))
     print(f"wrote {args.out_dir / 'results.json'}")
 

@@ -29,3 +29,12 @@ def test_bad_splits_and_settings_are_refused():
         make_accelerator(OmegaConf.create({"device": "cpu", "precision": "fp16"}))
     with pytest.raises(ValueError, match="bf16 needs device=cuda"):
         make_accelerator(OmegaConf.create({"device": "cpu", "precision": "bf16"}))
+
+
+def test_slurm_launcher_preset_composes_on_submitit():
+    from hydra import compose, initialize
+
+    with initialize(version_base="1.3", config_path="../../conf"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm_gpu"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher") and launcher.gpus_per_node == 1
