@@ -98,22 +98,20 @@ class VipraConfig(PreTrainedConfig):
 
     def validate_features(self) -> None:
         images = self.image_features
+        missing = ["a camera (observation.images.*)"] if not images else []
+        missing += [STATE_KEY] if STATE_KEY not in self.input_features else []
+        missing += [ACTION_KEY] if ACTION_KEY not in self.output_features else []
+        if missing:
+            have = [*self.input_features, *self.output_features]
+            raise ValueError(f"the policy needs {missing}, which the dataset lacks; its features are {have}")
         if len(images) != 1:
-            raise ValueError(
-                f"the policy reads exactly one camera; input features have {list(images) or 'none'}"
-            )
+            raise ValueError(f"the policy reads exactly one camera; input features have {list(images)}")
         size = BackboneConfig(**self.backbone).image_size
         shape = tuple(next(iter(images.values())).shape)
         if shape != (3, size, size):
             raise ValueError(
                 f"camera {self.image_key!r} has shape {shape}, the backbone takes (3, {size}, {size})"
             )
-        if STATE_KEY not in self.input_features:
-            raise ValueError(
-                f"input features need the robot state {STATE_KEY!r}; got {list(self.input_features)}"
-            )
-        if ACTION_KEY not in self.output_features:
-            raise ValueError(f"output features need {ACTION_KEY!r}; got {list(self.output_features)}")
 
     @property
     def observation_delta_indices(self) -> list[int]:

@@ -65,3 +65,18 @@ def test_lerobot_eval_runs_the_checkpoint_on_the_tabletop_env(trained, tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     info = json.loads((out / "eval_info.json").read_text())
     assert info["overall"]["n_episodes"] == 1 and 0.0 <= info["overall"]["pc_success"] <= 100.0
+
+
+def test_lerobot_train_on_a_dataset_without_actions_names_its_keys(datasets, tmp_path):
+    """The actionless video dataset has no `action`: refused before training, listing the keys it has."""
+    root = datasets[0] / "video"
+    cmd = [
+        sys.executable, "-m", "lerobot.scripts.lerobot_train", "--policy.type=vipra", "--policy.dim=32",
+        "--policy.layers=1", "--policy.heads=2", f"--dataset.repo_id=local/{root.name}", f"--dataset.root={root}",
+        "--dataset.video_backend=pyav", f"--output_dir={tmp_path / 'run'}", "--steps=2", "--batch_size=2",
+        "--env_eval_freq=0", "--num_workers=0",
+    ]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=200)
+    assert run.returncode != 0
+    assert "the policy needs ['action'], which the dataset lacks" in run.stderr
+    assert "its features are ['observation.images.image'" in run.stderr
