@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export PYENV_VERSION ?= 3.12
 DEMO_DIR := outputs/demo
 
-.PHONY: install system-deps test test-all demo experiment lint bench-sim bench-lam bench-policy bench-control datasets clean
+.PHONY: install system-deps test test-all demo experiment lint bench-sim bench-lam bench-policy bench-control bench-gpu bench-train-cpu datasets clean
 
 # Offscreen rendering needs EGL and Mesa; install them only when missing (root, Debian).
 system-deps:
@@ -75,6 +75,15 @@ bench-policy: install
 # episodes): reports/bench/control.json and reports/figures/control.png.
 bench-control: install
 	$(PYTHON) -m policies.control.bench
+
+# Training samples/s and MFU of the GPU profiles (128x128), fp32/bf16, eager/compiled: reports/bench/train_cuda.json.
+# Prints why and exits 0 where no GPU is visible.
+bench-gpu: install
+	$(PYTHON) -m policies.bench_train experiment=full_gpu bench_train.device=cuda
+
+# The same for the CPU profiles on this machine (fp32, eager): reports/bench/train_cpu.json.
+bench-train-cpu: install
+	$(PYTHON) -m policies.bench_train bench_train.device=cpu 'bench_train.precisions=[fp32]' 'bench_train.compile=[false]'
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache

@@ -157,6 +157,8 @@ def train(cfg: DictConfig) -> dict:
         f"{accelerator.num_processes} process(es) x {tcfg.grad_accum} micro-batch(es) per step"
     )
     writer = SummaryWriter(str(out_dir / "tb"), purge_step=start) if is_main else None
+    if tcfg.compile:
+        policy.compile()  # in place: state_dict keys and checkpoints are unchanged
     parallel = accelerator.prepare_model(policy)  # DDP (and autocast) when launched on several processes
     clock = time.perf_counter()
     steps = range(start, tcfg.steps)

@@ -243,6 +243,8 @@ def train(cfg: DictConfig) -> dict:
         f"{len(train_bank)} training clips, {len(val_bank)} held out ({len(val_bank.episodes)} episodes); "
         f"{accelerator.num_processes} process(es) x {tcfg.grad_accum} micro-batch(es) per step"
     )
+    if tcfg.compile:
+        model.compile()  # in place: state_dict keys and checkpoints are unchanged
     parallel = accelerator.prepare_model(Objective(model, flow_net, tcfg.loss))  # DDP with several processes
     clock, samples = time.perf_counter(), 0
     steps = range(start, tcfg.steps)

@@ -1,0 +1,242 @@
+"""Training throughput and model FLOPs utilisation of the three trained models (make bench-gpu).
+
+    python -m policies.bench_train experiment=full_gpu bench_train.device=cuda     # -> reports/bench/train_cuda.json
+    python -m policies.bench_train bench_train.device=cpu bench_train.precisions=[fp32] bench_train.compile=[false]
+
+For each model (latent action model, backbone, policy) at the sizes of the composed config, and each
+precision x torch.compile setting: full training steps (forward, backward, AdamW) on random inputs of
+the configured batch size, timed after a warm-up. FLOPs per step are counted once with torch's
+FlopCounterMode (matmuls, convolutions and attention, forward and backward); MFU is achieved FLOP/s
+over the device's dense peak at that precision, where the device is in PEAK_TFLOPS. The LAM's DIS flow
+targets (OpenCV, on the CPU) are left out. Without a CUDA device, `bench_train.device=cuda` prints why
+it is skipped and exits 0, leaving any earlier report alone.
+"""
+
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import hydra
+import torch
+from lerobot.configs import FeatureType, PolicyFeature
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.flop_counter import FlopCounterMode
+
+from policies.vipra import VipraConfig, VipraPolicy
+from policies.vipra.configuration_vipra import ACTION_KEY, STATE_KEY
+from sim.evaluate import git_commit, write_atomic
+from world_model.backbone import BackboneConfig, VideoBackbone, backbone_loss, tokenize
+from world_model.lam import LAMConfig, LatentActionModel
+from world_model.losses import FlowNet, ssim
+
+# Dense peak TFLOP/s (no sparsity) per precision; fp32 is without TF32, PyTorch's default for matmuls.
+PEAK_TFLOPS = {
+    "H100 80GB HBM3": {"bf16": 989.4, "fp32": 66.9},  # SXM
+    "H100 PCIe": {"bf16": 756.0, "fp32": 51.2},
+    "H200": {"bf16": 989.4, "fp32": 66.9},
+    "A100": {"bf16": 312.0, "fp32": 19.5},
+}
+STATE_DIM = ACTION_DIM = 7
+
+Step = Callable[[], torch.Tensor]  # one forward pass -> the loss
+
+
+def lam_step(cfg: DictConfig, device: torch.device) -> tuple[torch.nn.Module, Step, int]:
+    model_cfg = LAMConfig(**OmegaConf.to_container(cfg.model.lam, resolve=True))
+    model = torch.nn.ModuleDict({"lam": LatentActionModel(model_cfg), "flow": FlowNet()}).to(device)
+    B, size = cfg.train.lam.batch_size, model_cfg.image_size
+    clips = torch.rand(B, model_cfg.clip_len, 3, size, size, device=device)
+
+    def step() -> torch.Tensor:
+        out = model["lam"](clips)
+        real = clips[:, 1:]
+        flow = model["flow"](clips[:, 0], real[:, 0])
+        frozen = model["flow"].frozen(clips[:, 0], out.predicted[:, 0])
+        loss = (out.predicted - real).abs().mean() + (1 - ssim(out.predicted[:, 0], real[:, 0]))
+        return loss + (frozen - flow.detach()).abs().mean() + flow.abs().mean() + out.quantizer_loss
+
+    return model, step, B
+
+
+def backbone_config(cfg: DictConfig) -> dict:
+    """The backbone of the composed config, predicting the latent action model's codes."""
+    lam = cfg.model.lam
+    codes = {"num_codes": lam.num_codes, "tokens_per_step": lam.tokens_per_step}
+    return OmegaConf.to_container(cfg.model.backbone, resolve=True) | codes
+
+
+def backbone_step(cfg: DictConfig, device: torch.device) -> tuple[torch.nn.Module, Step, int]:
+    model_cfg = BackboneConfig(**backbone_config(cfg))
+    model = VideoBackbone(model_cfg).to(device)
+    B, size, H, N = (
+        cfg.train.backbone.batch_size,
+        model_cfg.image_size,
+        model_cfg.horizon,
+        model_cfg.tokens_per_step,
+    )
+    frames = torch.rand(B, 2, 3, size, size, device=device)
+    future = torch.rand(B, 3, size, size, device=device)
+    words = tokenize(["put the carrot on the plate"] * B, model_cfg.vocab_size).to(device)
+    codes = torch.randint(model_cfg.num_codes, (B, H, N), device=device)
+
+    def step() -> torch.Tensor:
+        return backbone_loss(model(frames, words), future, codes, 10.0, 1.0)[0]
+
+    return model, step, B
+
+
+def policy_step(cfg: DictConfig, device: torch.device) -> tuple[torch.nn.Module, Step, int]:
+    pcfg = OmegaConf.to_container(cfg.model.policy, resolve=True)
+    pcfg.pop("backbone_scratch")
+    backbone = backbone_config(cfg)
+    size = backbone["image_size"]
+    features = {
+        "input_features": {
+            cfg.task.image_key: PolicyFeature(FeatureType.VISUAL, (3, size, size)),
+            STATE_KEY: PolicyFeature(FeatureType.STATE, (STATE_DIM,)),
+        },
+        "output_features": {ACTION_KEY: PolicyFeature(FeatureType.ACTION, (ACTION_DIM,))},
+    }
+    config = VipraConfig(**pcfg, **features, backbone=backbone, device=str(device))
+    stats = {
+        k: {"mean": torch.zeros(d), "std": torch.ones(d)}
+        for k, d in ((STATE_KEY, STATE_DIM), (ACTION_KEY, ACTION_DIM))
+    }
+    policy = VipraPolicy(config, stats).to(device).train()
+    B, H = cfg.train.policy.batch_size, config.chunk_size
+    batch = {
+        cfg.task.image_key: torch.rand(B, 2, 3, size, size, device=device),
+        STATE_KEY: torch.randn(B, STATE_DIM, device=device),
+        ACTION_KEY: torch.randn(B, H, ACTION_DIM, device=device),
+        "action_is_pad": torch.zeros(B, H, dtype=torch.bool, device=device),
+        "task": ["put the carrot on the plate"] * B,
+    }
+
+    def step() -> torch.Tensor:
+        return policy(batch)[0]
+
+    return policy, step, B
+
+
+MODELS = {"lam": lam_step, "backbone": backbone_step, "policy": policy_step}
+
+
+def flops_per_step(step: Step) -> int:
+    """Forward + backward FLOPs of one training step, counted by torch."""
+    with FlopCounterMode(display=False) as counter:
+        step().backward()
+    return counter.get_total_flops()
+
+
+def time_steps(model: torch.nn.Module, step: Step, steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds per full training step (forward, backward, AdamW)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def one():
+        optimizer.zero_grad(set_to_none=True)
+        step().backward()
+        optimizer.step()
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    for _ in range(warmup):
+        one()
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        one()
+    sync()
+    return (time.perf_counter() - start) / steps
+
+
+def measure(name: str, cfg: DictConfig, device: torch.device, precision: str, compiled: bool) -> dict:
+    bcfg = cfg.bench_train
+    torch.manual_seed(0)
+    model, step, batch_size = MODELS[name](cfg, device)
+    flops = flops_per_step(step)
+    if compiled:
+        model.compile()  # in place: the step closures call the same module
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    )
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with autocast:
+        seconds = time_steps(model, step, bcfg.steps, bcfg.warmup, device)
+    result = {
+        "model": name,
+        "precision": precision,
+        "compile": compiled,
+        "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "batch_size": batch_size,
+        "step_ms": 1000 * seconds,
+        "samples_per_s": batch_size / seconds,
+        "gflops_per_step": flops / 1e9,
+        "achieved_tflops": flops / seconds / 1e12,
+    }
+    peak = peak_tflops(device, precision)
+    result["mfu"] = result["achieved_tflops"] / peak if peak else None
+    if device.type == "cuda":
+        result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return result
+
+
+def peak_tflops(device: torch.device, precision: str) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((p[precision] for key, p in PEAK_TFLOPS.items() if key in name), None)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def run(cfg: DictConfig) -> dict | None:
+    bcfg = cfg.bench_train
+    device = torch.device(bcfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("bench_train skipped: no CUDA device is visible (bench_train.device=cpu measures this machine)")
+        return None
+    if "bf16" in bcfg.precisions and device.type != "cuda":
+        raise ValueError(
+            "bench_train.precisions has bf16, which is measured on GPU only; use [fp32] on the CPU"
+        )
+    rows = []
+    for name in bcfg.models:
+        for precision in bcfg.precisions:
+            for compiled in bcfg.compile:
+                try:
+                    rows.append(measure(name, cfg, device, precision, compiled))
+                except Exception as err:  # noqa: BLE001 - e.g. a compiler missing: record it, go on
+                    rows.append(
+                        {"model": name, "precision": precision, "compile": compiled, "error": repr(err)[:500]}
+                    )
+                print(json.dumps(rows[-1]))
+    return {
+        "device": device_name(device),
+        "image_size": cfg.task.image_size,
+        "steps_timed": bcfg.steps,
+        "rows": rows,
+        "command": "python -m policies.bench_train " + " ".join(sys.argv[1:]),
+        "commit": git_commit(),
+    }
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    report = run(cfg)
+    if report is None:
+        return
+    out = Path(cfg.bench_train.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, json.dumps(report, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
