@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export PYENV_VERSION ?= 3.12
 DEMO_DIR := outputs/demo
 
-.PHONY: install system-deps test test-all demo experiment lint bench-sim bench-lam bench-policy bench-control bench-gpu bench-train-cpu datasets clean
+.PHONY: install system-deps test test-all demo experiment metaworld lint bench-sim bench-lam bench-policy bench-control bench-gpu bench-train-cpu datasets clean
 
 # Offscreen rendering needs EGL and Mesa; install them only when missing (root, Debian).
 system-deps:
@@ -47,6 +47,12 @@ demo: install
 # task and protocol -> reports/experiment/. Resumes from the runs in outputs/experiment.
 experiment: install
 	$(PYTHON) -m policies.pipeline experiment=full
+
+# Meta-World MT10 with 5 demos per task, ours vs Scratch-FM (conf/experiment/metaworld.yaml, ~30 min):
+# reports/metaworld/. Starts from a clean outputs/metaworld.
+metaworld: install
+	rm -rf outputs/metaworld
+	$(PYTHON) -m policies.pipeline experiment=metaworld
 
 lint: install
 	$(PYTHON) -m ruff check .

@@ -23,13 +23,19 @@ def image_feature(size: int) -> dict:
     return {"dtype": "video", "shape": (size, size, 3), "names": ["height", "width", "channels"]}
 
 
-def demo_features(image_size: int) -> dict:
-    """Labelled robot demonstrations: camera, robot state, privileged object state, action."""
+def demo_features(image_size: int, names: dict | None = None) -> dict:
+    """Labelled robot demonstrations: camera, robot state, privileged object state, action. `names`
+    gives another suite's per-dimension names (state, environment_state, action); the tabletop's by default."""
+    names = names or {"state": STATE_NAMES, "environment_state": ENV_STATE_NAMES, "action": ACTION_NAMES}
+
+    def vector(key: str) -> dict:
+        return {"dtype": "float32", "shape": (len(names[key]),), "names": list(names[key])}
+
     return {
         "observation.images.image": image_feature(image_size),
-        "observation.state": {"dtype": "float32", "shape": (7,), "names": STATE_NAMES},
-        "observation.environment_state": {"dtype": "float32", "shape": (8,), "names": ENV_STATE_NAMES},
-        "action": {"dtype": "float32", "shape": (7,), "names": ACTION_NAMES},
+        "observation.state": vector("state"),
+        "observation.environment_state": vector("environment_state"),
+        "action": vector("action"),
     }
 
 

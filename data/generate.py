@@ -43,10 +43,12 @@ class Episode:
 
 
 def rollout(env: TabletopEnv, controller, seed: int, max_steps: int, settle_steps: int = 3) -> Episode:
-    """Run one episode; a task episode stops `settle_steps` after the expert lets go and retreats."""
+    """Run one episode; a task episode stops `settle_steps` after the expert lets go and retreats (or,
+    for an expert with `stop_on_success`, after the task succeeds)."""
     obs, info = env.reset(seed=seed)
     ep = Episode([], [], [], [], env.task_description, False)
     retreat_steps = 0
+    stop_on_success = getattr(controller, "stop_on_success", False)
     for _ in range(max_steps):
         action = controller.act(obs["agent_pos"], obs["environment_state"])
         ep.images.append(obs["pixels"]["image"])
@@ -54,7 +56,9 @@ def rollout(env: TabletopEnv, controller, seed: int, max_steps: int, settle_step
         ep.env_states.append(obs["environment_state"])
         ep.actions.append(action)
         obs, _, _, _, info = env.step(action)
-        retreat_steps += getattr(controller, "phase", None) == Phase.RETREAT
+        retreat_steps += getattr(controller, "phase", None) == Phase.RETREAT or (
+            stop_on_success and info["is_success"]
+        )
         if retreat_steps >= settle_steps:
             break
     ep.success = bool(info["is_success"])
@@ -66,14 +70,18 @@ def generate_demos(cfg: DictConfig, task_cfg: DictConfig, root: Path) -> dict:
     tasks, protocols = list(task_cfg.tasks), list(cfg.protocols)
     rng = np.random.default_rng(cfg.seed)
     attempts = kept = 0
-    with create_dataset(root, demo_features(task_cfg.image_size), task_cfg.fps, "widowx_sim") as ds:
+    features = demo_features(
+        task_cfg.image_size, _metaworld().FEATURE_NAMES if _is_metaworld(task_cfg) else None
+    )
+    robot_type = "sawyer_metaworld" if _is_metaworld(task_cfg) else "widowx_sim"
+    with create_dataset(root, features, task_cfg.fps, robot_type) as ds:
         for i in tqdm(range(cfg.episodes), desc="demos", unit="ep"):
             task, protocol = tasks[i % len(tasks)], protocols[(i // len(tasks)) % len(protocols)]
             env = _env(task, protocol, task_cfg, "widowx")
             for _ in range(MAX_ATTEMPTS_PER_DEMO):  # failed demos are discarded, as a human would redo them
                 attempts += 1
-                controller = ExpertController(
-                    get_task(task), noise=cfg.noise, rng=np.random.default_rng(rng.integers(2**31))
+                controller = _video_controller(
+                    "task", task, cfg.noise, np.random.default_rng(rng.integers(2**31)), task_cfg
                 )
                 ep = rollout(env, controller, seed=int(cfg.seed) + attempts, max_steps=env.max_episode_steps)
                 if ep.success:
@@ -101,7 +109,19 @@ def generate_demos(cfg: DictConfig, task_cfg: DictConfig, root: Path) -> dict:
     return {"episodes": kept, "attempts": attempts, "frames": frames, "path": str(root)}
 
 
-def _video_controller(kind: str, task: str, noise: float, rng: np.random.Generator):
+def _is_metaworld(task_cfg: DictConfig) -> bool:
+    return task_cfg.get("suite", "tabletop") == "metaworld"
+
+
+def _metaworld():
+    from sim import metaworld  # imported only for Meta-World runs
+
+    return metaworld
+
+
+def _video_controller(kind: str, task: str, noise: float, rng: np.random.Generator, task_cfg: DictConfig):
+    if _is_metaworld(task_cfg):
+        return _metaworld().MetaWorldExpert(task, noise, rng)
     if kind == "task":
         return ExpertController(get_task(task), noise=noise, rng=rng)
     return PlayController(mode=kind, rng=rng)
@@ -117,17 +137,25 @@ def _instruction(kind: str, env: TabletopEnv, controller) -> str:
 def generate_video(cfg: DictConfig, task_cfg: DictConfig, root: Path) -> dict:
     """Actionless episodes until they hold `cfg.min_clips` non-overlapping clips of `cfg.clip_len` frames."""
     tasks, protocols = list(task_cfg.tasks), list(cfg.protocols)
+    if _is_metaworld(task_cfg) and (cfg.robot_fraction < 1 or cfg.play_fraction > 0):
+        raise ValueError(
+            "Meta-World has one embodiment and no play controllers: set data.video.robot_fraction=1 and "
+            f"data.video.play_fraction=0 (got {cfg.robot_fraction} and {cfg.play_fraction})"
+        )
     rng = np.random.default_rng(cfg.seed)
     clips, counts = 0, {e: 0 for e in EMBODIMENTS}
     progress = tqdm(total=cfg.min_clips, desc="video clips", unit="clip")
-    with create_dataset(root, video_features(task_cfg.image_size), task_cfg.fps, "widowx_sim+hand") as ds:
+    robot_type = "sawyer_metaworld" if _is_metaworld(task_cfg) else "widowx_sim+hand"
+    with create_dataset(root, video_features(task_cfg.image_size), task_cfg.fps, robot_type) as ds:
         i = 0
         while clips < cfg.min_clips:
             embodiment = EMBODIMENTS[int(rng.random() >= cfg.robot_fraction)]
             kind = "task" if rng.random() >= cfg.play_fraction else str(rng.choice(PlayController.MODES))
             task, protocol = tasks[i % len(tasks)], protocols[int(rng.integers(len(protocols)))]
             env = _env(task, protocol, task_cfg, embodiment)
-            controller = _video_controller(kind, task, cfg.noise, np.random.default_rng(rng.integers(2**31)))
+            controller = _video_controller(
+                kind, task, cfg.noise, np.random.default_rng(rng.integers(2**31)), task_cfg
+            )
             steps = env.max_episode_steps if kind == "task" else cfg.play_steps
             ep = rollout(env, controller, seed=int(cfg.seed) + i, max_steps=steps)
             instruction = _instruction(kind, env, controller)
@@ -161,7 +189,9 @@ def _env(task: str, protocol: str, task_cfg: DictConfig, robot: str) -> Tabletop
     """One env per (task, protocol, robot), reused: compiling a model and a renderer costs ~50 ms.
     The dataset's fps is the env's control rate."""
     key = (task, protocol, task_cfg.image_size, task_cfg.fps, robot)
-    if key not in _ENVS:
+    if key not in _ENVS and _is_metaworld(task_cfg):
+        _ENVS[key] = _metaworld().MetaWorldEnv(task, protocol, image_size=task_cfg.image_size)
+    elif key not in _ENVS:
         _ENVS[key] = TabletopEnv(
             task, protocol, image_size=task_cfg.image_size, robot=robot, control_hz=task_cfg.fps
         )

@@ -40,6 +40,26 @@ from sim.video import write_mp4
 PolicyFactory = Callable[..., object]  # factory(task=name) -> policy with reset() / select_action(batch)
 
 
+def suite_env(suite: str) -> type[gym.Env]:
+    """The env class of a suite (`task.suite`): the tabletop tasks or Meta-World."""
+    if suite == "tabletop":
+        return TabletopEnv
+    if suite == "metaworld":
+        from sim.metaworld import MetaWorldEnv  # imports metaworld only when asked for
+
+        return MetaWorldEnv
+    raise ValueError(f"unknown suite {suite!r}; expected 'tabletop' or 'metaworld'")
+
+
+def suite_protocols_and_horizon(suite: str, task: str) -> tuple[tuple[str, ...], int]:
+    if suite == "metaworld":
+        from sim import metaworld
+
+        return metaworld.PROTOCOLS, metaworld.max_steps(task)
+    suite_env(suite)
+    return PROTOCOLS, get_task(task).max_steps
+
+
 def make_vector_env(
     task: str,
     protocol: str,
@@ -47,9 +67,10 @@ def make_vector_env(
     image_size: int = 64,
     robot: str = "widowx",
     control_hz: float = 5.0,
+    suite: str = "tabletop",
 ) -> gym.vector.VectorEnv:
     make = functools.partial(
-        TabletopEnv, task, protocol, image_size=image_size, robot=robot, control_hz=control_hz
+        suite_env(suite), task, protocol, image_size=image_size, robot=robot, control_hz=control_hz
     )
     # Episodes are reset explicitly, with seeds, in waves. Autoreset must be off: gymnasium 1.4's async
     # worker without shared memory never clears its autoreset flag on reset(), so the first step of
@@ -60,7 +81,9 @@ def make_vector_env(
     # No shared memory: the instruction is a Text space, which shared memory cannot hold. Workers
     # come from a fork server, not a fork of this process: a forked EGL context deadlocks. The server
     # imports the main module once, so workers start without re-importing torch and lerobot.
-    multiprocessing.set_forkserver_preload(["__main__", "sim.env"])
+    multiprocessing.set_forkserver_preload(
+        ["__main__", "sim.env", *(["sim.metaworld"] if suite == "metaworld" else [])]
+    )
     return gym.vector.AsyncVectorEnv(
         [make] * num_envs, shared_memory=False, context="forkserver", autoreset_mode=no_autoreset
     )
@@ -73,12 +96,11 @@ def obs_to_batch(obs: dict) -> dict:
     return batch
 
 
-def _actions_to_numpy(action, num_envs: int, policy_name: str) -> np.ndarray:
+def _actions_to_numpy(action, envs: gym.vector.VectorEnv, policy_name: str) -> np.ndarray:
     action = action.detach().cpu().numpy() if isinstance(action, torch.Tensor) else np.asarray(action)
-    if action.shape != (num_envs, 7):
-        raise ValueError(
-            f"policy {policy_name!r} returned actions of shape {action.shape}; expected ({num_envs}, 7)"
-        )
+    expected = envs.action_space.shape  # (num_envs, action dim)
+    if action.shape != expected:
+        raise ValueError(f"policy {policy_name!r} returned actions of shape {action.shape}; expected {expected}")
     return action.astype(np.float32)
 
 
@@ -103,7 +125,7 @@ def run_episodes(
         for _ in range(max_steps):
             with torch.inference_mode():
                 action = policy.select_action(obs_to_batch(obs))
-            obs, _, _, _, info = envs.step(_actions_to_numpy(action, n, policy_name))
+            obs, _, _, _, info = envs.step(_actions_to_numpy(action, envs, policy_name))
             if frames is not None:
                 frames.append(obs["pixels"]["image"][0])
         keep = min(n, episodes - start)  # the last wave may run more envs than episodes are left
@@ -165,19 +187,22 @@ def evaluate(
     video_dir: Path | None = None,
     control_hz: float = 5.0,
     shard: tuple[int, int] = (0, 1),
+    suite: str = "tabletop",
 ) -> dict:
     """Evaluate each policy on each task and protocol; returns the results dict written to results.json.
     With `shard=(index, count)`, only that shard's episodes run (`shard_range`)."""
-    for p in protocols:
-        if p not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {p!r}; expected one of {PROTOCOLS}")
+    horizons = {}
+    for t in tasks:
+        known, horizons[t] = suite_protocols_and_horizon(suite, t)
+        for p in protocols:
+            if p not in known:
+                raise ValueError(f"unknown protocol {p!r} for the {suite} suite; expected one of {known}")
     if not policies or not tasks or not protocols:
         raise ValueError(
             f"need at least one policy, task and protocol; got {list(policies)}, {tasks}, {protocols}"
         )
     if episodes < 1 or num_envs < 1:
         raise ValueError(f"episodes and num_envs must be >= 1, got episodes={episodes}, num_envs={num_envs}")
-    specs = [get_task(t) for t in tasks]
     mine = shard_range(episodes, *shard)
     total = len(policies) * len(protocols) * len(tasks) * len(mine)
     results = {"episodes_per_task": episodes, "seed": seed, "image_size": image_size, "policies": {}}
@@ -185,23 +210,23 @@ def evaluate(
         results["shard"] = {"index": shard[0], "count": shard[1], "episodes": [mine.start, mine.stop]}
         video_dir = video_dir if mine.start == 0 else None  # the first episode lives in shard 0
     with tqdm(total=total, desc="eval episodes", unit="ep") as progress:
-        for spec in specs:
+        for task in tasks:
             # One set of workers per task; the protocol is an attribute read at reset.
             envs = make_vector_env(
-                spec.name, protocols[0], min(num_envs, len(mine)), image_size, control_hz=control_hz
+                task, protocols[0], min(num_envs, len(mine)), image_size, control_hz=control_hz, suite=suite
             )
             try:
                 for protocol in protocols:
                     envs.set_attr("protocol", protocol)
                     for name, factory in policies.items():
-                        progress.set_postfix_str(f"{name} {spec.name} {protocol}")
-                        video = video_dir / f"{name}_{spec.name}_{protocol}.mp4" if video_dir else None
-                        policy = factory(task=spec.name)
+                        progress.set_postfix_str(f"{name} {task} {protocol}")
+                        video = video_dir / f"{name}_{task}_{protocol}.mp4" if video_dir else None
+                        policy = factory(task=task)
                         out = run_episodes(
-                            policy, envs, len(mine), spec.max_steps, seed + mine.start, video, name, progress
+                            policy, envs, len(mine), horizons[task], seed + mine.start, video, name, progress
                         )
                         per_task = results["policies"].setdefault(name, {"tasks": {}})["tasks"]
-                        per_task.setdefault(spec.name, {})[protocol] = {
+                        per_task.setdefault(task, {})[protocol] = {
                             "success": summarize(out["success"]),
                             "grasp": summarize(out["grasped"]),
                         }
@@ -334,6 +359,7 @@ def main(cfg: DictConfig) -> None:
         out_dir / "videos" if cfg.eval.save_videos else None,
         control_hz=cfg.task.fps,
         shard=shard,
+        suite=cfg.task.get("suite", "tabletop"),
     )
     print(write_report(results, out_dir, "python -m sim.evaluate " + " ".join(sys.argv[1:])))
     print(f"wrote {out_dir / 'results.json'} and {out_dir / 'results.md'}")

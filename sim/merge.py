@@ -89,7 +89,9 @@ def merge_shards(parts: list[dict]) -> dict:
         policies[name] = {"tasks": tasks}
     protocols = list(next(iter(next(iter(policies.values()))["tasks"].values())))
     merged = add_averages({k: first[k] for k in SAME} | {"policies": policies}, protocols)
-    episodes = {st["success"]["n"] for e in policies.values() for t in e["tasks"].values() for st in t.values()}
+    episodes = {
+        st["success"]["n"] for e in policies.values() for t in e["tasks"].values() for st in t.values()
+    }
     if episodes != {first["episodes_per_task"]}:
         raise ValueError(f"the shards hold {episodes} episodes per entry, not {first['episodes_per_task']}")
     merged["parts"] = [
