@@ -7,7 +7,8 @@
 variations (object and goal positions) from the seed, so seeds name scenes as in the tabletop suite.
 Observations are the tabletop's keys: a 64x64 camera image, `agent_pos` (hand xyz and gripper opening)
 and, as privileged `environment_state`, Meta-World's 39-dim state vector (what its scripted policies
-read). `info["is_success"]` is Meta-World's own success flag. Frames come from our own offscreen
+read). `info["is_success"]` is Meta-World's own success flag, latched: Meta-World counts an episode as
+solved once the flag is raised (its evaluations stop there), and the harness reads the last step. Frames come from our own offscreen
 renderer, sized to the image, without shadows or reflections, and created on the first reset.
 """
 
@@ -87,7 +88,7 @@ class MetaWorldEnv(gym.Env):
         self._benchmark = metaworld.MT1(task, seed=0)  # its 50 training variations
         self._env = self._benchmark.train_classes[task]()
         self._renderer = None
-        self._steps = 0
+        self._steps, self._solved = 0, False
         s = image_size
         self.observation_space = gym.spaces.Dict(
             {
@@ -107,7 +108,7 @@ class MetaWorldEnv(gym.Env):
         raw, _ = self._env.reset(seed=seed)
         if self._renderer is None:
             self._renderer = self._make_renderer()
-        self._steps = 0
+        self._steps, self._solved = 0, False
         return self._observation(raw), {"is_success": False, "grasped": False, "variation": index}
 
     def step(self, action):
@@ -118,7 +119,12 @@ class MetaWorldEnv(gym.Env):
             )
         raw, reward, _, _, info = self._env.step(action)
         self._steps += 1
-        info = {"is_success": bool(info["success"]), "grasped": bool(info["grasp_success"])}
+        self._solved = self._solved or bool(info["success"])
+        info = {
+            "is_success": self._solved,
+            "success_now": bool(info["success"]),
+            "grasped": bool(info["grasp_success"]),
+        }
         return self._observation(raw), float(reward), False, self._steps >= self.max_episode_steps, info
 
     def render(self) -> np.ndarray:
