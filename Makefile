@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export PYENV_VERSION ?= 3.12
 DEMO_DIR := outputs/demo
 
-.PHONY: install system-deps test test-all demo experiment metaworld lint bench-sim bench-lam bench-policy bench-control bench-gpu bench-train-cpu datasets clean
+.PHONY: install system-deps test test-all demo experiment metaworld lint bench-sim bench-lam bench-policy bench-control bench-gpu bench-train-cpu bench-neural-sim datasets clean
 
 # Offscreen rendering needs EGL and Mesa; install them only when missing (root, Debian).
 system-deps:
@@ -81,6 +81,11 @@ bench-policy: install
 # episodes): reports/bench/control.json and reports/figures/control.png.
 bench-control: install
 	$(PYTHON) -m policies.control.bench
+
+# The neural simulator against MuJoCo (generates its rollouts and trains it when missing, ~30 min):
+# agreement over 7 policies, PSNR/SSIM by horizon, throughput -> reports/bench/neural_sim.json.
+bench-neural-sim: install
+	$(PYTHON) -m world_model.bench_neural_sim
 
 # Training samples/s and MFU of the GPU profiles (128x128), fp32/bf16, eager/compiled: reports/bench/train_cuda.json.
 # Prints why and exits 0 where no GPU is visible.

@@ -15,6 +15,7 @@ scenes are those of one run; `python -m sim.merge --shards` adds the shards' cou
 """
 
 import functools
+import importlib
 import json
 import multiprocessing
 import os
@@ -41,14 +42,19 @@ PolicyFactory = Callable[..., object]  # factory(task=name) -> policy with reset
 
 
 def suite_env(suite: str) -> type[gym.Env]:
-    """The env class of a suite (`task.suite`): the tabletop tasks or Meta-World."""
+    """The env class of a suite (`task.suite`): the tabletop tasks, Meta-World, or `module:Class` for an
+    env of the tabletop's tasks defined elsewhere (the neural simulator), imported by name as gymnasium
+    entry points are, so the harness never imports model code itself."""
     if suite == "tabletop":
         return TabletopEnv
     if suite == "metaworld":
         from sim.metaworld import MetaWorldEnv  # imports metaworld only when asked for
 
         return MetaWorldEnv
-    raise ValueError(f"unknown suite {suite!r}; expected 'tabletop' or 'metaworld'")
+    if ":" in suite:
+        module, name = suite.split(":")
+        return getattr(importlib.import_module(module), name)
+    raise ValueError(f"unknown suite {suite!r}; expected 'tabletop', 'metaworld' or 'module:Class'")
 
 
 def suite_protocols_and_horizon(suite: str, task: str) -> tuple[tuple[str, ...], int]:
@@ -81,9 +87,8 @@ def make_vector_env(
     # No shared memory: the instruction is a Text space, which shared memory cannot hold. Workers
     # come from a fork server, not a fork of this process: a forked EGL context deadlocks. The server
     # imports the main module once, so workers start without re-importing torch and lerobot.
-    multiprocessing.set_forkserver_preload(
-        ["__main__", "sim.env", *(["sim.metaworld"] if suite == "metaworld" else [])]
-    )
+    extra = {"metaworld": ["sim.metaworld"]}.get(suite, [suite.split(":")[0]] if ":" in suite else [])
+    multiprocessing.set_forkserver_preload(["__main__", "sim.env", *extra])
     return gym.vector.AsyncVectorEnv(
         [make] * num_envs, shared_memory=False, context="forkserver", autoreset_mode=no_autoreset
     )
@@ -100,7 +105,9 @@ def _actions_to_numpy(action, envs: gym.vector.VectorEnv, policy_name: str) -> n
     action = action.detach().cpu().numpy() if isinstance(action, torch.Tensor) else np.asarray(action)
     expected = envs.action_space.shape  # (num_envs, action dim)
     if action.shape != expected:
-        raise ValueError(f"policy {policy_name!r} returned actions of shape {action.shape}; expected {expected}")
+        raise ValueError(
+            f"policy {policy_name!r} returned actions of shape {action.shape}; expected {expected}"
+        )
     return action.astype(np.float32)
 
 

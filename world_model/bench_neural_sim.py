@@ -1,0 +1,228 @@
+"""How well the neural simulator stands in for MuJoCo (make bench-neural-sim -> reports/bench/neural_sim.json).
+
+    python -m world_model.bench_neural_sim                     # generates and trains what is missing
+    python -m world_model.bench_neural_sim bench_neural_sim.episodes=10
+
+- Agreement (SIMPLER's protocol): every policy under `bench_neural_sim.policies` (scripted experts with
+  increasing noise, the expert that does not turn to the object, random actions, trained checkpoints
+  when present) is evaluated by the same harness in MuJoCo and in the neural simulator, on the same
+  seeded scenes; Pearson r and MMRV of the success rates across policies, per task and overall.
+- Video fidelity (EWMBench-style, no language model): held-out rollouts replayed in the neural simulator
+  from their first real frame with their real actions; PSNR and SSIM against MuJoCo's frames by horizon,
+  and the end-effector trajectory: the probe's reading of the imagined frames and the dynamics model's
+  own state against the true gripper position (cm).
+- Throughput: neural and MuJoCo env steps per second, one env, one process.
+"""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import matplotlib
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from data.generate import close_envs
+from data.generate_rollouts import generate_rollouts
+from sim.evaluate import evaluate, git_commit, write_atomic
+from sim.metrics import mmrv, pearson_r
+from world_model.losses import psnr, ssim
+from world_model.neural_env import CHECKPOINT_ENV, NeuralTabletopEnv
+from world_model.train_lam import split_episodes
+from world_model.train_neural_sim import ACTION, STATE, load_neural_sim, load_rollouts
+from world_model.train_neural_sim import train as train_neural_sim
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+NEURAL_SUITE = "world_model.neural_env:NeuralTabletopEnv"
+
+
+def ensure_model(cfg: DictConfig) -> Path:
+    """Generate the rollouts and train the simulator if their folders are missing (or resume training)."""
+    rollouts, out = Path(cfg.train.neural_sim.dataset), Path(cfg.train.neural_sim.out_dir)
+    if not rollouts.exists():
+        try:
+            print(generate_rollouts(cfg.data.rollouts, cfg.task, rollouts))
+        finally:
+            close_envs()
+    if not (out / "summary.json").exists():
+        print(train_neural_sim(cfg))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- fidelity
+@torch.no_grad()
+def fidelity(cfg: DictConfig, checkpoint: Path) -> dict:
+    """Replay held-out episodes open loop from their first frame; errors by horizon (1 = first prediction)."""
+    sim = load_neural_sim(checkpoint)
+    tcfg = cfg.train.neural_sim
+    bank = load_rollouts(tcfg.dataset, cfg.task.image_key)
+    _, val = split_episodes(len(bank.episodes), tcfg.val_fraction, tcfg.seed)  # the split of training
+    val_bank = bank.subset([bank.episodes[i] for i in val])
+    starts = torch.unique(val_bank.episode_start)
+    length = int((val_bank.episode_end[starts] - starts).min())  # common horizon of the held-out episodes
+    real = val_bank.frames[starts[:, None] + torch.arange(length + 1)].float() / 255  # (E, T + 1, 3, H, W)
+    states = val_bank.columns[STATE][starts[:, None] + torch.arange(length + 1)]  # (E, T + 1, 7)
+    actions = val_bank.columns[ACTION][starts[:, None] + torch.arange(length)]
+    prev = frame = real[:, 0]
+    state = states[:, 0]
+    by_h = {"psnr": [], "ssim": [], "psnr_copy_first": [], "ee_probe_cm": [], "ee_dynamics_cm": []}
+    for h in range(length):
+        next_frame, state = sim.step(prev, frame, state, actions[:, h])
+        prev, frame = frame, next_frame
+        target = real[:, h + 1]
+        by_h["psnr"].append(psnr(frame, target).mean().item())
+        by_h["ssim"].append(ssim(frame, target).item())
+        by_h["psnr_copy_first"].append(psnr(real[:, 0], target).mean().item())
+        true_xyz = states[:, h + 1, :3]
+        by_h["ee_probe_cm"].append(
+            100 * (sim.read(frame)["state"][:, :3] - true_xyz).norm(dim=-1).mean().item()
+        )
+        by_h["ee_dynamics_cm"].append(100 * (state[:, :3] - true_xyz).norm(dim=-1).mean().item())
+    return {"episodes": len(starts), "horizon": length} | by_h
+
+
+# ---------------------------------------------------------------------------------------------- agreement
+def agreement(cfg: DictConfig, checkpoint: Path) -> dict:
+    bcfg = cfg.bench_neural_sim
+    policies = {}
+    for name, node in bcfg.policies.items():
+        path = node.get("path")
+        if path is not None and not Path(path).exists():
+            print(f"skipping {name}: no checkpoint at {path}")
+            continue
+        policies[name] = instantiate(node)
+    tasks, protocols = list(cfg.task.tasks), [bcfg.protocol]
+    os.environ[CHECKPOINT_ENV] = str(checkpoint)  # read by the neural env in the harness's workers
+    runs = {}
+    for label, suite in (("mujoco", "tabletop"), ("neural", NEURAL_SUITE)):
+        runs[label] = evaluate(
+            policies,
+            tasks,
+            protocols,
+            bcfg.episodes,
+            bcfg.num_envs,
+            bcfg.seed,
+            cfg.task.image_size,
+            suite=suite,
+        )
+
+    def rates(label: str, task: str | None) -> list[float]:
+        entries = runs[label]["policies"]
+        if task is None:
+            return [entries[n]["average"][bcfg.protocol]["success"] for n in policies]
+        return [entries[n]["tasks"][task][bcfg.protocol]["success"]["rate"] for n in policies]
+
+    per_task = {
+        t: {
+            "pearson_r": pearson_r(rates("mujoco", t), rates("neural", t)),
+            "mmrv": mmrv(rates("mujoco", t), rates("neural", t)),
+        }
+        for t in tasks
+    }
+    return {
+        "policies": list(policies),
+        "success_mujoco": dict(zip(policies, rates("mujoco", None), strict=True)),
+        "success_neural": dict(zip(policies, rates("neural", None), strict=True)),
+        "grasp_mujoco": {
+            n: runs["mujoco"]["policies"][n]["average"][bcfg.protocol]["grasp"] for n in policies
+        },
+        "grasp_neural": {
+            n: runs["neural"]["policies"][n]["average"][bcfg.protocol]["grasp"] for n in policies
+        },
+        "per_task": per_task,
+        "pearson_r": pearson_r(rates("mujoco", None), rates("neural", None)),
+        "mmrv": mmrv(rates("mujoco", None), rates("neural", None)),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- speed
+def steps_per_s(env, steps: int) -> float:
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    low, high = env.action_space.low, env.action_space.high
+    start = time.perf_counter()
+    for _ in range(steps):
+        _, _, _, truncated, _ = env.step(rng.uniform(low, high).astype(np.float32))
+        if truncated:
+            env.reset(seed=1)
+    return steps / (time.perf_counter() - start)
+
+
+def throughput(cfg: DictConfig, checkpoint: Path) -> dict:
+    torch.set_num_threads(1)
+    task = cfg.task.tasks[0]
+    neural = NeuralTabletopEnv(task, image_size=cfg.task.image_size, checkpoint=str(checkpoint))
+    try:
+        out = {"neural_steps_per_s": steps_per_s(neural, cfg.bench_neural_sim.speed_steps)}
+        out["mujoco_steps_per_s"] = steps_per_s(neural.real, cfg.bench_neural_sim.speed_steps)
+    finally:
+        neural.close()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- report
+def plot(report: dict, path: Path) -> None:
+    fid, agr = report["fidelity"], report["agreement"]
+    h = np.arange(1, fid["horizon"] + 1)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    axes[0].plot(h, fid["psnr"], label="neural sim vs MuJoCo")
+    axes[0].plot(h, fid["psnr_copy_first"], "--", label="first frame held (no model)")
+    axes[0].set(xlabel="horizon (steps)", ylabel="PSNR (dB)", title="frames, open loop on held-out rollouts")
+    axes[0].legend()
+    axes[1].plot(h, fid["ee_probe_cm"], label="probe on imagined frames")
+    axes[1].plot(h, fid["ee_dynamics_cm"], label="dynamics model's state")
+    axes[1].set(xlabel="horizon (steps)", ylabel="end-effector error (cm)", title="gripper trajectory")
+    axes[1].legend()
+    names = agr["policies"]
+    x = [agr["success_mujoco"][n] for n in names]
+    y = [agr["success_neural"][n] for n in names]
+    axes[2].scatter(x, y)
+    for n, xi, yi in zip(names, x, y, strict=True):
+        axes[2].annotate(n, (xi, yi), fontsize=7)
+    axes[2].plot([0, 1], [0, 1], "k:", lw=0.8)
+    axes[2].set(
+        xlabel="success in MuJoCo",
+        ylabel="success in the neural simulator",
+        title=f"agreement: r={agr['pearson_r']:.2f}, MMRV={agr['mmrv']:.3f}",
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    bcfg = cfg.bench_neural_sim
+    checkpoint = ensure_model(cfg)
+    fid = fidelity(cfg, checkpoint)
+    report = {"fidelity": fid, "agreement": agreement(cfg, checkpoint)} | throughput(cfg, checkpoint)
+    marks = [h for h in (1, 2, 4, 8, 16, 32, 64) if h <= fid["horizon"]] + [fid["horizon"]]
+    report |= {
+        "pearson_r": report["agreement"]["pearson_r"],
+        "mmrv": report["agreement"]["mmrv"],
+        "n_policies": len(report["agreement"]["policies"]),
+        "psnr_by_horizon": {str(h): fid["psnr"][h - 1] for h in sorted(set(marks))},
+        "ssim_by_horizon": {str(h): fid["ssim"][h - 1] for h in sorted(set(marks))},
+        "episodes_per_task": bcfg.episodes,
+        "command": "python -m world_model.bench_neural_sim " + " ".join(sys.argv[1:]),
+        "commit": git_commit(),
+    }
+    out = Path(bcfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, json.dumps(report, indent=1) + "\n")
+    plot(report, Path(bcfg.figure))
+    keys = ("pearson_r", "mmrv", "n_policies", "psnr_by_horizon", "neural_steps_per_s", "mujoco_steps_per_s")
+    print(json.dumps({k: report[k] for k in keys}, indent=1))
+    print(f"wrote {out} and {bcfg.figure}")
+
+
+if __name__ == "__main__":
+    main()

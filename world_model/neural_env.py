@@ -1,0 +1,106 @@
+"""The neural simulator as a gymnasium env with the tabletop suite's interface, so the evaluation harness
+runs on it unchanged (`task.suite=world_model.neural_env:NeuralTabletopEnv`):
+
+    python -m sim.evaluate task.suite=world_model.neural_env:NeuralTabletopEnv eval.policies=[scripted]
+
+`reset(seed)` draws the same scene as the MuJoCo env for that seed and starts from its real first frame
+and state. `step(action)` asks the trained dynamics model for the next frame and robot state; the
+privileged `environment_state` (object poses, what the scripted experts read) and `info["is_success"]`
+/ `grasped` come from the frame probe reading the imagined frame. Episodes are rolled out
+autoregressively for the task's horizon (60-120 steps), far past the few steps the model was trained to
+unroll: how far the frames stay faithful is what `make bench-neural-sim` measures (PSNR by horizon).
+Actions outside the training range are clipped, with a warning. The checkpoint is read from
+`$NEURAL_SIM_CHECKPOINT` (default outputs/neural_sim), since the harness builds envs by suite name only.
+"""
+
+import os
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from sim.env import TabletopEnv
+from world_model.train_neural_sim import NeuralSim, load_neural_sim
+
+CHECKPOINT_ENV = "NEURAL_SIM_CHECKPOINT"
+DEFAULT_CHECKPOINT = "outputs/neural_sim"
+_LOADED: dict[str, NeuralSim] = {}
+
+
+def shared_neural_sim(path: str) -> NeuralSim:
+    """One loaded simulator per checkpoint and process, shared by that process's envs."""
+    if path not in _LOADED:
+        _LOADED[path] = load_neural_sim(path)
+    return _LOADED[path]
+
+
+class NeuralTabletopEnv(gym.Env):
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 5}
+
+    def __init__(
+        self,
+        task: str = "stack_block",
+        protocol: str = "visual_matching",
+        image_size: int = 64,
+        checkpoint: str | None = None,
+        max_episode_steps: int | None = None,
+        render_mode: str = "rgb_array",
+        **_ignored,  # the tabletop's robot / control_hz
+    ):
+        torch.set_num_threads(1)  # one env per worker process; the harness runs several
+        self.real = TabletopEnv(task, protocol, image_size=image_size)  # first frames and the scene
+        self.sim = shared_neural_sim(checkpoint or os.environ.get(CHECKPOINT_ENV, DEFAULT_CHECKPOINT))
+        self.task_description = self.real.task_description
+        self.max_episode_steps = max_episode_steps or self.real.max_episode_steps
+        self._max_episode_steps = self.max_episode_steps
+        self.observation_space = self.real.observation_space
+        self.action_space = self.real.action_space
+        self.render_mode = render_mode
+        self._frames = self._state = None
+        self._ever_grasped, self._steps = False, 0
+
+    @property
+    def protocol(self) -> str:
+        return self.real.protocol
+
+    @protocol.setter
+    def protocol(self, value: str) -> None:  # the harness switches protocols between waves
+        self.real.protocol = value
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        obs, _ = self.real.reset(seed=seed)
+        frame = torch.from_numpy(obs["pixels"]["image"]).permute(2, 0, 1)[None].float() / 255
+        self._frames = (frame, frame)  # t-1 = t at the start, as in training
+        self._state = torch.from_numpy(obs["agent_pos"])[None]
+        self._ever_grasped, self._steps = False, 0
+        return obs, {"is_success": False, "grasped": False, "grasped_now": False}
+
+    def step(self, action):
+        action = torch.as_tensor(np.asarray(action, dtype=np.float32))[None]
+        if action.shape != (1, *self.action_space.shape):
+            raise ValueError(f"actions are {self.action_space.shape}, got {tuple(action.shape[1:])}")
+        frame, self._state = self.sim.step(*self._frames, self._state, action)
+        self._frames = (self._frames[1], frame)
+        seen = self.sim.read(frame)
+        grasped_now = bool(seen["grasp"][0] > 0.5)
+        self._ever_grasped |= grasped_now
+        self._steps += 1
+        info = {
+            "is_success": bool(seen["success"][0] > 0.5),
+            "grasped": self._ever_grasped,
+            "grasped_now": grasped_now,
+        }
+        obs = {
+            "pixels": {"image": self.render()},
+            "agent_pos": self._state[0].numpy().astype(np.float32),
+            "environment_state": seen["env_state"][0].numpy().astype(np.float32),
+            "task": self.task_description,
+        }
+        return obs, float(info["is_success"]), False, self._steps >= self.max_episode_steps, info
+
+    def render(self) -> np.ndarray:
+        return (self._frames[1][0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+    def close(self) -> None:
+        self.real.close()
