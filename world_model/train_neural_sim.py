@@ -210,7 +210,7 @@ def train(cfg: DictConfig) -> dict:
             for k, v in terms.items():
                 writer.add_scalar(f"train/{k}", float(v.detach()), step + 1)
             progress.set_postfix(
-                l1=f"{float(terms['frame_l1']):.4f}", judge=f"{float(terms['judge_bce']):.3f}"
+                l1=f"{terms['frame_l1'].item():.4f}", judge=f"{terms['judge_bce'].item():.3f}"
             )
         if (step + 1) % tcfg.val_every == 0 or step + 1 == tcfg.steps:
             for k, v in evaluate(dynamics, probe, val_bank, stats, tcfg.unroll).items():
