@@ -93,6 +93,9 @@ def test_sharded_multirun_on_submitit_local_equals_one_run(tmp_path):
             "eval.seed=1000",
         ),
         *("eval.save_videos=false", f"eval.report_dir={report}", f"hydra.sweep.dir={tmp_path / 'sweep'}"),
+        # One log folder for all jobs: with the default per-job `%j` folder, submitit's local controller can
+        # open its log before the submitter has created that folder (a race seen under load).
+        f"hydra.launcher.submitit_folder={tmp_path / 'sweep' / '.submitit'}",
     ]
     done = subprocess.run(
         args, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=280
