@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from world_model.lam import warp  # backward warp by a flow in pixels, as the latent action model's decoder
+
 STATE_DIM, ENV_STATE_DIM, ACTION_DIM = 7, 8, 7
 
 
@@ -54,19 +56,6 @@ class FiLMBlock(nn.Module):
         scale, shift = self.film(cond)[:, :, None, None].chunk(2, dim=1)
         y = F.silu(self.norm(self.conv(x)) * (1 + scale) + shift)
         return x + y if self.residual else y
-
-
-def warp(frame: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """Backward warp: out(p) = frame(p + flow(p)); frame (B, C, H, W), flow (B, 2, H, W) in pixels."""
-    B, _, H, W = frame.shape
-    ys, xs = torch.meshgrid(
-        torch.arange(H, device=frame.device, dtype=frame.dtype),
-        torch.arange(W, device=frame.device, dtype=frame.dtype),
-        indexing="ij",
-    )
-    x = (xs + flow[:, 0]) / (W - 1) * 2 - 1
-    y = (ys + flow[:, 1]) / (H - 1) * 2 - 1
-    return F.grid_sample(frame, torch.stack([x, y], dim=-1), align_corners=True, padding_mode="border")
 
 
 class NeuralDynamics(nn.Module):
