@@ -156,8 +156,11 @@ def measure(name: str, cfg: DictConfig, device: torch.device, precision: str, co
     torch.manual_seed(0)
     model, step, batch_size = MODELS[name](cfg, device)
     flops = flops_per_step(step)
-    if compiled:
-        model.compile()  # in place: the step closures call the same module
+    if (
+        compiled
+    ):  # in place, so the step closures call the compiled modules (a ModuleDict's own forward is unused)
+        for module in model.children() if isinstance(model, torch.nn.ModuleDict) else [model]:
+            module.compile()
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     )

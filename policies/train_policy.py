@@ -37,14 +37,15 @@ from world_model.checkpoint import (
     CKPT_DIR,
     has_checkpoint,
     load_checkpoint,
-    restore_interrupted_swap,
     save_checkpoint,
 )
 from world_model.distributed import (
     accumulation,
+    check_same_start,
     finite_everywhere,
     is_main_process,
     make_accelerator,
+    restore_on_main,
     seed_process,
     shard_rows,
 )
@@ -137,7 +138,7 @@ def train(cfg: DictConfig) -> dict:
     gen = torch.Generator().manual_seed(tcfg.seed)
 
     start, modules = 0, {"policy": policy}
-    restore_interrupted_swap(out_dir)
+    restore_on_main(out_dir, accelerator)
     model_config = {
         "policy": OmegaConf.to_container(cfg.model.policy, resolve=True),
         "backbone": tcfg.backbone,
@@ -147,6 +148,7 @@ def train(cfg: DictConfig) -> dict:
         start = load_checkpoint(out_dir, modules, optimizer, gen, model_config, hint)["step"]
         log(f"resuming from {out_dir / CKPT_DIR} at step {start}")
         seed_process(tcfg.seed, accelerator, start)
+    check_same_start(start, accelerator)
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -88,7 +88,7 @@ class MetaWorldEnv(gym.Env):
         self._benchmark = metaworld.MT1(task, seed=0)  # its 50 training variations
         self._env = self._benchmark.train_classes[task]()
         self._renderer = None
-        self._steps, self._solved = 0, False
+        self._steps, self._solved, self._grasped = 0, False, False
         s = image_size
         self.observation_space = gym.spaces.Dict(
             {
@@ -108,7 +108,7 @@ class MetaWorldEnv(gym.Env):
         raw, _ = self._env.reset(seed=seed)
         if self._renderer is None:
             self._renderer = self._make_renderer()
-        self._steps, self._solved = 0, False
+        self._steps, self._solved, self._grasped = 0, False, False
         return self._observation(raw), {"is_success": False, "grasped": False, "variation": index}
 
     def step(self, action):
@@ -120,10 +120,12 @@ class MetaWorldEnv(gym.Env):
         raw, reward, _, _, info = self._env.step(action)
         self._steps += 1
         self._solved = self._solved or bool(info["success"])
+        self._grasped = self._grasped or bool(info["grasp_success"])  # at some step so far, as the tabletop's
         info = {
             "is_success": self._solved,
             "success_now": bool(info["success"]),
-            "grasped": bool(info["grasp_success"]),
+            "grasped": self._grasped,
+            "grasped_now": bool(info["grasp_success"]),
         }
         return self._observation(raw), float(reward), False, self._steps >= self.max_episode_steps, info
 

@@ -19,6 +19,8 @@ import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
 from omegaconf import DictConfig
 
+from world_model.checkpoint import restore_interrupted_swap
+
 PRECISIONS = {"fp32": "no", "bf16": "bf16"}
 
 
@@ -66,6 +68,25 @@ def seed_process(seed: int, accelerator: Accelerator, step: int = 0) -> None:
     processes reseed from (seed, rank, step) after a resume, since a checkpoint holds rank 0's state only."""
     if step == 0 or accelerator.num_processes > 1:
         torch.manual_seed(seed + accelerator.process_index + accelerator.num_processes * step)
+
+
+def restore_on_main(out_dir, accelerator: Accelerator) -> None:
+    """Undo a checkpoint swap a killed run left (a rename) on the main process only, then let the others on."""
+    if accelerator.is_main_process:
+        restore_interrupted_swap(out_dir)
+    accelerator.wait_for_everyone()
+
+
+def check_same_start(start: int, accelerator: Accelerator) -> None:
+    """Every process must resume from the same step, or their loops would pair all-reduces wrongly."""
+    if accelerator.num_processes == 1:
+        return
+    starts = accelerator.gather(torch.tensor([start], device=accelerator.device)).tolist()
+    if len(set(starts)) > 1:
+        raise RuntimeError(
+            f"processes would resume from different steps {starts}: out_dir must be on a filesystem every "
+            "process sees (only the main process writes checkpoints)"
+        )
 
 
 def finite_everywhere(loss: torch.Tensor, accelerator: Accelerator) -> bool:

@@ -31,14 +31,15 @@ from world_model.checkpoint import (
     CKPT_DIR,
     has_checkpoint,
     load_checkpoint,
-    restore_interrupted_swap,
     save_checkpoint,
 )
 from world_model.distributed import (
     accumulation,
+    check_same_start,
     finite_everywhere,
     is_main_process,
     make_accelerator,
+    restore_on_main,
     seed_process,
     shard_rows,
 )
@@ -141,12 +142,13 @@ def train(cfg: DictConfig) -> dict:
     majority = int(torch.bincount(labelled, minlength=num_codes).argmax())
 
     start, modules = 0, {"model": model}
-    restore_interrupted_swap(out_dir)
+    restore_on_main(out_dir, accelerator)
     if tcfg.resume and has_checkpoint(out_dir):
         hint = "use another train.backbone.out_dir or set train.backbone.resume=false"
         start = load_checkpoint(out_dir, modules, optimizer, gen, model_cfg.to_dict(), hint)["step"]
         log(f"resuming from {out_dir / CKPT_DIR} at step {start}")
         seed_process(tcfg.seed, accelerator, start)
+    check_same_start(start, accelerator)
     is_main = accelerator.is_main_process
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -205,6 +207,7 @@ def train(cfg: DictConfig) -> dict:
         writer.close()
         summary |= evaluate(model, val_bank, majority)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    accelerator.wait_for_everyone()
     return summary
 
 

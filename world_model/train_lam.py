@@ -25,13 +25,15 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from data.clips import flow_targets, load_episode_frames, to_uint8_hwc
-from world_model.checkpoint import CKPT_DIR, load_checkpoint, restore_interrupted_swap, save_checkpoint
+from world_model.checkpoint import CKPT_DIR, load_checkpoint, save_checkpoint
 from world_model.distributed import (
     accumulation,
     broadcast_from_main,
+    check_same_start,
     finite_everywhere,
     is_main_process,
     make_accelerator,
+    restore_on_main,
     seed_process,
     shard_rows,
 )
@@ -220,13 +222,14 @@ def train(cfg: DictConfig) -> dict:
 
     train_bank, val_bank = load_banks(tcfg, cfg.task.image_key, model_cfg.clip_len, model_cfg.image_size)
     start = 0
-    restore_interrupted_swap(out_dir)
+    restore_on_main(out_dir, accelerator)
     modules = {"model": model, "flow_net": flow_net}
     if tcfg.resume and (out_dir / CKPT_DIR / "state.json").is_file():
         hint = "use another train.lam.out_dir or set train.lam.resume=false"
         start = load_checkpoint(out_dir, modules, optimizer, gen, model_cfg.to_dict(), hint)["step"]
         log(f"resuming from {out_dir / CKPT_DIR} at step {start}")
         seed_process(tcfg.seed, accelerator, start)
+    check_same_start(start, accelerator)
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

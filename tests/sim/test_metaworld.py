@@ -67,3 +67,27 @@ def test_demos_are_written_with_the_suite_dims(tmp_path):
     assert out["episodes"] == 1 and out["frames"] < 200  # stops a few steps after success
     features = load_dataset(tmp_path / "demos").meta.features
     assert features["action"]["shape"] == (4,) and features["observation.state"]["shape"] == (4,)
+
+
+def test_success_and_grasp_stay_latched_within_an_episode(monkeypatch):
+    """Meta-World counts a task solved once its flag rises; later steps without it keep the episode solved."""
+    env = MetaWorldEnv("reach-v3", image_size=32)
+    try:
+        obs, _ = env.reset(seed=0)
+        flags = iter([(True, True), (False, False)])
+        real_step = env._env.step
+
+        def step(action):
+            raw, reward, terminated, truncated, info = real_step(action)
+            success, grasp = next(flags)
+            return raw, reward, terminated, truncated, info | {"success": success, "grasp_success": grasp}
+
+        monkeypatch.setattr(env._env, "step", step)
+        env.step(np.zeros(4, np.float32))
+        _, _, _, _, info = env.step(np.zeros(4, np.float32))
+        assert info["is_success"] and not info["success_now"] and info["grasped"] and not info["grasped_now"]
+        env._env.step = real_step
+        _, info = env.reset(seed=1)
+        assert not info["is_success"] and not info["grasped"]
+    finally:
+        env.close()
