@@ -161,6 +161,12 @@ def train(cfg: DictConfig) -> dict:
     writer = SummaryWriter(str(out_dir / "tb"), purge_step=start) if is_main else None
     if tcfg.compile:
         policy.compile()  # in place: state_dict keys and checkpoints are unchanged
+    micro = tcfg.batch_size // max(1, tcfg.grad_accum * accelerator.num_processes)
+    if policy.config.shortcut_fraction > 0 and round(policy.config.shortcut_fraction * micro) == 0:
+        raise ValueError(
+            f"micro-batches of {micro} rows leave no row for the shortcut loss (shortcut_fraction="
+            f"{policy.config.shortcut_fraction}, taken per micro-batch): raise batch_size or lower grad_accum"
+        )
     parallel = accelerator.prepare_model(policy)  # DDP (and autocast) when launched on several processes
     clock = time.perf_counter()
     steps = range(start, tcfg.steps)
