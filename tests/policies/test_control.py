@@ -391,9 +391,12 @@ def test_the_entry_point_runs_a_checkpoint_on_the_mujoco_robot(tmp_path):
     ]
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=240)
     (summary,) = json.loads((out / "summary.json").read_text())
-    assert summary["steps"] == 50 and summary["stop_reason"] == "done" and "is_success" in summary
+    assert summary["stop_reason"] == "done" and "is_success" in summary
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     assert events[0]["kind"] == "start"
+    # 50 slots in 1 s at 50 Hz; a slot is skipped only after a missed deadline (a busy machine: seen in CI)
+    missed = any(e["kind"] == "deadline_miss" for e in events)
+    assert summary["steps"] == 50 or (missed and 40 <= summary["steps"] < 50), summary["steps"]
 
 
 def test_privileged_features_reach_a_policy_that_reads_them_and_no_other():
