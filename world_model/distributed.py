@@ -7,7 +7,8 @@ One `accelerate.Accelerator` per job: the launcher starts the processes, Acceler
 DDP (gloo on CPU, NCCL on GPU) and autocasts to bf16 on GPU. A job's `batch_size` is the *global*
 batch: every process draws the same rows from the shared batch generator and keeps its own slice of
 each of `grad_accum` micro-batches, so N processes x K micro-batches see exactly the rows one process
-would, and their averaged gradients are the full batch's (tests/world_model/test_distributed.py).
+would, and their averaged gradients are the full batch's (checked against one process in
+tests/policies/test_pipeline.py).
 A loss averaged over a mask (codes past an episode's end, padded actions) is averaged per micro-batch
 first, as in any DDP job. Only the main process logs, evaluates and writes checkpoints.
 """
@@ -25,7 +26,7 @@ PRECISIONS = {"fp32": "no", "bf16": "bf16"}
 
 
 def make_accelerator(tcfg: DictConfig) -> Accelerator:
-    """The job's Accelerator from `device`, `precision` (fp32 | bf16) and `grad_accum` in its train config."""
+    """The job's Accelerator from `device` and `precision` (fp32 | bf16) in its train config."""
     precision = tcfg.get("precision", "fp32")
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r}: expected one of {sorted(PRECISIONS)}")
