@@ -8,9 +8,9 @@
   when present) is evaluated by the same harness in MuJoCo and in the neural simulator, on the same
   seeded scenes; Pearson r and MMRV of the success rates across policies, per task and overall.
 - Video fidelity (EWMBench-style, no language model): held-out rollouts replayed in the neural simulator
-  from their first real frame with their real actions; PSNR and SSIM against MuJoCo's frames by horizon,
-  and the end-effector trajectory: the probe's reading of the imagined frames and the dynamics model's
-  own state against the true gripper position (cm).
+  from their first real frame and state with their real actions; PSNR and SSIM against MuJoCo's frames
+  by horizon, the end-effector trajectory (the probe's reading of the imagined frames, and the state
+  model's own) and the source object against the true positions (cm), and the judge's final verdicts.
 - Throughput: neural and MuJoCo env steps per second, one env, one process.
 """
 
@@ -34,7 +34,7 @@ from sim.metrics import mmrv, pearson_r
 from world_model.losses import psnr, ssim
 from world_model.neural_env import CHECKPOINT_ENV, NeuralTabletopEnv
 from world_model.train_lam import split_episodes
-from world_model.train_neural_sim import ACTION, STATE, load_neural_sim, load_rollouts
+from world_model.train_neural_sim import ACTION, SUCCESS, load_neural_sim, load_rollouts, world_columns
 from world_model.train_neural_sim import train as train_neural_sim
 
 matplotlib.use("Agg")
@@ -59,7 +59,9 @@ def ensure_model(cfg: DictConfig) -> Path:
 # ---------------------------------------------------------------------------------------------- fidelity
 @torch.no_grad()
 def fidelity(cfg: DictConfig, checkpoint: Path) -> dict:
-    """Replay held-out episodes open loop from their first frame; errors by horizon (1 = first prediction)."""
+    """Replay held-out episodes open loop from their first frame and state with their real actions; errors
+    by horizon (1 = the first prediction), and how often the judge's verdict on the last imagined state
+    matches the sim's."""
     sim = load_neural_sim(checkpoint)
     tcfg = cfg.train.neural_sim
     bank = load_rollouts(tcfg.dataset, cfg.task.image_key)
@@ -67,25 +69,36 @@ def fidelity(cfg: DictConfig, checkpoint: Path) -> dict:
     val_bank = bank.subset([bank.episodes[i] for i in val])
     starts = torch.unique(val_bank.episode_start)
     length = int((val_bank.episode_end[starts] - starts).min())  # common horizon of the held-out episodes
-    real = val_bank.frames[starts[:, None] + torch.arange(length + 1)].float() / 255  # (E, T + 1, 3, H, W)
-    states = val_bank.columns[STATE][starts[:, None] + torch.arange(length + 1)]  # (E, T + 1, 7)
-    actions = val_bank.columns[ACTION][starts[:, None] + torch.arange(length)]
+    steps = starts[:, None] + torch.arange(length + 1)  # (E, T + 1)
+    real = val_bank.frames[steps].float() / 255  # (E, T + 1, 3, H, W)
+    worlds = world_columns(val_bank)[steps]  # (E, T + 1, 15) robot state and object poses
+    actions = val_bank.columns[ACTION][steps[:, :-1]]
     prev = frame = real[:, 0]
-    state = states[:, 0]
-    by_h = {"psnr": [], "ssim": [], "psnr_copy_first": [], "ee_probe_cm": [], "ee_dynamics_cm": []}
+    world = worlds[:, 0]
+    keys = ("psnr", "ssim", "psnr_copy_first", "ee_probe_cm", "ee_dynamics_cm", "object_cm")
+    by_h = {k: [] for k in keys}
     for h in range(length):
-        next_frame, state = sim.step(prev, frame, state, actions[:, h])
-        prev, frame = frame, next_frame
-        target = real[:, h + 1]
+        frame_next, world = sim.step(prev, frame, world, actions[:, h])
+        prev, frame = frame, frame_next
+        target, true = real[:, h + 1], worlds[:, h + 1]
         by_h["psnr"].append(psnr(frame, target).mean().item())
         by_h["ssim"].append(ssim(frame, target).item())
         by_h["psnr_copy_first"].append(psnr(real[:, 0], target).mean().item())
-        true_xyz = states[:, h + 1, :3]
-        by_h["ee_probe_cm"].append(
-            100 * (sim.read(frame)["state"][:, :3] - true_xyz).norm(dim=-1).mean().item()
-        )
-        by_h["ee_dynamics_cm"].append(100 * (state[:, :3] - true_xyz).norm(dim=-1).mean().item())
-    return {"episodes": len(starts), "horizon": length} | by_h
+        by_h["ee_probe_cm"].append(cm(sim.read(frame)["state"][:, :3], true[:, :3]))
+        by_h["ee_dynamics_cm"].append(cm(world[:, :3], true[:, :3]))
+        by_h["object_cm"].append(cm(world[:, 7:10], true[:, 7:10]))
+    verdict = sim.judge_state(world)["success"] > 0.5
+    truth = val_bank.columns[SUCCESS][steps[:, -1]].squeeze(-1) > 0.5
+    judged = {
+        "final_judge_agreement": (verdict == truth).float().mean().item(),
+        "final_success": truth.sum().item(),
+    }
+    return {"episodes": len(starts), "horizon": length} | judged | by_h
+
+
+def cm(predicted: torch.Tensor, true: torch.Tensor) -> float:
+    """Mean distance (cm) between positions (B, 3) in metres."""
+    return 100 * (predicted - true).norm(dim=-1).mean().item()
 
 
 # ---------------------------------------------------------------------------------------------- agreement
@@ -176,9 +189,10 @@ def plot(report: dict, path: Path) -> None:
     axes[0].plot(h, fid["psnr_copy_first"], "--", label="first frame held (no model)")
     axes[0].set(xlabel="horizon (steps)", ylabel="PSNR (dB)", title="frames, open loop on held-out rollouts")
     axes[0].legend()
-    axes[1].plot(h, fid["ee_probe_cm"], label="probe on imagined frames")
-    axes[1].plot(h, fid["ee_dynamics_cm"], label="dynamics model's state")
-    axes[1].set(xlabel="horizon (steps)", ylabel="end-effector error (cm)", title="gripper trajectory")
+    axes[1].plot(h, fid["ee_probe_cm"], label="gripper, probe on imagined frames")
+    axes[1].plot(h, fid["ee_dynamics_cm"], label="gripper, state model")
+    axes[1].plot(h, fid["object_cm"], label="object, state model")
+    axes[1].set(xlabel="horizon (steps)", ylabel="position error (cm)", title="gripper and object, open loop")
     axes[1].legend()
     names = agr["policies"]
     x = [agr["success_mujoco"][n] for n in names]

@@ -3,12 +3,13 @@ runs on it unchanged (`task.suite=world_model.neural_env:NeuralTabletopEnv`):
 
     python -m sim.evaluate task.suite=world_model.neural_env:NeuralTabletopEnv eval.policies=[scripted]
 
-`reset(seed)` draws the same scene as the MuJoCo env for that seed and starts from its real first frame
-and state. `step(action)` asks the trained dynamics model for the next frame and robot state; the
-privileged `environment_state` (object poses, what the scripted experts read) and `info["is_success"]`
-/ `grasped` come from the frame probe reading the imagined frame. Episodes are rolled out
-autoregressively for the task's horizon (60-120 steps), far past the few steps the model was trained to
-unroll: how far the frames stay faithful is what `make bench-neural-sim` measures (PSNR by horizon).
+`reset(seed)` draws the same scene as the MuJoCo env for that seed and starts from its real first frame,
+robot state and object poses. `step(action)` asks the state model for the next robot state and object
+poses (`agent_pos` and the privileged `environment_state` the scripted experts read), the video model
+for the frame that shows them, and the judge for `info["is_success"]` / `grasped` on the new state.
+Episodes are rolled out autoregressively for the task's horizon (60-120 steps), past the 16 state steps
+and 2 frame steps the model was trained to unroll: how far they stay faithful is what
+`make bench-neural-sim` measures (PSNR and state errors by horizon).
 Actions outside the training range are clipped, with a warning. The checkpoint is read from
 `$NEURAL_SIM_CHECKPOINT` (default outputs/neural_sim), since the harness builds envs by suite name only.
 """
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from sim.env import TabletopEnv
+from world_model.neural_sim import STATE_DIM
 from world_model.train_neural_sim import NeuralSim, load_neural_sim
 
 CHECKPOINT_ENV = "NEURAL_SIM_CHECKPOINT"
@@ -56,7 +58,7 @@ class NeuralTabletopEnv(gym.Env):
         self.observation_space = self.real.observation_space
         self.action_space = self.real.action_space
         self.render_mode = render_mode
-        self._frames = self._state = None
+        self._frames = self._world = None
         self._ever_grasped, self._steps = False, 0
 
     @property
@@ -72,7 +74,7 @@ class NeuralTabletopEnv(gym.Env):
         obs, _ = self.real.reset(seed=seed)
         frame = torch.from_numpy(obs["pixels"]["image"]).permute(2, 0, 1)[None].float() / 255
         self._frames = (frame, frame)  # t-1 = t at the start, as in training
-        self._state = torch.from_numpy(obs["agent_pos"])[None]
+        self._world = torch.from_numpy(np.concatenate([obs["agent_pos"], obs["environment_state"]]))[None]
         self._ever_grasped, self._steps = False, 0
         return obs, {"is_success": False, "grasped": False, "grasped_now": False}
 
@@ -80,21 +82,21 @@ class NeuralTabletopEnv(gym.Env):
         action = torch.as_tensor(np.asarray(action, dtype=np.float32))[None]
         if action.shape != (1, *self.action_space.shape):
             raise ValueError(f"actions are {self.action_space.shape}, got {tuple(action.shape[1:])}")
-        frame, self._state = self.sim.step(*self._frames, self._state, action)
+        frame, self._world = self.sim.step(*self._frames, self._world, action)
         self._frames = (self._frames[1], frame)
-        seen = self.sim.read(frame)
-        grasped_now = bool(seen["grasp"][0] > 0.5)
+        verdict = self.sim.judge_state(self._world)
+        grasped_now = bool(verdict["grasp"][0] > 0.5)
         self._ever_grasped |= grasped_now
         self._steps += 1
         info = {
-            "is_success": bool(seen["success"][0] > 0.5),
+            "is_success": bool(verdict["success"][0] > 0.5),
             "grasped": self._ever_grasped,
             "grasped_now": grasped_now,
         }
         obs = {
             "pixels": {"image": self.render()},
-            "agent_pos": self._state[0].numpy().astype(np.float32),
-            "environment_state": seen["env_state"][0].numpy().astype(np.float32),
+            "agent_pos": self._world[0, :STATE_DIM].numpy().astype(np.float32),
+            "environment_state": self._world[0, STATE_DIM:].numpy().astype(np.float32),
             "task": self.task_description,
         }
         return obs, float(info["is_success"]), False, self._steps >= self.max_episode_steps, info

@@ -1,17 +1,23 @@
-"""The neural simulator: an action-conditioned video model of the tabletop suite, and the probe that
-reads states and success off its frames.
+"""The neural simulator: a world model of the tabletop suite in two parts, a state model that carries the
+physics and a video model that draws it, and the judges that read success off them.
 
+    states = StateDynamics(NeuralSimConfig())
+    delta = states(x, action, rel)                                # next (robot, objects) state, normalised
     dynamics = NeuralDynamics(NeuralSimConfig())
-    frame, state = dynamics(prev, frame, state, action)     # one step: frames (B, 3, H, W) in [0, 1]
-    probe = FrameProbe(NeuralSimConfig())
-    out = probe(frame)                                      # agent state, object poses, success, grasp
+    frame = dynamics(prev, frame, cond)                           # next frame (B, 3, H, W) in [0, 1]
+    judge = SuccessJudge(NeuralSimConfig())
+    success_logit, grasp_logit = judge(x, rel)
 
-NeuralDynamics predicts frame t+1 from frames t-1 and t, the robot state and the action at t, as a warp
-of frame t by a predicted flow plus a residual (the latent action model's decoder, conditioned on real
-actions instead of latent codes), and the next robot state as the current one plus a predicted change.
-Actions and states condition every level of a small conv U-Net through FiLM. FrameProbe is a CNN on
-one frame: the robot state, the source and target object poses (the privileged `environment_state`
-the scripted experts read) and two logits, success and grasp: the judge of imagined episodes.
+StateDynamics is a residual MLP over the robot state and the object poses (the privileged
+`environment_state` the scripted experts read): given the action it predicts their change, so grasps,
+carries and drops live in a compact state that does not blur. `relative_features` hands it the geometry
+contacts depend on (object to hand, object to target). NeuralDynamics draws frame t+1 from frames t-1
+and t, conditioned on the states before and after the step and the action, as a warp of frame t by a
+predicted flow plus a residual (the latent action model's decoder, conditioned on states and actions
+instead of latent codes); states and actions condition every level of a small conv U-Net through FiLM.
+SuccessJudge is the classifier trained on the sim's labels that decides each imagined episode (success,
+and fingers on the object). FrameProbe reads the robot state back off a frame: it measures how faithful
+the imagined frames are (the end-effector trajectory of EWMBench) and plays no part in the rollout.
 """
 
 from dataclasses import asdict, dataclass
@@ -22,7 +28,11 @@ from torch import nn
 
 from world_model.lam import warp  # backward warp by a flow in pixels, as the latent action model's decoder
 
-STATE_DIM, ENV_STATE_DIM, ACTION_DIM = 7, 8, 7
+STATE_DIM, ENV_STATE_DIM, ACTION_DIM = 7, 8, 7  # robot state, object poses, action
+WORLD_DIM = STATE_DIM + ENV_STATE_DIM  # the state model's state: robot, then objects
+REL_DIM = 10  # relative_features
+COND_DIM = 2 * WORLD_DIM + ACTION_DIM  # the video model's conditioning: state before, action, state after
+OBJECT_YAWS = [10, 14]  # world-state entries that are object yaws in (-pi, pi]: they wrap around
 
 
 @dataclass
@@ -31,8 +41,10 @@ class NeuralSimConfig:
     width: int = 16  # channels at full resolution, doubled at each of `levels` downsamplings
     levels: int = 3  # 64 -> 32 -> 16 -> 8
     blocks: int = 2  # residual blocks at the bottleneck
-    cond_dim: int = 128  # embedding of (state, action)
+    cond_dim: int = 128  # embedding of (states, action)
     probe_width: int = 32
+    state_width: int = 256  # hidden units of the state model and the judge
+    state_layers: int = 3
 
     def __post_init__(self):
         if self.image_size % 2**self.levels:
@@ -63,7 +75,7 @@ class NeuralDynamics(nn.Module):
         super().__init__()
         self.cfg = cfg
         w, L, D = cfg.width, cfg.levels, cfg.cond_dim
-        self.cond = nn.Sequential(nn.Linear(STATE_DIM + ACTION_DIM, D), nn.SiLU(), nn.Linear(D, D))
+        self.cond = nn.Sequential(nn.Linear(COND_DIM, D), nn.SiLU(), nn.Linear(D, D))
         self.stem = FiLMBlock(6, w, D)
         self.down = nn.ModuleList([FiLMBlock(w * 2**i, w * 2 ** (i + 1), D, stride=2) for i in range(L)])
         c = w * 2**L
@@ -73,13 +85,10 @@ class NeuralDynamics(nn.Module):
         self.head = nn.Conv2d(w, 5, 3, padding=1)  # flow (2) + residual (3)
         nn.init.zeros_(self.head.weight)  # untrained: the next frame is frame t
         nn.init.zeros_(self.head.bias)
-        self.state_head = nn.Sequential(nn.Linear(c + D, D), nn.SiLU(), nn.Linear(D, STATE_DIM))
 
-    def forward(
-        self, prev: torch.Tensor, frame: torch.Tensor, state: torch.Tensor, action: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """prev, frame (B, 3, H, W) in [0, 1]; state, action (B, 7), normalised -> next frame, next state."""
-        cond = self.cond(torch.cat([state, action], dim=-1))  # (B, D)
+    def forward(self, prev: torch.Tensor, frame: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """prev, frame (B, 3, H, W) in [0, 1]; cond (B, COND_DIM), normalised (video_condition) -> next frame."""
+        cond = self.cond(cond)  # (B, D)
         x = self.stem(torch.cat([prev, frame], dim=1), cond)  # (B, w, H, W)
         skips = [x]
         for block in self.down:
@@ -87,26 +96,73 @@ class NeuralDynamics(nn.Module):
             skips.append(x)
         for block in self.mid:
             x = block(x, cond)  # (B, w 2^L, H / 2^L, W / 2^L)
-        bottleneck = x.mean(dim=(2, 3))
         for level, block in zip(reversed(range(self.cfg.levels)), self.up, strict=True):
             x = F.interpolate(x, scale_factor=2, mode="nearest")
             x = block(torch.cat([x, skips[level]], dim=1), cond)  # (B, w 2^level, H / 2^level, ...)
         out = self.head(x)  # (B, 5, H, W)
         flow, residual = out[:, :2] * 4.0, out[:, 2:]  # flows of a few pixels per step
-        next_frame = (warp(frame, flow) + residual).clamp(0, 1)
-        next_state = state + self.state_head(torch.cat([bottleneck, cond], dim=-1))
-        return next_frame, next_state
+        return (warp(frame, flow) + residual).clamp(0, 1)
 
 
-@dataclass
-class ProbeOutput:
-    state: torch.Tensor  # (B, 7) normalised robot state
-    env_state: torch.Tensor  # (B, 8) normalised object poses
-    success_logit: torch.Tensor  # (B,)
-    grasp_logit: torch.Tensor  # (B,) fingers on the source object in this frame
+def video_condition(world: torch.Tensor, action: torch.Tensor, next_world: torch.Tensor) -> torch.Tensor:
+    """What a frame step is conditioned on: normalised states (B, 15) before and after, action (B, 7)."""
+    return torch.cat([world, action, next_world], dim=-1)  # (B, COND_DIM)
 
 
+# ---------------------------------------------------------------------------------------------- states
+def relative_features(world_raw: torch.Tensor) -> torch.Tensor:
+    """(..., 15) raw robot state and object poses -> (..., REL_DIM) the geometry contacts depend on:
+    object minus hand and target minus object (decimetres), and the object's yaw against the hand's
+    (modulo a half turn: two fingers) and against the target's."""
+    hand, hand_yaw = world_raw[..., 0:3], world_raw[..., 5]
+    src, src_yaw = world_raw[..., 7:10], world_raw[..., 10]
+    tgt, tgt_yaw = world_raw[..., 11:14], world_raw[..., 14]
+    grip = 2 * (src_yaw - hand_yaw)
+    place = src_yaw - tgt_yaw
+    angles = torch.stack([grip.sin(), grip.cos(), place.sin(), place.cos()], dim=-1)
+    return torch.cat([10 * (src - hand), 10 * (tgt - src), angles], dim=-1)
+
+
+def wrap_angle(angle: torch.Tensor) -> torch.Tensor:
+    return torch.remainder(angle + torch.pi, 2 * torch.pi) - torch.pi
+
+
+def mlp(d_in: int, width: int, layers: int, d_out: int) -> nn.Sequential:
+    dims = [d_in] + [width] * layers
+    hidden = [m for a, b in zip(dims[:-1], dims[1:], strict=True) for m in (nn.Linear(a, b), nn.SiLU())]
+    return nn.Sequential(*hidden, nn.Linear(width, d_out))
+
+
+class StateDynamics(nn.Module):
+    """Residual MLP: (normalised world state (B, 15), normalised action (B, 7), relative features (B, 10))
+    -> change of the normalised world state (B, 15). The last layer starts at zero: nothing moves."""
+
+    def __init__(self, cfg: NeuralSimConfig):
+        super().__init__()
+        self.net = mlp(WORLD_DIM + ACTION_DIM + REL_DIM, cfg.state_width, cfg.state_layers, WORLD_DIM)
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, world: torch.Tensor, action: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([world, action, rel], dim=-1))
+
+
+class SuccessJudge(nn.Module):
+    """(normalised world state (B, 15), relative features (B, 10)) -> success and grasp logits (B,), (B,)."""
+
+    def __init__(self, cfg: NeuralSimConfig):
+        super().__init__()
+        self.net = mlp(WORLD_DIM + REL_DIM, cfg.state_width, 2, 2)
+
+    def forward(self, world: torch.Tensor, rel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(torch.cat([world, rel], dim=-1))
+        return out[:, 0], out[:, 1]
+
+
+# ---------------------------------------------------------------------------------------------- probe
 class FrameProbe(nn.Module):
+    """A CNN reading the normalised world state (B, 15), robot and objects, off one frame (B, 3, H, W)."""
+
     def __init__(self, cfg: NeuralSimConfig):
         super().__init__()
         w = cfg.probe_width
@@ -116,22 +172,17 @@ class FrameProbe(nn.Module):
             c = w * 2**i
         self.trunk = nn.Sequential(*layers, nn.Flatten())
         feat = c * (cfg.image_size // 16) ** 2
-        self.head = nn.Sequential(
-            nn.Linear(feat, 256), nn.SiLU(), nn.Linear(256, STATE_DIM + ENV_STATE_DIM + 2)
-        )
+        self.head = nn.Sequential(nn.Linear(feat, 256), nn.SiLU(), nn.Linear(256, WORLD_DIM))
 
-    def forward(self, frame: torch.Tensor) -> ProbeOutput:
-        out = self.head(self.trunk(frame))  # (B, 17)
-        s, e = STATE_DIM, STATE_DIM + ENV_STATE_DIM
-        return ProbeOutput(out[:, :s], out[:, s:e], out[:, e], out[:, e + 1])
+    def forward(self, frame: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(frame))  # (B, 15)
 
 
-def probe_loss(out: ProbeOutput, state, env_state, success, grasp) -> tuple[torch.Tensor, dict]:
-    """Regression of the normalised states, cross-entropy of the two flags."""
-    terms = {
-        "probe_state": F.mse_loss(out.state, state),
-        "probe_env_state": F.mse_loss(out.env_state, env_state),
-        "judge_bce": F.binary_cross_entropy_with_logits(out.success_logit, success),
-        "grasp_bce": F.binary_cross_entropy_with_logits(out.grasp_logit, grasp),
+def build_modules(cfg: NeuralSimConfig) -> dict[str, nn.Module]:
+    """The simulator's parts, by the names their checkpoint files carry."""
+    return {
+        "states": StateDynamics(cfg),
+        "judge": SuccessJudge(cfg),
+        "dynamics": NeuralDynamics(cfg),
+        "probe": FrameProbe(cfg),
     }
-    return sum(terms.values()), terms

@@ -4,13 +4,15 @@
     python -m world_model.train_neural_sim              # -> outputs/neural_sim
     python -m world_model.train_neural_sim train.neural_sim.steps=100 train.neural_sim.out_dir=/tmp/ns
 
-Each sample is a frame t and the next `unroll` steps of its episode: the dynamics model predicts
-t+1 .. t+unroll autoregressively from the real frames t-1, t and the real actions (its own predictions
-fed back, gradients through them), so it learns to recover from its own errors over short horizons.
-The frame probe (states, object poses, success and grasp judge) learns from the real frames and from
-the predicted ones (detached) with the real labels, so it reads imagined frames as well as real ones.
-Inputs are normalised with the dataset's statistics, kept in the checkpoint with the action range
-the model saw (the env clips outside it). Checkpoints are safetensors, resumable (world_model/checkpoint.py).
+Two phases, one checkpoint. First the state model and the judge (`state_steps`, cheap): from the real
+state at t the state model predicts t+1 .. t+state_unroll autoregressively from the real actions, its
+own predictions fed back with gradients through them, so it learns to stay on course over long
+horizons; the judge learns success and grasp from the real states and from the predicted ones (detached)
+with the real labels, so it reads imagined states as well as real ones. Then the video model and the
+probe (`steps`): from the real frames t-1, t the video model draws t+1 .. t+unroll autoregressively,
+conditioned on the real states and actions; the probe learns the states from real and drawn frames.
+Inputs are normalised with the dataset's statistics, kept in the checkpoint with the action range the
+model saw (the env clips outside it). Checkpoints are safetensors, resumable (world_model/checkpoint.py).
 """
 
 import json
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import hydra
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 from torch.utils.tensorboard import SummaryWriter
@@ -36,11 +39,23 @@ from world_model.checkpoint import (
     save_checkpoint,
 )
 from world_model.losses import psnr
-from world_model.neural_sim import FrameProbe, NeuralDynamics, NeuralSimConfig, probe_loss
+from world_model.neural_sim import (
+    OBJECT_YAWS,
+    STATE_DIM,
+    WORLD_DIM,
+    NeuralSimConfig,
+    StateDynamics,
+    SuccessJudge,
+    build_modules,
+    relative_features,
+    video_condition,
+    wrap_angle,
+)
 from world_model.train_lam import split_episodes
 
 STATE, ENV_STATE, ACTION = "observation.state", "observation.environment_state", "action"
 SUCCESS, GRASP = "success", "grasped_now"
+WORLD = "world"  # robot state and object poses side by side (B, 15)
 COLUMNS = [STATE, ENV_STATE, ACTION, SUCCESS, GRASP]
 
 
@@ -50,16 +65,18 @@ def load_rollouts(root: str | Path, image_key: str) -> EpisodeBank:
 
 
 def statistics(bank: EpisodeBank) -> dict[str, dict[str, list[float]]]:
-    """Mean / std of the vector columns, and the range of the actions the model will have seen."""
-    stats = {}
-    for key in (STATE, ENV_STATE, ACTION):
-        v = bank.columns[key]
-        stats[key] = {"mean": v.mean(0).tolist(), "std": v.std(0).clamp_min(1e-3).tolist()}
-    stats[ACTION] |= {
-        "min": bank.columns[ACTION].min(0).values.tolist(),
-        "max": bank.columns[ACTION].max(0).values.tolist(),
+    """Mean / std of the world state and the actions, and the range of the actions the model saw."""
+    world, action = world_columns(bank), bank.columns[ACTION]
+    stats = {
+        key: {"mean": v.mean(0).tolist(), "std": v.std(0).clamp_min(1e-3).tolist()}
+        for key, v in ((WORLD, world), (ACTION, action))
     }
+    stats[ACTION] |= {"min": action.min(0).values.tolist(), "max": action.max(0).values.tolist()}
     return stats
+
+
+def world_columns(bank: EpisodeBank) -> torch.Tensor:
+    return torch.cat([bank.columns[STATE], bank.columns[ENV_STATE]], dim=-1)  # (F, 15)
 
 
 def normalize(x: torch.Tensor, stat: dict) -> torch.Tensor:
@@ -78,71 +95,140 @@ def start_rows(bank: EpisodeBank, unroll: int) -> torch.Tensor:
 
 @dataclass
 class Sequence:
-    frames: torch.Tensor  # (B, K + 2, 3, H, W) frames t-1 .. t+K in [0, 1]
-    state: torch.Tensor  # (B, K + 1, 7) normalised, t .. t+K
-    env_state: torch.Tensor  # (B, K + 1, 8) normalised
+    world: torch.Tensor  # (B, K + 1, 15) raw robot state and object poses, t .. t+K
     action: torch.Tensor  # (B, K, 7) normalised, t .. t+K-1
     success: torch.Tensor  # (B, K + 1)
     grasp: torch.Tensor  # (B, K + 1)
+    frames: torch.Tensor | None = None  # (B, K + 2, 3, H, W) frames t-1 .. t+K in [0, 1]
 
 
-def make_sequences(bank: EpisodeBank, rows: torch.Tensor, unroll: int, stats: dict) -> Sequence:
+def make_sequences(
+    bank: EpisodeBank, rows: torch.Tensor, unroll: int, stats: dict, frames: bool = True
+) -> Sequence:
     steps = rows[:, None] + torch.arange(unroll + 1)  # (B, K + 1): t .. t+K, inside the episode
-    prev = torch.maximum(rows - 1, bank.episode_start[rows])[:, None]
     c = bank.columns
-    return Sequence(
-        frames=bank.frames[torch.cat([prev, steps], dim=1)].float() / 255,
-        state=normalize(c[STATE][steps], stats[STATE]),
-        env_state=normalize(c[ENV_STATE][steps], stats[ENV_STATE]),
+    seq = Sequence(
+        world=torch.cat([c[STATE][steps], c[ENV_STATE][steps]], dim=-1),
         action=normalize(c[ACTION][steps[:, :-1]], stats[ACTION]),
         success=c[SUCCESS][steps].squeeze(-1),
         grasp=c[GRASP][steps].squeeze(-1),
     )
+    if frames:
+        prev = torch.maximum(rows - 1, bank.episode_start[rows])[:, None]
+        seq.frames = bank.frames[torch.cat([prev, steps], dim=1)].float() / 255
+    return seq
 
 
-# ---------------------------------------------------------------------------------------------- loss
-def compute_loss(dynamics, probe, seq: Sequence, loss_cfg: DictConfig) -> tuple[torch.Tensor, dict]:
-    """Autoregressive frame and state losses over the unroll, probe losses on real and predicted frames."""
+# ---------------------------------------------------------------------------------------------- model steps
+def state_step(states: StateDynamics, world: torch.Tensor, action: torch.Tensor, stats: dict) -> torch.Tensor:
+    """Raw world state (B, 15), normalised action (B, 7) -> the next raw world state."""
+    x = normalize(world, stats[WORLD])
+    next_world = denormalize(x + states(x, action, relative_features(world)), stats[WORLD])
+    return torch.where(is_object_yaw(world), wrap_angle(next_world), next_world)
+
+
+def is_object_yaw(world: torch.Tensor) -> torch.Tensor:
+    mask = torch.zeros(WORLD_DIM, dtype=torch.bool, device=world.device)
+    mask[OBJECT_YAWS] = True
+    return mask
+
+
+def world_error(predicted: torch.Tensor, real: torch.Tensor, stats: dict) -> torch.Tensor:
+    """Normalised difference of raw world states (..., 15), object yaws the short way round."""
+    diff = predicted - real
+    diff = torch.where(is_object_yaw(diff), wrap_angle(diff), diff)
+    return diff / torch.tensor(stats[WORLD]["std"], device=diff.device)
+
+
+def judge_logits(judge: SuccessJudge, world: torch.Tensor, stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    return judge(normalize(world, stats[WORLD]), relative_features(world))
+
+
+# ---------------------------------------------------------------------------------------------- losses
+def state_loss(states, judge, seq: Sequence, stats: dict, loss_cfg: DictConfig) -> tuple[torch.Tensor, dict]:
+    """Autoregressive state error over the unroll; the judge on real and (detached) predicted states."""
     K = seq.action.shape[1]
-    prev, frame, state = seq.frames[:, 0], seq.frames[:, 1], seq.state[:, 0]
-    frame_l1 = frame_mse = state_mse = 0.0
-    predicted = []
+    world, predicted = seq.world[:, 0], []
+    state_mse = 0.0
     for k in range(K):
-        frame_next, state = dynamics(prev, frame, state, seq.action[:, k])
-        real = seq.frames[:, k + 2]
-        frame_l1 = frame_l1 + (frame_next - real).abs().mean() / K
-        frame_mse = frame_mse + (frame_next - real).pow(2).mean() / K
-        state_mse = state_mse + (state - seq.state[:, k + 1]).pow(2).mean() / K
-        predicted.append(frame_next)
-        prev, frame = frame, frame_next
-    real_frames = seq.frames[:, 2:].flatten(0, 1)  # (B K, 3, H, W)
-    both = torch.cat([real_frames, torch.stack(predicted, 1).flatten(0, 1).detach()])
-    labels = [
-        torch.cat([x[:, 1:].flatten(0, 1)] * 2) for x in (seq.state, seq.env_state, seq.success, seq.grasp)
-    ]
-    p_total, p_terms = probe_loss(probe(both), *labels)
-    terms = {"frame_l1": frame_l1, "frame_mse": frame_mse, "state_mse": state_mse} | p_terms
-    total = loss_cfg.frame * (frame_l1 + frame_mse) + loss_cfg.state * state_mse + loss_cfg.probe * p_total
+        world = state_step(states, world, seq.action[:, k], stats)
+        state_mse = state_mse + world_error(world, seq.world[:, k + 1], stats).pow(2).mean() / K
+        predicted.append(world)
+    real = seq.world[:, 1:].flatten(0, 1)  # (B K, 15)
+    both = torch.cat([real, torch.stack(predicted, 1).flatten(0, 1).detach()])
+    success_logit, grasp_logit = judge_logits(judge, both, stats)
+    terms = {
+        "state_mse": state_mse,
+        "judge_bce": F.binary_cross_entropy_with_logits(
+            success_logit, seq.success[:, 1:].flatten().repeat(2)
+        ),
+        "grasp_bce": F.binary_cross_entropy_with_logits(grasp_logit, seq.grasp[:, 1:].flatten().repeat(2)),
+    }
+    total = loss_cfg.state * state_mse + loss_cfg.judge * (terms["judge_bce"] + terms["grasp_bce"])
     return total, terms
 
 
+def frame_loss(
+    dynamics, probe, seq: Sequence, stats: dict, loss_cfg: DictConfig
+) -> tuple[torch.Tensor, dict]:
+    """Autoregressive frame losses over the unroll (real states as conditions), probe on real and drawn frames."""
+    K = seq.action.shape[1]
+    world = normalize(seq.world, stats[WORLD])  # (B, K + 1, 15)
+    prev, frame = seq.frames[:, 0], seq.frames[:, 1]
+    frame_l1 = frame_mse = 0.0
+    drawn = []
+    for k in range(K):
+        frame_next = dynamics(prev, frame, video_condition(world[:, k], seq.action[:, k], world[:, k + 1]))
+        real = seq.frames[:, k + 2]
+        frame_l1 = frame_l1 + (frame_next - real).abs().mean() / K
+        frame_mse = frame_mse + (frame_next - real).pow(2).mean() / K
+        drawn.append(frame_next)
+        prev, frame = frame, frame_next
+    both = torch.cat([seq.frames[:, 2:].flatten(0, 1), torch.stack(drawn, 1).flatten(0, 1).detach()])
+    probe_mse = F.mse_loss(probe(both), world[:, 1:].flatten(0, 1).repeat(2, 1))
+    terms = {"frame_l1": frame_l1, "frame_mse": frame_mse, "probe_mse": probe_mse}
+    return loss_cfg.frame * (frame_l1 + frame_mse) + loss_cfg.probe * probe_mse, terms
+
+
 # ---------------------------------------------------------------------------------------------- eval
-@torch.no_grad()
-def evaluate(dynamics, probe, bank: EpisodeBank, stats: dict, unroll: int, num: int = 64) -> dict:
-    """One-batch held-out check: PSNR of the last unrolled frame against copying frame t, judge accuracy."""
+def val_rows(bank: EpisodeBank, unroll: int, num: int) -> torch.Tensor:
     rows = start_rows(bank, unroll)
-    rows = rows[torch.linspace(0, len(rows) - 1, min(num, len(rows))).long()]
-    seq = make_sequences(bank, rows, unroll, stats)
-    prev, frame, state = seq.frames[:, 0], seq.frames[:, 1], seq.state[:, 0]
+    return rows[torch.linspace(0, len(rows) - 1, min(num, len(rows))).long()]
+
+
+@torch.no_grad()
+def evaluate_states(states, judge, bank: EpisodeBank, stats: dict, unroll: int, num: int = 256) -> dict:
+    """Held-out check: hand and object errors (cm) after `unroll` steps, the judge's accuracy on real states."""
+    seq = make_sequences(bank, val_rows(bank, unroll, num), unroll, stats, frames=False)
+    world = seq.world[:, 0]
     for k in range(unroll):
-        next_frame, state = dynamics(prev, frame, state, seq.action[:, k])
-        prev, frame = frame, next_frame
-    out = probe(seq.frames[:, -1])
-    judged = (out.success_logit > 0) == (seq.success[:, -1] > 0.5)
+        world = state_step(states, world, seq.action[:, k], stats)
+    real = seq.world[:, -1]
+    success_logit, grasp_logit = judge_logits(judge, seq.world.flatten(0, 1), stats)
+    return {
+        "hand_cm": 100 * (world[:, :3] - real[:, :3]).norm(dim=-1).mean().item(),
+        "object_cm": 100 * (world[:, 7:10] - real[:, 7:10]).norm(dim=-1).mean().item(),
+        "judge_acc_real": ((success_logit > 0) == (seq.success.flatten() > 0.5)).float().mean().item(),
+        "grasp_acc_real": ((grasp_logit > 0) == (seq.grasp.flatten() > 0.5)).float().mean().item(),
+    }
+
+
+@torch.no_grad()
+def evaluate_frames(dynamics, probe, bank: EpisodeBank, stats: dict, unroll: int, num: int = 64) -> dict:
+    """Held-out check: PSNR of the last drawn frame against copying frame t; the probe's hand error (cm)."""
+    seq = make_sequences(bank, val_rows(bank, unroll, num), unroll, stats)
+    world = normalize(seq.world, stats[WORLD])
+    prev, frame = seq.frames[:, 0], seq.frames[:, 1]
+    for k in range(unroll):
+        prev, frame = (
+            frame,
+            dynamics(prev, frame, video_condition(world[:, k], seq.action[:, k], world[:, k + 1])),
+        )
+    read = denormalize(probe(frame), stats[WORLD])
     return {
         "psnr_last": psnr(frame, seq.frames[:, -1]).mean().item(),
         "psnr_copy": psnr(seq.frames[:, 1], seq.frames[:, -1]).mean().item(),
-        "judge_acc_real": judged.float().mean().item(),
+        "probe_hand_cm": 100 * (read[:, :3] - seq.world[:, -1, :3]).norm(dim=-1).mean().item(),
     }
 
 
@@ -161,16 +247,18 @@ def train(cfg: DictConfig) -> dict:
         raise ValueError(
             f"{tcfg.dataset} has {bank.frames.shape[-1]}-pixel frames, the model takes {model_cfg.image_size}"
         )
-    dynamics, probe = NeuralDynamics(model_cfg).to(device), FrameProbe(model_cfg).to(device)
-    params = [*dynamics.parameters(), *probe.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    modules = {name: module.to(device) for name, module in build_modules(model_cfg).items()}
+    params = [p for m in modules.values() for p in m.parameters()]
+    optimizer = torch.optim.AdamW(
+        params, lr=tcfg.lr, weight_decay=tcfg.weight_decay
+    )  # skips grad-less params
     gen = torch.Generator().manual_seed(tcfg.seed)
     stats = statistics(train_bank)
-    modules = {"dynamics": dynamics, "probe": probe}
     meta = {
         "model_config": model_cfg.to_dict(),
         "stats": stats,
         "unroll": tcfg.unroll,
+        "state_unroll": tcfg.state_unroll,
         "dataset": str(tcfg.dataset),
     }
 
@@ -182,22 +270,37 @@ def train(cfg: DictConfig) -> dict:
         print(f"resuming from {out_dir / CKPT_DIR} at step {start}")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    rows = start_rows(train_bank, tcfg.unroll)
+    size = {k: f"{sum(p.numel() for p in m.parameters()) / 1e6:.2f}M" for k, m in modules.items()}
     print(
-        f"neural simulator: dynamics {sum(p.numel() for p in dynamics.parameters()) / 1e6:.2f}M, probe "
-        f"{sum(p.numel() for p in probe.parameters()) / 1e6:.2f}M parameters; {len(rows)} training sequences "
-        f"of {tcfg.unroll} steps from {len(train_bank.episodes)} episodes, {len(val_bank.episodes)} held out"
+        f"neural simulator: {size} parameters; {len(train_bank.episodes)} training episodes, "
+        f"{len(val_bank.episodes)} held out; {tcfg.state_steps} state steps, then {tcfg.steps} frame steps"
     )
+    phases = [
+        (
+            "states",
+            tcfg.state_steps,
+            tcfg.state_batch,
+            tcfg.state_unroll,
+            start_rows(train_bank, tcfg.state_unroll),
+        ),
+        ("frames", tcfg.steps, tcfg.batch_size, tcfg.unroll, start_rows(train_bank, tcfg.unroll)),
+    ]
+    total = tcfg.state_steps + tcfg.steps
     writer = SummaryWriter(str(out_dir / "tb"), purge_step=start)
     clock = time.perf_counter()
-    progress = tqdm(range(start, tcfg.steps), initial=start, total=tcfg.steps, desc="neural sim", unit="step")
+    progress = tqdm(range(start, total), initial=start, total=total, desc="neural sim", unit="step")
     for step in progress:
+        phase, phase_steps, batch, unroll, rows = phases[0] if step < tcfg.state_steps else phases[1]
+        phase_step = step if phase == "states" else step - tcfg.state_steps
         for group in optimizer.param_groups:
-            group["lr"] = tcfg.lr * min(1.0, (step + 1) / tcfg.lr_warmup)
-        pick = rows[torch.randint(len(rows), (tcfg.batch_size,), generator=gen)]
-        seq = make_sequences(train_bank, pick, tcfg.unroll, stats)
-        seq = Sequence(*(t.to(device) for t in vars(seq).values()))
-        loss, terms = compute_loss(dynamics, probe, seq, tcfg.loss)
+            group["lr"] = tcfg.lr * min(1.0, (phase_step + 1) / tcfg.lr_warmup)
+        pick = rows[torch.randint(len(rows), (batch,), generator=gen)]
+        seq = make_sequences(train_bank, pick, unroll, stats, frames=phase == "frames")
+        seq = Sequence(*(None if t is None else t.to(device) for t in vars(seq).values()))
+        if phase == "states":
+            loss, terms = state_loss(modules["states"], modules["judge"], seq, stats, tcfg.loss)
+        else:
+            loss, terms = frame_loss(modules["dynamics"], modules["probe"], seq, stats, tcfg.loss)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss is {loss.item()} at step {step}; the last good checkpoint is kept"
@@ -209,28 +312,37 @@ def train(cfg: DictConfig) -> dict:
         if (step + 1) % tcfg.log_every == 0:
             for k, v in terms.items():
                 writer.add_scalar(f"train/{k}", float(v.detach()), step + 1)
-            progress.set_postfix(
-                l1=f"{terms['frame_l1'].item():.4f}", judge=f"{terms['judge_bce'].item():.3f}"
-            )
-        if (step + 1) % tcfg.val_every == 0 or step + 1 == tcfg.steps:
-            for k, v in evaluate(dynamics, probe, val_bank, stats, tcfg.unroll).items():
+            progress.set_postfix({k: f"{float(v.detach()):.4f}" for k, v in terms.items()} | {"phase": phase})
+        last_of_phase = phase_step + 1 == phase_steps
+        if (step + 1) % tcfg.val_every == 0 or last_of_phase:
+            for k, v in validate(modules, val_bank, stats, tcfg, phase).items():
                 writer.add_scalar(f"val/{k}", v, step + 1)
-        if (step + 1) % tcfg.ckpt_every == 0 or step + 1 == tcfg.steps:
+        if (step + 1) % tcfg.ckpt_every == 0 or last_of_phase:
             save_checkpoint(out_dir, modules, optimizer, step + 1, gen, meta)
     progress.close()
     writer.close()
-    summary = {"steps": tcfg.steps, "resumed_at": start, "minutes": (time.perf_counter() - clock) / 60}
-    summary |= evaluate(dynamics, probe, val_bank, stats, tcfg.unroll)
+    summary = {"steps": total, "resumed_at": start, "minutes": (time.perf_counter() - clock) / 60}
+    summary |= validate(modules, val_bank, stats, tcfg, "states") | validate(
+        modules, val_bank, stats, tcfg, "frames"
+    )
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def validate(modules: dict, val_bank: EpisodeBank, stats: dict, tcfg: DictConfig, phase: str) -> dict:
+    if phase == "states":
+        return evaluate_states(modules["states"], modules["judge"], val_bank, stats, tcfg.state_unroll)
+    return evaluate_frames(modules["dynamics"], modules["probe"], val_bank, stats, tcfg.unroll)
 
 
 # ---------------------------------------------------------------------------------------------- inference
 class NeuralSim:
     """A trained neural simulator for inference: raw (unnormalised) states and actions in and out."""
 
-    def __init__(self, dynamics: NeuralDynamics, probe: FrameProbe, stats: dict, unroll: int):
-        self.dynamics, self.probe, self.stats, self.unroll = dynamics.eval(), probe.eval(), stats, unroll
+    def __init__(self, modules: dict, stats: dict, unroll: int):
+        self.states, self.judge = modules["states"].eval(), modules["judge"].eval()
+        self.dynamics, self.probe = modules["dynamics"].eval(), modules["probe"].eval()
+        self.stats, self.unroll = stats, unroll
         self.action_low = torch.tensor(stats[ACTION]["min"])
         self.action_high = torch.tensor(stats[ACTION]["max"])
         self._warned = False
@@ -248,37 +360,39 @@ class NeuralSim:
         return clipped
 
     @torch.no_grad()
-    def step(self, prev, frame, state, action) -> tuple[torch.Tensor, torch.Tensor]:
-        """frames (B, 3, H, W) in [0, 1], raw state and action (B, 7) -> next frame, next raw state."""
+    def step(self, prev, frame, world, action) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames (B, 3, H, W) in [0, 1], raw world state (B, 15) and action (B, 7) -> next frame, next world."""
         action = normalize(self.clip_action(action), self.stats[ACTION])
-        next_frame, next_state = self.dynamics(prev, frame, normalize(state, self.stats[STATE]), action)
-        return next_frame, denormalize(next_state, self.stats[STATE])
+        next_world = state_step(self.states, world, action, self.stats)
+        norm = self.stats[WORLD]
+        cond = video_condition(normalize(world, norm), action, normalize(next_world, norm))
+        return self.dynamics(prev, frame, cond), next_world
+
+    @torch.no_grad()
+    def judge_state(self, world) -> dict[str, torch.Tensor]:
+        """Probabilities (B,) of success and of fingers on the object in raw world states (B, 15)."""
+        success_logit, grasp_logit = judge_logits(self.judge, world, self.stats)
+        return {"success": torch.sigmoid(success_logit), "grasp": torch.sigmoid(grasp_logit)}
 
     @torch.no_grad()
     def read(self, frame) -> dict[str, torch.Tensor]:
-        """What the probe sees in frames (B, 3, H, W): raw robot state, object poses, success, grasp."""
-        out = self.probe(frame)
-        return {
-            "state": denormalize(out.state, self.stats[STATE]),
-            "env_state": denormalize(out.env_state, self.stats[ENV_STATE]),
-            "success": torch.sigmoid(out.success_logit),
-            "grasp": torch.sigmoid(out.grasp_logit),
-        }
+        """What the probe sees in frames (B, 3, H, W): raw robot state (B, 7) and object poses (B, 8)."""
+        world = denormalize(self.probe(frame), self.stats[WORLD])
+        return {"state": world[:, :STATE_DIM], "env_state": world[:, STATE_DIM:]}
 
 
 def load_neural_sim(path: str | Path) -> NeuralSim:
     path = Path(path)
     ckpt = path / CKPT_DIR if (path / CKPT_DIR).is_dir() else path
-    if not (ckpt / "dynamics.safetensors").is_file():
+    if not (ckpt / "states.safetensors").is_file():
         raise FileNotFoundError(
-            f"no neural simulator checkpoint at {path} (expected {CKPT_DIR}/dynamics.safetensors)"
+            f"no neural simulator checkpoint at {path} (expected {CKPT_DIR}/states.safetensors)"
         )
     meta = json.loads((ckpt / "state.json").read_text())
-    cfg = NeuralSimConfig(**meta["model_config"])
-    dynamics, probe = NeuralDynamics(cfg), FrameProbe(cfg)
-    dynamics.load_state_dict(load_file(ckpt / "dynamics.safetensors"))
-    probe.load_state_dict(load_file(ckpt / "probe.safetensors"))
-    return NeuralSim(dynamics, probe, meta["stats"], meta["unroll"])
+    modules = build_modules(NeuralSimConfig(**meta["model_config"]))
+    for name, module in modules.items():
+        module.load_state_dict(load_file(ckpt / f"{name}.safetensors"))
+    return NeuralSim(modules, meta["stats"], meta["unroll"])
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

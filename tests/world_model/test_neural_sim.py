@@ -1,14 +1,27 @@
-"""The neural simulator: its warp, training on generated rollouts, the gymnasium env around it (fixed seeds
-give identical rollouts; gymnasium's checker), the judge's reading and the clipping of unseen actions."""
+"""The neural simulator: its warp, its parts untrained, the judge learning a hand-made rule, training on
+generated rollouts, the gymnasium env around it (fixed seeds give identical rollouts; gymnasium's
+checker), the env's reading of the judge and the clipping of unseen actions."""
 
 import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from world_model.neural_sim import FrameProbe, NeuralDynamics, NeuralSimConfig, warp
+from world_model.neural_sim import (
+    COND_DIM,
+    REL_DIM,
+    WORLD_DIM,
+    NeuralSimConfig,
+    SuccessJudge,
+    build_modules,
+    relative_features,
+    warp,
+)
 
-TINY = {"image_size": 32, "width": 8, "levels": 2, "blocks": 1, "cond_dim": 16, "probe_width": 8}
+TINY = {
+    "image_size": 32, "width": 8, "levels": 2, "blocks": 1, "cond_dim": 16, "probe_width": 8,
+    "state_width": 16, "state_layers": 1,
+}  # fmt: skip
 
 
 def test_warp_moves_pixels_by_the_flow():
@@ -18,16 +31,59 @@ def test_warp_moves_pixels_by_the_flow():
     torch.testing.assert_close(shifted[..., :-1], frame[..., 1:])
 
 
-def test_untrained_dynamics_copy_the_frame():
+def test_untrained_models_keep_the_world_as_it_is():
     cfg = NeuralSimConfig(**TINY)
+    parts = build_modules(cfg)
     frame = torch.rand(2, 3, 32, 32)
-    next_frame, next_state = NeuralDynamics(cfg)(frame, frame, torch.zeros(2, 7), torch.zeros(2, 7))
-    torch.testing.assert_close(next_frame, frame)  # zero-initialised head: no flow, no residual
-    assert next_state.shape == (2, 7)
-    out = FrameProbe(cfg)(frame)
-    assert out.state.shape == (2, 7) and out.env_state.shape == (2, 8) and out.success_logit.shape == (2,)
+    torch.testing.assert_close(parts["dynamics"](frame, frame, torch.randn(2, COND_DIM)), frame)  # zero head
+    world, action = torch.randn(2, WORLD_DIM), torch.randn(2, 7)
+    rel = relative_features(world)
+    assert rel.shape == (2, REL_DIM)
+    assert torch.equal(parts["states"](world, action, rel), torch.zeros(2, WORLD_DIM))  # zero last layer
+    success, grasp = parts["judge"](world, rel)
+    assert success.shape == grasp.shape == (2,)
+    assert parts["probe"](frame).shape == (2, WORLD_DIM)
     with pytest.raises(ValueError, match="not divisible by 2\\*\\*levels"):
         NeuralSimConfig(image_size=36, levels=3)
+
+
+def test_relative_features_see_the_geometry_of_a_grasp():
+    world = torch.zeros(2, WORLD_DIM)
+    world[:, 7:10] = torch.tensor([0.3, 0.1, 0.02])  # source object
+    world[:, 11:14] = torch.tensor([0.3, 0.1, 0.0])  # target under it
+    world[1, 5] = torch.pi  # the hand turned half a turn: the same grasp for two fingers
+    rel = relative_features(world)
+    torch.testing.assert_close(rel[:, :3], torch.tensor([[3.0, 1.0, 0.2]] * 2))  # hand to object, dm
+    torch.testing.assert_close(rel[:, 3:6], torch.tensor([[0.0, 0.0, -0.2]] * 2))
+    torch.testing.assert_close(rel[0], rel[1], atol=1e-5, rtol=0)
+
+
+def test_the_judge_learns_a_hand_made_success_rule():
+    """Success iff the object is within 3 cm of its target and the gripper is open: the judge must learn
+    it from 512 labelled states and apply it to states it has not seen."""
+    gen = torch.Generator().manual_seed(0)
+
+    def labelled(n):
+        world = torch.rand(n, WORLD_DIM, generator=gen) * 0.2
+        near = torch.rand(n, generator=gen) < 0.5  # half the objects near their target
+        world[near, 7:10] = world[near, 11:14] + (torch.rand(int(near.sum()), 3, generator=gen) - 0.5) * 0.04
+        success = ((world[:, 7:10] - world[:, 11:14]).norm(dim=-1) < 0.03) & (world[:, 6] < 0.1)
+        return world, success.float()
+
+    judge = SuccessJudge(NeuralSimConfig(**TINY | {"state_width": 64}))
+    optimizer = torch.optim.Adam(judge.parameters(), lr=3e-3)
+    world, success = labelled(512)
+    for _ in range(400):
+        logit, _ = judge(world, relative_features(world))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, success)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    test_world, test_success = labelled(256)
+    with torch.no_grad():
+        logit, _ = judge(test_world, relative_features(test_world))
+    assert 0.2 < test_success.mean() < 0.5  # both verdicts are common
+    assert ((logit > 0).float() == test_success).float().mean() > 0.9
 
 
 @pytest.fixture(scope="module")
@@ -58,17 +114,18 @@ def trained(tmp_path_factory):
             "train": {
                 "neural_sim": {
                     "dataset": str(root / "rollouts"), "out_dir": str(root / "run"), "resume": True, "seed": 0,
-                    "device": "cpu", "steps": 3, "batch_size": 2, "unroll": 2, "lr": 1e-3, "lr_warmup": 1,
-                    "weight_decay": 0.0, "grad_clip": 1.0, "val_fraction": 0.34, "log_every": 1, "val_every": 3,
-                    "ckpt_every": 3, "loss": {"frame": 1.0, "state": 1.0, "probe": 1.0},
+                    "device": "cpu", "state_steps": 2, "state_batch": 4, "state_unroll": 3, "steps": 2,
+                    "batch_size": 2, "unroll": 2, "lr": 1e-3, "lr_warmup": 1, "weight_decay": 0.0,
+                    "grad_clip": 1.0, "val_fraction": 0.34, "log_every": 1, "val_every": 3, "ckpt_every": 3,
+                    "loss": {"state": 1.0, "judge": 1.0, "frame": 1.0, "probe": 1.0},
                 }
             },
         }
     )  # fmt: skip
     summary = train(cfg)
-    assert summary["steps"] == 3 and np.isfinite(summary["psnr_last"])
-    cfg.train.neural_sim.steps = 4
-    assert train(cfg)["resumed_at"] == 3
+    assert summary["steps"] == 4 and np.isfinite(summary["psnr_last"]) and np.isfinite(summary["object_cm"])
+    cfg.train.neural_sim.steps = 3
+    assert train(cfg)["resumed_at"] == 4
     return root / "run"
 
 
@@ -98,20 +155,16 @@ def test_fixed_seeds_give_identical_rollouts_and_the_env_checker_passes(trained)
 
 
 class StubSim:
-    """Reads fixed probabilities off any frame."""
+    """Keeps the world as it is and judges every state with fixed probabilities."""
 
     def __init__(self, success, grasp):
         self.success, self.grasp = success, grasp
 
-    def step(self, prev, frame, state, action):
-        return frame, state
+    def step(self, prev, frame, world, action):
+        return frame, world
 
-    def read(self, frame):
-        return {
-            "success": torch.tensor([self.success]),
-            "grasp": torch.tensor([self.grasp]),
-            "env_state": torch.zeros(1, 8),
-        }
+    def judge_state(self, world):
+        return {"success": torch.tensor([self.success]), "grasp": torch.tensor([self.grasp])}
 
 
 def test_the_judge_decides_success_and_grasps_accumulate(trained):
