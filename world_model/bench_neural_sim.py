@@ -78,7 +78,8 @@ def fidelity(cfg: DictConfig, checkpoint: Path) -> dict:
     keys = ("psnr", "ssim", "psnr_copy_first", "ee_probe_cm", "ee_dynamics_cm", "object_cm")
     by_h = {k: [] for k in keys}
     for h in range(length):
-        frame_next, world = sim.step(prev, frame, world, actions[:, h])
+        last_action = torch.zeros_like(actions[:, 0]) if h == 0 else actions[:, h - 1]
+        frame_next, world = sim.step(prev, frame, world, actions[:, h], last_action)
         prev, frame = frame, frame_next
         target, true = real[:, h + 1], worlds[:, h + 1]
         by_h["psnr"].append(psnr(frame, target).mean().item())

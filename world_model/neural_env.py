@@ -58,7 +58,7 @@ class NeuralTabletopEnv(gym.Env):
         self.observation_space = self.real.observation_space
         self.action_space = self.real.action_space
         self.render_mode = render_mode
-        self._frames = self._world = None
+        self._frames = self._world = self._last_action = None
         self._ever_grasped, self._steps = False, 0
 
     @property
@@ -75,6 +75,7 @@ class NeuralTabletopEnv(gym.Env):
         frame = torch.from_numpy(obs["pixels"]["image"]).permute(2, 0, 1)[None].float() / 255
         self._frames = (frame, frame)  # t-1 = t at the start, as in training
         self._world = torch.from_numpy(np.concatenate([obs["agent_pos"], obs["environment_state"]]))[None]
+        self._last_action = torch.zeros(1, *self.action_space.shape)
         self._ever_grasped, self._steps = False, 0
         return obs, {"is_success": False, "grasped": False, "grasped_now": False}
 
@@ -82,7 +83,9 @@ class NeuralTabletopEnv(gym.Env):
         action = torch.as_tensor(np.asarray(action, dtype=np.float32))[None]
         if action.shape != (1, *self.action_space.shape):
             raise ValueError(f"actions are {self.action_space.shape}, got {tuple(action.shape[1:])}")
-        frame, self._world = self.sim.step(*self._frames, self._world, action)
+        action = self.sim.clip_action(action)
+        frame, self._world = self.sim.step(*self._frames, self._world, action, self._last_action)
+        self._last_action = action
         self._frames = (self._frames[1], frame)
         verdict = self.sim.judge_state(self._world)
         grasped_now = bool(verdict["grasp"][0] > 0.5)

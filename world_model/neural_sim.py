@@ -9,8 +9,9 @@ physics and a video model that draws it, and the judges that read success off th
     success_logit, grasp_logit = judge(x, rel)
 
 StateDynamics is a residual MLP over the robot state and the object poses (the privileged
-`environment_state` the scripted experts read): given the action it predicts their change, so grasps,
-carries and drops live in a compact state that does not blur. `relative_features` hands it the geometry
+`environment_state` the scripted experts read): given the action it predicts their change, with the
+carry built in (a held object moves with the hand), so grasps, carries and drops live in a compact
+state that does not blur. `relative_features` hands it the geometry
 contacts depend on (object to hand, object to target). NeuralDynamics draws frame t+1 from frames t-1
 and t, conditioned on the states before and after the step and the action, as a warp of frame t by a
 predicted flow plus a residual (the latent action model's decoder, conditioned on states and actions
@@ -134,17 +135,26 @@ def mlp(d_in: int, width: int, layers: int, d_out: int) -> nn.Sequential:
 
 
 class StateDynamics(nn.Module):
-    """Residual MLP: (normalised world state (B, 15), normalised action (B, 7), relative features (B, 10))
-    -> change of the normalised world state (B, 15). The last layer starts at zero: nothing moves."""
+    """One step of the world state, with the carry built in: the source object moves with the hand by the
+    probability that the hand holds it, plus a free residual (drops, pushes, settling).
+
+    (normalised world state (B, 15), normalised actions at t and t-1 (B, 14), relative features (B, 10))
+    -> change of the normalised robot state (B, 7), attachment logit (B, 1), free change of the
+    normalised object poses (B, 8). The last layer starts at zero, attachment unlikely: nothing moves."""
 
     def __init__(self, cfg: NeuralSimConfig):
         super().__init__()
-        self.net = mlp(WORLD_DIM + ACTION_DIM + REL_DIM, cfg.state_width, cfg.state_layers, WORLD_DIM)
+        self.net = mlp(WORLD_DIM + 2 * ACTION_DIM + REL_DIM, cfg.state_width, cfg.state_layers, WORLD_DIM + 1)
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
+        with torch.no_grad():
+            self.net[-1].bias[STATE_DIM] = -4.0
 
-    def forward(self, world: torch.Tensor, action: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([world, action, rel], dim=-1))
+    def forward(
+        self, world: torch.Tensor, actions: torch.Tensor, rel: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.net(torch.cat([world, actions, rel], dim=-1))  # (B, 16)
+        return out[:, :STATE_DIM], out[:, STATE_DIM : STATE_DIM + 1], out[:, STATE_DIM + 1 :]
 
 
 class SuccessJudge(nn.Module):

@@ -64,9 +64,17 @@ def load_rollouts(root: str | Path, image_key: str) -> EpisodeBank:
     return EpisodeBank.load(root, image_key, columns=COLUMNS)
 
 
+def on_table(world: torch.Tensor) -> torch.Tensor:
+    """(..., 15) raw world states -> (...) bool: both objects still on the table. Random actions knock one
+    off now and then (0.7% of the frames); it then falls without end, so those frames are left out."""
+    x, z = world[..., [7, 11]], world[..., [9, 13]]
+    return ((z > -0.03) & (x > -0.3) & (x < 1.0)).all(dim=-1)
+
+
 def statistics(bank: EpisodeBank) -> dict[str, dict[str, list[float]]]:
-    """Mean / std of the world state and the actions, and the range of the actions the model saw."""
+    """Mean / std of the world state (objects on the table) and the actions, and the actions' range."""
     world, action = world_columns(bank), bank.columns[ACTION]
+    world = world[on_table(world)]
     stats = {
         key: {"mean": v.mean(0).tolist(), "std": v.std(0).clamp_min(1e-3).tolist()}
         for key, v in ((WORLD, world), (ACTION, action))
@@ -88,15 +96,20 @@ def denormalize(x: torch.Tensor, stat: dict) -> torch.Tensor:
 
 
 def start_rows(bank: EpisodeBank, unroll: int) -> torch.Tensor:
-    """Rows t whose episode continues for `unroll` more frames."""
+    """Rows t whose episode continues for `unroll` more frames with both objects on the table."""
     rows = torch.arange(len(bank))
-    return rows[bank.episode_end - rows >= unroll]
+    rows = rows[bank.episode_end - rows >= unroll]
+    off = torch.cat(
+        [torch.zeros(1), (~on_table(world_columns(bank))).float().cumsum(0)]
+    )  # off-table before row
+    return rows[off[rows + unroll + 1] == off[rows]]
 
 
 @dataclass
 class Sequence:
     world: torch.Tensor  # (B, K + 1, 15) raw robot state and object poses, t .. t+K
     action: torch.Tensor  # (B, K, 7) normalised, t .. t+K-1
+    last_action: torch.Tensor  # (B, 7) normalised, t-1 (zero before the episode's first step)
     success: torch.Tensor  # (B, K + 1)
     grasp: torch.Tensor  # (B, K + 1)
     frames: torch.Tensor | None = None  # (B, K + 2, 3, H, W) frames t-1 .. t+K in [0, 1]
@@ -107,9 +120,11 @@ def make_sequences(
 ) -> Sequence:
     steps = rows[:, None] + torch.arange(unroll + 1)  # (B, K + 1): t .. t+K, inside the episode
     c = bank.columns
+    first = (rows == bank.episode_start[rows])[:, None]
     seq = Sequence(
         world=torch.cat([c[STATE][steps], c[ENV_STATE][steps]], dim=-1),
         action=normalize(c[ACTION][steps[:, :-1]], stats[ACTION]),
+        last_action=normalize(torch.where(first, 0.0, c[ACTION][rows - 1]), stats[ACTION]),
         success=c[SUCCESS][steps].squeeze(-1),
         grasp=c[GRASP][steps].squeeze(-1),
     )
@@ -120,11 +135,21 @@ def make_sequences(
 
 
 # ---------------------------------------------------------------------------------------------- model steps
-def state_step(states: StateDynamics, world: torch.Tensor, action: torch.Tensor, stats: dict) -> torch.Tensor:
-    """Raw world state (B, 15), normalised action (B, 7) -> the next raw world state."""
-    x = normalize(world, stats[WORLD])
-    next_world = denormalize(x + states(x, action, relative_features(world)), stats[WORLD])
-    return torch.where(is_object_yaw(world), wrap_angle(next_world), next_world)
+def state_step(
+    states: StateDynamics, world: torch.Tensor, action: torch.Tensor, last_action: torch.Tensor, stats: dict
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw world state (B, 15), normalised actions at t and t-1 (B, 7) -> the next raw world state and the
+    attachment logit (B,). The action before matters: the arm lags its targets. A held source object
+    follows the hand's translation and turn; everything else moves freely."""
+    std = torch.tensor(stats[WORLD]["std"], device=world.device)
+    x, rel = normalize(world, stats[WORLD]), relative_features(world)
+    robot_change, attach_logit, free_change = states(x, torch.cat([action, last_action], dim=-1), rel)
+    robot_change = robot_change * std[:STATE_DIM]  # (B, 7) metres and radians
+    hand_xyz, hand_yaw = robot_change[:, :3], robot_change[:, 5:6]
+    carried = torch.cat([hand_xyz, hand_yaw, torch.zeros_like(free_change[:, 4:])], dim=1)  # (B, 8)
+    object_change = torch.sigmoid(attach_logit) * carried + free_change * std[STATE_DIM:]
+    next_world = world + torch.cat([robot_change, object_change], dim=1)
+    return torch.where(is_object_yaw(world), wrap_angle(next_world), next_world), attach_logit[:, 0]
 
 
 def is_object_yaw(world: torch.Tensor) -> torch.Tensor:
@@ -148,23 +173,28 @@ def judge_logits(judge: SuccessJudge, world: torch.Tensor, stats: dict) -> tuple
 def state_loss(states, judge, seq: Sequence, stats: dict, loss_cfg: DictConfig) -> tuple[torch.Tensor, dict]:
     """Autoregressive state error over the unroll; the judge on real and (detached) predicted states."""
     K = seq.action.shape[1]
-    world, predicted = seq.world[:, 0], []
-    state_mse = 0.0
+    world, last_action, predicted = seq.world[:, 0], seq.last_action, []
+    state_mse = attach_bce = 0.0
     for k in range(K):
-        world = state_step(states, world, seq.action[:, k], stats)
+        world, attach_logit = state_step(states, world, seq.action[:, k], last_action, stats)
+        last_action = seq.action[:, k]
         state_mse = state_mse + world_error(world, seq.world[:, k + 1], stats).pow(2).mean() / K
+        # The hand holds the object across the step when the fingers are on it after the step.
+        attach_bce = attach_bce + F.binary_cross_entropy_with_logits(attach_logit, seq.grasp[:, k + 1]) / K
         predicted.append(world)
     real = seq.world[:, 1:].flatten(0, 1)  # (B K, 15)
     both = torch.cat([real, torch.stack(predicted, 1).flatten(0, 1).detach()])
     success_logit, grasp_logit = judge_logits(judge, both, stats)
     terms = {
         "state_mse": state_mse,
+        "attach_bce": attach_bce,
         "judge_bce": F.binary_cross_entropy_with_logits(
             success_logit, seq.success[:, 1:].flatten().repeat(2)
         ),
         "grasp_bce": F.binary_cross_entropy_with_logits(grasp_logit, seq.grasp[:, 1:].flatten().repeat(2)),
     }
-    total = loss_cfg.state * state_mse + loss_cfg.judge * (terms["judge_bce"] + terms["grasp_bce"])
+    total = loss_cfg.state * state_mse + loss_cfg.attach * attach_bce
+    total = total + loss_cfg.judge * (terms["judge_bce"] + terms["grasp_bce"])
     return total, terms
 
 
@@ -202,7 +232,8 @@ def evaluate_states(states, judge, bank: EpisodeBank, stats: dict, unroll: int, 
     seq = make_sequences(bank, val_rows(bank, unroll, num), unroll, stats, frames=False)
     world = seq.world[:, 0]
     for k in range(unroll):
-        world = state_step(states, world, seq.action[:, k], stats)
+        last_action = seq.last_action if k == 0 else seq.action[:, k - 1]
+        world, _ = state_step(states, world, seq.action[:, k], last_action, stats)
     real = seq.world[:, -1]
     success_logit, grasp_logit = judge_logits(judge, seq.world.flatten(0, 1), stats)
     return {
@@ -360,10 +391,12 @@ class NeuralSim:
         return clipped
 
     @torch.no_grad()
-    def step(self, prev, frame, world, action) -> tuple[torch.Tensor, torch.Tensor]:
-        """frames (B, 3, H, W) in [0, 1], raw world state (B, 15) and action (B, 7) -> next frame, next world."""
+    def step(self, prev, frame, world, action, last_action) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames (B, 3, H, W) in [0, 1], raw world state (B, 15), raw actions at t and t-1 (B, 7; the one
+        at t-1 as clipped at its step, zeros before the first step) -> next frame, next world."""
         action = normalize(self.clip_action(action), self.stats[ACTION])
-        next_world = state_step(self.states, world, action, self.stats)
+        last_action = normalize(last_action, self.stats[ACTION])
+        next_world, _ = state_step(self.states, world, action, last_action, self.stats)
         norm = self.stats[WORLD]
         cond = video_condition(normalize(world, norm), action, normalize(next_world, norm))
         return self.dynamics(prev, frame, cond), next_world

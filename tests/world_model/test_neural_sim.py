@@ -36,10 +36,12 @@ def test_untrained_models_keep_the_world_as_it_is():
     parts = build_modules(cfg)
     frame = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(parts["dynamics"](frame, frame, torch.randn(2, COND_DIM)), frame)  # zero head
-    world, action = torch.randn(2, WORLD_DIM), torch.randn(2, 7)
+    world, action = torch.randn(2, WORLD_DIM), torch.randn(2, 14)
     rel = relative_features(world)
     assert rel.shape == (2, REL_DIM)
-    assert torch.equal(parts["states"](world, action, rel), torch.zeros(2, WORLD_DIM))  # zero last layer
+    robot_change, attach_logit, free_change = parts["states"](world, action, rel)
+    assert torch.equal(robot_change, torch.zeros(2, 7)) and torch.equal(free_change, torch.zeros(2, 8))
+    assert (torch.sigmoid(attach_logit) < 0.05).all()  # nothing held yet
     success, grasp = parts["judge"](world, rel)
     assert success.shape == grasp.shape == (2,)
     assert parts["probe"](frame).shape == (2, WORLD_DIM)
@@ -117,7 +119,7 @@ def trained(tmp_path_factory):
                     "device": "cpu", "state_steps": 2, "state_batch": 4, "state_unroll": 3, "steps": 2,
                     "batch_size": 2, "unroll": 2, "lr": 1e-3, "lr_warmup": 1, "weight_decay": 0.0,
                     "grad_clip": 1.0, "val_fraction": 0.34, "log_every": 1, "val_every": 3, "ckpt_every": 3,
-                    "loss": {"state": 1.0, "judge": 1.0, "frame": 1.0, "probe": 1.0},
+                    "loss": {"state": 1.0, "attach": 1.0, "judge": 1.0, "frame": 1.0, "probe": 1.0},
                 }
             },
         }
@@ -160,7 +162,10 @@ class StubSim:
     def __init__(self, success, grasp):
         self.success, self.grasp = success, grasp
 
-    def step(self, prev, frame, world, action):
+    def clip_action(self, action):
+        return action
+
+    def step(self, prev, frame, world, action, last_action):
         return frame, world
 
     def judge_state(self, world):
