@@ -16,6 +16,7 @@ model saw (the env clips outside it). Checkpoints are safetensors, resumable (wo
 """
 
 import json
+import math
 import sys
 import time
 import warnings
@@ -324,7 +325,7 @@ def train(cfg: DictConfig) -> dict:
         phase, phase_steps, batch, unroll, rows = phases[0] if step < tcfg.state_steps else phases[1]
         phase_step = step if phase == "states" else step - tcfg.state_steps
         for group in optimizer.param_groups:
-            group["lr"] = tcfg.lr * min(1.0, (phase_step + 1) / tcfg.lr_warmup)
+            group["lr"] = learning_rate(tcfg, phase_step, phase_steps)
         pick = rows[torch.randint(len(rows), (batch,), generator=gen)]
         seq = make_sequences(train_bank, pick, unroll, stats, frames=phase == "frames")
         seq = Sequence(*(None if t is None else t.to(device) for t in vars(seq).values()))
@@ -358,6 +359,12 @@ def train(cfg: DictConfig) -> dict:
     )
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def learning_rate(tcfg: DictConfig, step: int, steps: int) -> float:
+    """Linear warm-up, then a cosine down to a tenth, within each phase."""
+    cosine = 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
+    return tcfg.lr * min(1.0, (step + 1) / tcfg.lr_warmup) * (0.1 + 0.9 * cosine)
 
 
 def validate(modules: dict, val_bank: EpisodeBank, stats: dict, tcfg: DictConfig, phase: str) -> dict:
