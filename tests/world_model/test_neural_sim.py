@@ -199,3 +199,17 @@ def test_actions_outside_the_training_range_are_clipped_with_a_warning(trained):
     torch.testing.assert_close(clipped, sim.action_high[None])
     with pytest.raises(FileNotFoundError, match="no neural simulator checkpoint"):
         load_neural_sim(trained.parent / "nowhere")
+
+
+def test_throughput_probe_times_both_profiles_configs_on_cpu():
+    from world_model.neural_sim_throughput import load_profile, measure
+
+    assert (
+        load_profile("gpu")["image_size"] == 128
+        and load_profile("gpu")["width"] > load_profile("cpu")["width"]
+    )
+    result = measure("cpu", "cpu", envs=[1, 2], repeats=1, train_batch=2)
+    assert [r["envs"] for r in result["imagined"]] == [1, 2]
+    assert (
+        all(r["frames_per_s"] > 0 for r in result["imagined"]) and result["train_samples_per_s"]["fp32"] > 0
+    )
