@@ -82,7 +82,7 @@ bench-policy: install
 bench-control: install
 	$(PYTHON) -m policies.control.bench
 
-# The neural simulator against MuJoCo (generates its rollouts and trains it when missing, ~30 min):
+# The neural simulator against MuJoCo (generates its rollouts and trains it when missing, ~45 min):
 # agreement over 7 policies, PSNR/SSIM by horizon, throughput -> reports/bench/neural_sim.json.
 bench-neural-sim: install
 	$(PYTHON) -m world_model.bench_neural_sim

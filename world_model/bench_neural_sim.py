@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -27,6 +28,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from data.dataset import load_metadata
 from data.generate import close_envs
 from data.generate_rollouts import generate_rollouts
 from sim.evaluate import evaluate, git_commit, write_atomic
@@ -51,6 +53,13 @@ def ensure_model(cfg: DictConfig) -> Path:
             print(generate_rollouts(cfg.data.rollouts, cfg.task, rollouts))
         finally:
             close_envs()
+    found, expected = load_metadata(rollouts).total_episodes, cfg.data.rollouts.episodes
+    if found != expected:  # an older generation: it is used as it is
+        warnings.warn(
+            f"{rollouts} holds {found} episodes, data.rollouts.episodes asks for {expected}; "
+            "delete the folder to generate it afresh",
+            stacklevel=2,
+        )
     if not (out / "summary.json").exists():
         print(train_neural_sim(cfg))
     return out
@@ -78,7 +87,7 @@ def fidelity(cfg: DictConfig, checkpoint: Path) -> dict:
     keys = ("psnr", "ssim", "psnr_copy_first", "ee_probe_cm", "ee_dynamics_cm", "object_cm")
     by_h = {k: [] for k in keys}
     for h in range(length):
-        last_action = torch.zeros_like(actions[:, 0]) if h == 0 else actions[:, h - 1]
+        last_action = torch.zeros_like(actions[:, 0]) if h == 0 else sim.clip_action(actions[:, h - 1])
         frame_next, world = sim.step(prev, frame, world, actions[:, h], last_action)
         prev, frame = frame, frame_next
         target, true = real[:, h + 1], worlds[:, h + 1]

@@ -2,22 +2,23 @@
 physics and a video model that draws it, and the judges that read success off them.
 
     states = StateDynamics(NeuralSimConfig())
-    delta = states(x, action, rel)                                # next (robot, objects) state, normalised
+    robot_change, attach_logit, free_change = states(x, actions, geo)  # x (B, 15), actions, geo (B, 14)
     dynamics = NeuralDynamics(NeuralSimConfig())
-    frame = dynamics(prev, frame, cond)                           # next frame (B, 3, H, W) in [0, 1]
+    frame = dynamics(prev, frame, cond)                                # next frame (B, 3, H, W) in [0, 1]
     judge = SuccessJudge(NeuralSimConfig())
-    success_logit, grasp_logit = judge(x, rel)
+    success_logit, grasp_logit = judge(x, geo)
 
-StateDynamics is a residual MLP over the robot state and the object poses (the privileged
-`environment_state` the scripted experts read): given the action it predicts their change, with the
-carry built in (a held object moves with the hand), so grasps, carries and drops live in a compact
-state that does not blur. `relative_features` hands it the geometry
-contacts depend on (object to hand, object to target). NeuralDynamics draws frame t+1 from frames t-1
+StateDynamics is an MLP over the robot state and the object poses (the privileged `environment_state`
+the scripted experts read): given the action and the one before, it predicts their change, with the
+carry built in (a held object moves with the hand), so grasps, carries and drops live in a compact state
+that does not blur; train_neural_sim.state_step turns its outputs into the next state.
+`geometry_features` hands it what contacts depend on (object to hand, target to object, grasp angle)
+and the object yaws as angles. NeuralDynamics draws frame t+1 from frames t-1
 and t, conditioned on the states before and after the step and the action, as a warp of frame t by a
 predicted flow plus a residual (the latent action model's decoder, conditioned on states and actions
 instead of latent codes); states and actions condition every level of a small conv U-Net through FiLM.
 SuccessJudge is the classifier trained on the sim's labels that decides each imagined episode (success,
-and fingers on the object). FrameProbe reads the robot state back off a frame: it measures how faithful
+and fingers on the object). FrameProbe reads the world state back off a frame: it measures how faithful
 the imagined frames are (the end-effector trajectory of EWMBench) and plays no part in the rollout.
 """
 
@@ -31,9 +32,11 @@ from world_model.lam import warp  # backward warp by a flow in pixels, as the la
 
 STATE_DIM, ENV_STATE_DIM, ACTION_DIM = 7, 8, 7  # robot state, object poses, action
 WORLD_DIM = STATE_DIM + ENV_STATE_DIM  # the state model's state: robot, then objects
-REL_DIM = 10  # relative_features
+GEO_DIM = 14  # geometry_features
 COND_DIM = 2 * WORLD_DIM + ACTION_DIM  # the video model's conditioning: state before, action, state after
-OBJECT_YAWS = [10, 14]  # world-state entries that are object yaws in (-pi, pi]: they wrap around
+OBJECT_YAWS = [10, 14]  # world-state entries that are object yaws in [-pi, pi): they wrap around
+OBJECT_YAW_MASK = torch.zeros(WORLD_DIM, dtype=torch.bool)
+OBJECT_YAW_MASK[OBJECT_YAWS] = True
 
 
 @dataclass
@@ -111,17 +114,16 @@ def video_condition(world: torch.Tensor, action: torch.Tensor, next_world: torch
 
 
 # ---------------------------------------------------------------------------------------------- states
-def relative_features(world_raw: torch.Tensor) -> torch.Tensor:
-    """(..., 15) raw robot state and object poses -> (..., REL_DIM) the geometry contacts depend on:
-    object minus hand and target minus object (decimetres), and the object's yaw against the hand's
-    (modulo a half turn: two fingers) and against the target's."""
+def geometry_features(world_raw: torch.Tensor) -> torch.Tensor:
+    """(..., 15) raw robot state and object poses -> (..., GEO_DIM) what contacts depend on: object minus
+    hand and target minus object (decimetres), the object's yaw against the hand's (modulo a half turn:
+    two fingers) and against the target's; and the two object yaws as sines and cosines, since their raw
+    values jump at +-pi."""
     hand, hand_yaw = world_raw[..., 0:3], world_raw[..., 5]
     src, src_yaw = world_raw[..., 7:10], world_raw[..., 10]
     tgt, tgt_yaw = world_raw[..., 11:14], world_raw[..., 14]
-    grip = 2 * (src_yaw - hand_yaw)
-    place = src_yaw - tgt_yaw
-    angles = torch.stack([grip.sin(), grip.cos(), place.sin(), place.cos()], dim=-1)
-    return torch.cat([10 * (src - hand), 10 * (tgt - src), angles], dim=-1)
+    angles = torch.stack([2 * (src_yaw - hand_yaw), src_yaw - tgt_yaw, src_yaw, tgt_yaw], dim=-1)
+    return torch.cat([10 * (src - hand), 10 * (tgt - src), angles.sin(), angles.cos()], dim=-1)
 
 
 def wrap_angle(angle: torch.Tensor) -> torch.Tensor:
@@ -138,34 +140,34 @@ class StateDynamics(nn.Module):
     """One step of the world state, with the carry built in: the source object moves with the hand by the
     probability that the hand holds it, plus a free residual (drops, pushes, settling).
 
-    (normalised world state (B, 15), normalised actions at t and t-1 (B, 14), relative features (B, 10))
+    (normalised world state (B, 15), normalised actions at t and t-1 (B, 14), geometry features (B, GEO_DIM))
     -> change of the normalised robot state (B, 7), attachment logit (B, 1), free change of the
     normalised object poses (B, 8). The last layer starts at zero, attachment unlikely: nothing moves."""
 
     def __init__(self, cfg: NeuralSimConfig):
         super().__init__()
-        self.net = mlp(WORLD_DIM + 2 * ACTION_DIM + REL_DIM, cfg.state_width, cfg.state_layers, WORLD_DIM + 1)
+        self.net = mlp(WORLD_DIM + 2 * ACTION_DIM + GEO_DIM, cfg.state_width, cfg.state_layers, WORLD_DIM + 1)
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
         with torch.no_grad():
             self.net[-1].bias[STATE_DIM] = -4.0
 
     def forward(
-        self, world: torch.Tensor, actions: torch.Tensor, rel: torch.Tensor
+        self, world: torch.Tensor, actions: torch.Tensor, geo: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = self.net(torch.cat([world, actions, rel], dim=-1))  # (B, 16)
+        out = self.net(torch.cat([world, actions, geo], dim=-1))  # (B, 16)
         return out[:, :STATE_DIM], out[:, STATE_DIM : STATE_DIM + 1], out[:, STATE_DIM + 1 :]
 
 
 class SuccessJudge(nn.Module):
-    """(normalised world state (B, 15), relative features (B, 10)) -> success and grasp logits (B,), (B,)."""
+    """(normalised world state (B, 15), geometry features (B, GEO_DIM)) -> success and grasp logits (B,), (B,)."""
 
     def __init__(self, cfg: NeuralSimConfig):
         super().__init__()
-        self.net = mlp(WORLD_DIM + REL_DIM, cfg.state_width, 2, 2)
+        self.net = mlp(WORLD_DIM + GEO_DIM, cfg.state_width, 2, 2)
 
-    def forward(self, world: torch.Tensor, rel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.net(torch.cat([world, rel], dim=-1))
+    def forward(self, world: torch.Tensor, geo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(torch.cat([world, geo], dim=-1))
         return out[:, 0], out[:, 1]
 
 

@@ -3,10 +3,11 @@ imagined env steps per second (state model, video model and judge) for batches o
 in fp32 and bf16, and the video model's training samples/s.
 
     python -m world_model.neural_sim_throughput --profile cpu                      # this machine
-    python -m world_model.neural_sim_throughput --profile gpu --device cuda --out reports/bench/neural_sim_gpu.json
+    python -m world_model.neural_sim_throughput --profile gpu --device cuda --out reports/bench/neural_sim_throughput_gpu_profile_h200.json
 
-One imagined step is what NeuralTabletopEnv.step computes: the state model, the video model drawing the
-next frame, and the judge. Frames per second = envs x steps per second.
+One imagined step runs the networks of NeuralTabletopEnv.step on random inputs: the state model, the
+video model drawing the next frame, and the judge (the few elementwise ops around them are left out).
+Frames per second = envs x steps per second.
 """
 
 import argparse
@@ -21,7 +22,7 @@ import yaml
 from world_model.neural_sim import (
     ACTION_DIM,
     COND_DIM,
-    REL_DIM,
+    GEO_DIM,
     WORLD_DIM,
     NeuralSimConfig,
     build_modules,
@@ -63,22 +64,22 @@ def imagined_steps(
         torch.randn(envs, WORLD_DIM, device=device),
         torch.randn(envs, 2 * ACTION_DIM, device=device),
     )
-    rel = torch.randn(envs, REL_DIM, device=device)
+    geo = torch.randn(envs, GEO_DIM, device=device)
     cast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
 
     @torch.no_grad()
     def step():
         with cast:
-            parts["states"](world, actions, rel)
+            parts["states"](world, actions, geo)
             parts["dynamics"](frames[0], frames[1], torch.randn(envs, COND_DIM, device=device))
-            parts["judge"](world, rel)
+            parts["judge"](world, geo)
 
     seconds = timed(step, device, repeats, warmup=3)
     return {"envs": envs, "bf16": bf16, "step_ms": 1000 * seconds, "frames_per_s": envs / seconds}
 
 
 def training_samples_per_s(parts: dict, cfg: NeuralSimConfig, batch: int, device: str, bf16: bool) -> float:
-    """The video model's training step (2 autoregressive frames, L1 + MSE, AdamW), samples per second."""
+    """The video model's training step (2 autoregressive frames, L1 loss, AdamW), samples per second."""
     dynamics, S = parts["dynamics"], cfg.image_size
     optimizer = torch.optim.AdamW(dynamics.parameters(), lr=1e-4)
     frames = torch.rand(batch, 4, 3, S, S, device=device)

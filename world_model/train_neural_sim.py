@@ -41,14 +41,13 @@ from world_model.checkpoint import (
 )
 from world_model.losses import psnr
 from world_model.neural_sim import (
-    OBJECT_YAWS,
+    OBJECT_YAW_MASK,
     STATE_DIM,
-    WORLD_DIM,
     NeuralSimConfig,
     StateDynamics,
     SuccessJudge,
     build_modules,
-    relative_features,
+    geometry_features,
     video_condition,
     wrap_angle,
 )
@@ -110,7 +109,7 @@ def start_rows(bank: EpisodeBank, unroll: int) -> torch.Tensor:
 class Sequence:
     world: torch.Tensor  # (B, K + 1, 15) raw robot state and object poses, t .. t+K
     action: torch.Tensor  # (B, K, 7) normalised, t .. t+K-1
-    last_action: torch.Tensor  # (B, 7) normalised, t-1 (zero before the episode's first step)
+    last_action: torch.Tensor  # (B, 7) normalised, t-1 (a raw zero before the episode's first step)
     success: torch.Tensor  # (B, K + 1)
     grasp: torch.Tensor  # (B, K + 1)
     frames: torch.Tensor | None = None  # (B, K + 2, 3, H, W) frames t-1 .. t+K in [0, 1]
@@ -136,38 +135,57 @@ def make_sequences(
 
 
 # ---------------------------------------------------------------------------------------------- model steps
+def state_inputs(world: torch.Tensor, stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw world states (B, 15) -> what the state model and the judge read: the normalised state with the
+    object yaws zeroed (they enter as angles through the geometry, their raw values jump at +-pi), and
+    the geometry features (B, GEO_DIM)."""
+    x = normalize(world, stats[WORLD])
+    return torch.where(OBJECT_YAW_MASK.to(world.device), 0.0, x), geometry_features(world)
+
+
 def state_step(
     states: StateDynamics, world: torch.Tensor, action: torch.Tensor, last_action: torch.Tensor, stats: dict
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw world state (B, 15), normalised actions at t and t-1 (B, 7) -> the next raw world state and the
     attachment logit (B,). The action before matters: the arm lags its targets. A held source object
-    follows the hand's translation and turn; everything else moves freely."""
+    turns with the hand about the hand's axis and moves with it; everything else moves freely."""
     std = torch.tensor(stats[WORLD]["std"], device=world.device)
-    x, rel = normalize(world, stats[WORLD]), relative_features(world)
-    robot_change, attach_logit, free_change = states(x, torch.cat([action, last_action], dim=-1), rel)
+    x, geo = state_inputs(world, stats)
+    robot_change, attach_logit, free_change = states(x, torch.cat([action, last_action], dim=-1), geo)
     robot_change = robot_change * std[:STATE_DIM]  # (B, 7) metres and radians
-    hand_xyz, hand_yaw = robot_change[:, :3], robot_change[:, 5:6]
-    carried = torch.cat([hand_xyz, hand_yaw, torch.zeros_like(free_change[:, 4:])], dim=1)  # (B, 8)
+    carried = carried_change(world, robot_change)  # (B, 8)
     object_change = torch.sigmoid(attach_logit) * carried + free_change * std[STATE_DIM:]
-    next_world = world + torch.cat([robot_change, object_change], dim=1)
-    return torch.where(is_object_yaw(world), wrap_angle(next_world), next_world), attach_logit[:, 0]
+    robot = world[:, :STATE_DIM] + robot_change
+    robot = torch.cat([robot[:, :-1], robot[:, -1:].clamp(0, 1)], dim=1)  # the gripper closes within [0, 1]
+    objects = world[:, STATE_DIM:] + object_change
+    objects = torch.where(OBJECT_YAW_MASK[STATE_DIM:].to(world.device), wrap_angle(objects), objects)
+    return torch.cat([robot, objects], dim=1), attach_logit[:, 0]
 
 
-def is_object_yaw(world: torch.Tensor) -> torch.Tensor:
-    mask = torch.zeros(WORLD_DIM, dtype=torch.bool, device=world.device)
-    mask[OBJECT_YAWS] = True
-    return mask
+def carried_change(world: torch.Tensor, robot_change: torch.Tensor) -> torch.Tensor:
+    """How the source object's pose (B, 8 with the target's zeros) changes if the hand holds it while the
+    hand moves by `robot_change` (B, 7, raw): its offset from the hand turns by the hand's yaw change."""
+    offset = world[:, 7:9] - world[:, 0:2]  # (B, 2) object from hand, in the table plane
+    turn = robot_change[:, 5]
+    cos, sin = turn.cos(), turn.sin()
+    turned = torch.stack(
+        [cos * offset[:, 0] - sin * offset[:, 1], sin * offset[:, 0] + cos * offset[:, 1]], dim=1
+    )
+    xy = robot_change[:, 0:2] + turned - offset
+    return torch.cat(
+        [xy, robot_change[:, 2:3], robot_change[:, 5:6], torch.zeros_like(world[:, 11:15])], dim=1
+    )
 
 
 def world_error(predicted: torch.Tensor, real: torch.Tensor, stats: dict) -> torch.Tensor:
     """Normalised difference of raw world states (..., 15), object yaws the short way round."""
     diff = predicted - real
-    diff = torch.where(is_object_yaw(diff), wrap_angle(diff), diff)
+    diff = torch.where(OBJECT_YAW_MASK.to(diff.device), wrap_angle(diff), diff)
     return diff / torch.tensor(stats[WORLD]["std"], device=diff.device)
 
 
 def judge_logits(judge: SuccessJudge, world: torch.Tensor, stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    return judge(normalize(world, stats[WORLD]), relative_features(world))
+    return judge(*state_inputs(world, stats))
 
 
 # ---------------------------------------------------------------------------------------------- losses
@@ -224,6 +242,8 @@ def frame_loss(
 # ---------------------------------------------------------------------------------------------- eval
 def val_rows(bank: EpisodeBank, unroll: int, num: int) -> torch.Tensor:
     rows = start_rows(bank, unroll)
+    if not len(rows):
+        raise ValueError(f"no held-out sequence of {unroll} steps with both objects on the table")
     return rows[torch.linspace(0, len(rows) - 1, min(num, len(rows))).long()]
 
 
@@ -281,16 +301,14 @@ def train(cfg: DictConfig) -> dict:
         )
     modules = {name: module.to(device) for name, module in build_modules(model_cfg).items()}
     params = [p for m in modules.values() for p in m.parameters()]
-    optimizer = torch.optim.AdamW(
-        params, lr=tcfg.lr, weight_decay=tcfg.weight_decay
-    )  # skips grad-less params
+    # One optimizer for both phases: AdamW skips the parameters of the phase not training (no grads).
+    optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     gen = torch.Generator().manual_seed(tcfg.seed)
     stats = statistics(train_bank)
     meta = {
         "model_config": model_cfg.to_dict(),
         "stats": stats,
-        "unroll": tcfg.unroll,
-        "state_unroll": tcfg.state_unroll,
+        "state_steps": tcfg.state_steps,  # where the phases meet: fixed for a run
         "dataset": str(tcfg.dataset),
     }
 
@@ -298,7 +316,14 @@ def train(cfg: DictConfig) -> dict:
     restore_interrupted_swap(out_dir)
     if tcfg.resume and has_checkpoint(out_dir):
         hint = "use another train.neural_sim.out_dir or set train.neural_sim.resume=false"
-        start = load_checkpoint(out_dir, modules, optimizer, gen, model_cfg.to_dict(), hint)["step"]
+        saved = load_checkpoint(out_dir, modules, optimizer, gen, model_cfg.to_dict(), hint)
+        if saved["state_steps"] != tcfg.state_steps:
+            raise ValueError(
+                f"{out_dir / CKPT_DIR} was trained with state_steps={saved['state_steps']}, not "
+                f"{tcfg.state_steps}: the phases would meet elsewhere; {hint}"
+            )
+        start, meta["stats"] = saved["step"], saved["stats"]  # the statistics the weights were trained with
+        stats = meta["stats"]
         print(f"resuming from {out_dir / CKPT_DIR} at step {start}")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -377,10 +402,10 @@ def validate(modules: dict, val_bank: EpisodeBank, stats: dict, tcfg: DictConfig
 class NeuralSim:
     """A trained neural simulator for inference: raw (unnormalised) states and actions in and out."""
 
-    def __init__(self, modules: dict, stats: dict, unroll: int):
+    def __init__(self, modules: dict, stats: dict):
         self.states, self.judge = modules["states"].eval(), modules["judge"].eval()
         self.dynamics, self.probe = modules["dynamics"].eval(), modules["probe"].eval()
-        self.stats, self.unroll = stats, unroll
+        self.stats = stats
         self.action_low = torch.tensor(stats[ACTION]["min"])
         self.action_high = torch.tensor(stats[ACTION]["max"])
         self._warned = False
@@ -399,8 +424,9 @@ class NeuralSim:
 
     @torch.no_grad()
     def step(self, prev, frame, world, action, last_action) -> tuple[torch.Tensor, torch.Tensor]:
-        """frames (B, 3, H, W) in [0, 1], raw world state (B, 15), raw actions at t and t-1 (B, 7; the one
-        at t-1 as clipped at its step, zeros before the first step) -> next frame, next world."""
+        """frames (B, 3, H, W) in [0, 1], raw world state (B, 15), raw actions at t and t-1 (B, 7) -> next
+        frame, next world. The action at t-1 is taken as given: pass it as clipped at its own step, and
+        zeros before the first step (as in training)."""
         action = normalize(self.clip_action(action), self.stats[ACTION])
         last_action = normalize(last_action, self.stats[ACTION])
         next_world, _ = state_step(self.states, world, action, last_action, self.stats)
@@ -432,7 +458,7 @@ def load_neural_sim(path: str | Path) -> NeuralSim:
     modules = build_modules(NeuralSimConfig(**meta["model_config"]))
     for name, module in modules.items():
         module.load_state_dict(load_file(ckpt / f"{name}.safetensors"))
-    return NeuralSim(modules, meta["stats"], meta["unroll"])
+    return NeuralSim(modules, meta["stats"])
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -9,12 +9,12 @@ from omegaconf import OmegaConf
 
 from world_model.neural_sim import (
     COND_DIM,
-    REL_DIM,
+    GEO_DIM,
     WORLD_DIM,
     NeuralSimConfig,
     SuccessJudge,
     build_modules,
-    relative_features,
+    geometry_features,
     warp,
 )
 
@@ -37,27 +37,114 @@ def test_untrained_models_keep_the_world_as_it_is():
     frame = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(parts["dynamics"](frame, frame, torch.randn(2, COND_DIM)), frame)  # zero head
     world, action = torch.randn(2, WORLD_DIM), torch.randn(2, 14)
-    rel = relative_features(world)
-    assert rel.shape == (2, REL_DIM)
-    robot_change, attach_logit, free_change = parts["states"](world, action, rel)
+    geo = geometry_features(world)
+    assert geo.shape == (2, GEO_DIM)
+    robot_change, attach_logit, free_change = parts["states"](world, action, geo)
     assert torch.equal(robot_change, torch.zeros(2, 7)) and torch.equal(free_change, torch.zeros(2, 8))
     assert (torch.sigmoid(attach_logit) < 0.05).all()  # nothing held yet
-    success, grasp = parts["judge"](world, rel)
+    success, grasp = parts["judge"](world, geo)
     assert success.shape == grasp.shape == (2,)
     assert parts["probe"](frame).shape == (2, WORLD_DIM)
     with pytest.raises(ValueError, match="not divisible by 2\\*\\*levels"):
         NeuralSimConfig(image_size=36, levels=3)
 
 
-def test_relative_features_see_the_geometry_of_a_grasp():
+def test_geometry_features_see_a_grasp():
     world = torch.zeros(2, WORLD_DIM)
     world[:, 7:10] = torch.tensor([0.3, 0.1, 0.02])  # source object
     world[:, 11:14] = torch.tensor([0.3, 0.1, 0.0])  # target under it
     world[1, 5] = torch.pi  # the hand turned half a turn: the same grasp for two fingers
-    rel = relative_features(world)
-    torch.testing.assert_close(rel[:, :3], torch.tensor([[3.0, 1.0, 0.2]] * 2))  # hand to object, dm
-    torch.testing.assert_close(rel[:, 3:6], torch.tensor([[0.0, 0.0, -0.2]] * 2))
-    torch.testing.assert_close(rel[0], rel[1], atol=1e-5, rtol=0)
+    geo = geometry_features(world)
+    torch.testing.assert_close(geo[:, :3], torch.tensor([[3.0, 1.0, 0.2]] * 2))  # hand to object, dm
+    torch.testing.assert_close(geo[:, 3:6], torch.tensor([[0.0, 0.0, -0.2]] * 2))
+    torch.testing.assert_close(geo[0], geo[1], atol=1e-5, rtol=0)
+
+
+UNIT_STATS = {"world": {"mean": [0.0] * WORLD_DIM, "std": [1.0] * WORLD_DIM}}  # raw = normalised
+
+
+class FixedStateModel(torch.nn.Module):
+    """Answers every state with the same robot change, attachment logit and free object change."""
+
+    def __init__(self, robot_change, attach_logit, free_change=None):
+        super().__init__()
+        self.out = torch.tensor([robot_change]), torch.tensor([[attach_logit]]), torch.zeros(1, 8)
+        if free_change is not None:
+            self.out = (*self.out[:2], torch.tensor([free_change]))
+
+    def forward(self, world, actions, geo):
+        assert world.shape == (1, WORLD_DIM) and actions.shape == (1, 14) and geo.shape == (1, GEO_DIM)
+        return self.out
+
+
+def test_state_step_carries_a_held_object_turns_it_and_wraps_its_yaw():
+    from world_model.train_neural_sim import state_step, world_error
+
+    world = torch.zeros(1, WORLD_DIM)
+    world[0, :3] = torch.tensor([0.3, 0.0, 0.1])  # hand
+    world[0, 7:11] = torch.tensor([0.4, 0.0, 0.05, 3.0])  # source 10 cm ahead of the hand, yaw 3.0
+    world[0, 11:15] = torch.tensor([0.2, 0.2, 0.0, 1.0])  # target
+    move = [0.02, 0.0, 0.01, 0.0, 0.0, 0.5, 2.0]  # the hand moves and turns half a radian; closure overshoots
+    action = torch.zeros(1, 7)
+    held, _ = state_step(FixedStateModel(move, 30.0), world, action, action, UNIT_STATS)
+    turned = 0.1 * torch.tensor([np.cos(0.5), np.sin(0.5)], dtype=torch.float32)
+    torch.testing.assert_close(
+        held[0, 7:9], torch.tensor([0.32, 0.0]) + turned
+    )  # carried and turned about the hand
+    torch.testing.assert_close(held[0, 9], torch.tensor(0.06))
+    torch.testing.assert_close(held[0, 10], torch.tensor(3.5 - 2 * np.pi, dtype=torch.float32))  # wrapped
+    torch.testing.assert_close(held[0, 11:], world[0, 11:])  # the target stays
+    assert held[0, 6] == 1.0  # the gripper closure stays within [0, 1]
+    free, _ = state_step(
+        FixedStateModel(move, -30.0, [0, 0, -0.01, 0, 0, 0, 0, 0]), world, action, action, UNIT_STATS
+    )
+    torch.testing.assert_close(
+        free[0, 7:11], torch.tensor([0.4, 0.0, 0.04, 3.0])
+    )  # not held: only its own change
+    # Errors on yaws go the short way round: 3.1 against -3.1 is 0.08 rad apart, not 6.2.
+    a, b = world.clone(), world.clone()
+    a[0, 10], b[0, 10] = 3.1, -3.1
+    torch.testing.assert_close(
+        world_error(a, b, UNIT_STATS)[0, 10], torch.tensor(6.2 - 2 * np.pi, dtype=torch.float32)
+    )
+
+
+def test_sequences_start_with_a_zero_action_and_skip_objects_off_the_table():
+    from data.chunks import EpisodeBank
+    from world_model.train_neural_sim import (
+        ACTION,
+        ENV_STATE,
+        GRASP,
+        STATE,
+        SUCCESS,
+        make_sequences,
+        start_rows,
+    )
+
+    F = 10  # two episodes of 5 frames
+    env_state = torch.tensor([[0.3, 0.0, 0.02, 0.0, 0.3, 0.1, 0.0, 0.0]]).repeat(F, 1)
+    env_state[8, 2] = -0.5  # frame 3 of the second episode: the source fell off the table
+    columns = {
+        STATE: torch.zeros(F, 7), ENV_STATE: env_state, ACTION: torch.arange(F, dtype=torch.float32)[:, None].repeat(1, 7),
+        SUCCESS: torch.zeros(F, 1), GRASP: torch.zeros(F, 1),
+    }  # fmt: skip
+    bank = EpisodeBank.from_arrays(
+        torch.zeros(F, 3, 8, 8, dtype=torch.uint8), columns, torch.tensor([0] * 5 + [1] * 5), ["t"] * F
+    )
+    assert start_rows(bank, 2).tolist() == [0, 1, 2, 9 - 4]  # windows through row 8 are left out
+    stats = {ACTION: {"mean": [0.0] * 7, "std": [1.0] * 7}}
+    seq = make_sequences(bank, torch.tensor([0, 2, 5]), 2, stats, frames=False)
+    assert seq.last_action[:, 0].tolist() == [0.0, 1.0, 0.0]  # zero at each episode's start
+    assert seq.action[:, :, 0].tolist() == [[0.0, 1.0], [2.0, 3.0], [5.0, 6.0]]
+
+
+def test_learning_rate_warms_up_then_falls_to_a_tenth():
+    from world_model.train_neural_sim import learning_rate
+
+    tcfg = OmegaConf.create({"lr": 1.0, "lr_warmup": 10})
+    assert learning_rate(tcfg, 0, 100) == pytest.approx(0.1, rel=0.01)
+    assert learning_rate(tcfg, 9, 100) == pytest.approx(0.98, rel=0.01)
+    assert learning_rate(tcfg, 100, 100) == pytest.approx(0.1)
 
 
 def test_the_judge_learns_a_hand_made_success_rule():
@@ -76,14 +163,14 @@ def test_the_judge_learns_a_hand_made_success_rule():
     optimizer = torch.optim.Adam(judge.parameters(), lr=3e-3)
     world, success = labelled(512)
     for _ in range(400):
-        logit, _ = judge(world, relative_features(world))
+        logit, _ = judge(world, geometry_features(world))
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, success)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     test_world, test_success = labelled(256)
     with torch.no_grad():
-        logit, _ = judge(test_world, relative_features(test_world))
+        logit, _ = judge(test_world, geometry_features(test_world))
     assert 0.2 < test_success.mean() < 0.5  # both verdicts are common
     assert ((logit > 0).float() == test_success).float().mean() > 0.9
 
@@ -124,10 +211,16 @@ def trained(tmp_path_factory):
             },
         }
     )  # fmt: skip
+    cfg.train.neural_sim.steps = 0  # stop where the state phase ends
     summary = train(cfg)
-    assert summary["steps"] == 4 and np.isfinite(summary["psnr_last"]) and np.isfinite(summary["object_cm"])
-    cfg.train.neural_sim.steps = 3
-    assert train(cfg)["resumed_at"] == 4
+    assert summary["steps"] == 2 and np.isfinite(summary["object_cm"])
+    cfg.train.neural_sim.steps = 2  # resume into the video phase
+    summary = train(cfg)
+    assert summary["resumed_at"] == 2 and summary["steps"] == 4 and np.isfinite(summary["psnr_last"])
+    cfg.train.neural_sim.state_steps = 3
+    with pytest.raises(ValueError, match="state_steps=2, not 3"):
+        train(cfg)
+    cfg.train.neural_sim.state_steps = 2
     return root / "run"
 
 
@@ -157,33 +250,40 @@ def test_fixed_seeds_give_identical_rollouts_and_the_env_checker_passes(trained)
 
 
 class StubSim:
-    """Keeps the world as it is and judges every state with fixed probabilities."""
+    """Keeps the world as it is, judges every state with fixed probabilities, and records the actions."""
 
     def __init__(self, success, grasp):
-        self.success, self.grasp = success, grasp
+        self.success, self.grasp, self.calls = success, grasp, []
 
     def clip_action(self, action):
-        return action
+        return action.clamp(max=0.5)
 
     def step(self, prev, frame, world, action, last_action):
+        self.calls.append((action, last_action))
         return frame, world
 
     def judge_state(self, world):
         return {"success": torch.tensor([self.success]), "grasp": torch.tensor([self.grasp])}
 
 
-def test_the_judge_decides_success_and_grasps_accumulate(trained):
+def test_the_env_reads_the_judge_and_passes_the_clipped_action_before(trained):
     from world_model.neural_env import NeuralTabletopEnv
 
     env = NeuralTabletopEnv("stack_block", image_size=32, checkpoint=str(trained))
     try:
         env.reset(seed=0)
         env.sim = StubSim(success=0.7, grasp=0.9)
-        _, reward, _, _, info = env.step(np.zeros(7, np.float32))
+        _, reward, _, _, info = env.step(np.full(7, 0.9, np.float32))
         assert info["is_success"] and reward == 1.0 and info["grasped_now"]
-        env.sim = StubSim(success=0.3, grasp=0.1)
-        _, reward, _, _, info = env.step(np.zeros(7, np.float32))
+        env.sim = sim = StubSim(success=0.3, grasp=0.1)
+        _, reward, _, _, info = env.step(np.full(7, 0.2, np.float32))
         assert not info["is_success"] and reward == 0.0 and not info["grasped_now"] and info["grasped"]
+        env.reset(seed=0)
+        env.step(np.full(7, 0.1, np.float32))
+        (action, before), (_, after_reset) = sim.calls
+        assert torch.equal(action, torch.full((1, 7), 0.2))
+        assert torch.equal(before, torch.full((1, 7), 0.5))  # the action before, as clipped at its step
+        assert torch.equal(after_reset, torch.zeros(1, 7))
     finally:
         env.close()
 
@@ -201,7 +301,7 @@ def test_actions_outside_the_training_range_are_clipped_with_a_warning(trained):
         load_neural_sim(trained.parent / "nowhere")
 
 
-def test_throughput_probe_times_both_profiles_configs_on_cpu():
+def test_throughput_probe_reads_both_profiles_and_times_the_cpu_one():
     from world_model.neural_sim_throughput import load_profile, measure
 
     assert (
