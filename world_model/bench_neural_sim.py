@@ -101,7 +101,8 @@ def fidelity(cfg: DictConfig, checkpoint: Path) -> dict:
     truth = val_bank.columns[SUCCESS][steps[:, -1]].squeeze(-1) > 0.5
     judged = {
         "final_judge_agreement": (verdict == truth).float().mean().item(),
-        "final_success": truth.sum().item(),
+        "final_judge_agreement_if_always_failed": (~truth).float().mean().item(),  # the baseline to beat
+        "final_success_count": int(truth.sum()),
     }
     return {"episodes": len(starts), "horizon": length} | judged | by_h
 
