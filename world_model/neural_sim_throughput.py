@@ -11,7 +11,6 @@ Frames per second = envs x steps per second.
 """
 
 import argparse
-import json
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -27,6 +26,7 @@ from world_model.neural_sim import (
     NeuralSimConfig,
     build_modules,
 )
+from world_model.throughput import write_report
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 IMAGE_SIZE = {"cpu": 64, "gpu": 128}  # conf/task/bridge.yaml and bridge_gpu.yaml
@@ -135,13 +135,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     result = measure(args.profile, args.device, args.envs, args.repeats, args.train_batch)
-    text = json.dumps(result, indent=1)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(f".{args.out.name}.tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(args.out)
-    print(text)
+    print(write_report(result, args.out))
 
 
 if __name__ == "__main__":

@@ -92,6 +92,17 @@ def measure(profile: str, device: str, steps: int, warmup: int) -> dict:
     return result
 
 
+def write_report(result: dict, out: Path | None) -> str:
+    """The result as JSON text, also written to `out` (through a temporary file) when given."""
+    text = json.dumps(result, indent=1)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(text + "\n")
+        tmp.replace(out)
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profile", choices=["cpu", "gpu"], default="cpu")
@@ -101,13 +112,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     result = measure(args.profile, args.device, args.steps, args.warmup)
-    text = json.dumps(result, indent=1)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(f".{args.out.name}.tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(args.out)
-    print(text)
+    print(write_report(result, args.out))
 
 
 if __name__ == "__main__":
