@@ -99,10 +99,9 @@ def start_rows(bank: EpisodeBank, unroll: int) -> torch.Tensor:
     """Rows t whose episode continues for `unroll` more frames with both objects on the table."""
     rows = torch.arange(len(bank))
     rows = rows[bank.episode_end - rows >= unroll]
-    off = torch.cat(
-        [torch.zeros(1), (~on_table(world_columns(bank))).float().cumsum(0)]
-    )  # off-table before row
-    return rows[off[rows + unroll + 1] == off[rows]]
+    off_table = (~on_table(world_columns(bank))).float()
+    before = torch.cat([torch.zeros(1), off_table.cumsum(0)])  # (F + 1,) off-table frames before each row
+    return rows[before[rows + unroll + 1] == before[rows]]
 
 
 @dataclass
