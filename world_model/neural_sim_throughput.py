@@ -11,7 +11,6 @@ Frames per second = envs x steps per second.
 """
 
 import argparse
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from world_model.neural_sim import (
     NeuralSimConfig,
     build_modules,
 )
-from world_model.throughput import write_report
+from world_model.throughput import timed, write_report
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 IMAGE_SIZE = {"cpu": 64, "gpu": 128}  # conf/task/bridge.yaml and bridge_gpu.yaml
@@ -39,20 +38,6 @@ def load_profile(name: str) -> dict:
         if parent != "_self_":
             base |= load_profile(parent)
     return base | cfg | {"image_size": IMAGE_SIZE[name]}
-
-
-def timed(fn, device: str, repeats: int, warmup: int) -> float:
-    """Seconds per call of `fn`, after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats
 
 
 def imagined_steps(

@@ -40,6 +40,22 @@ def load_profile(name: str) -> tuple[dict, dict]:
     return model, train
 
 
+def timed(fn, device: str, repeats: int, warmup: int) -> float:
+    """Seconds per call of `fn` after `warmup` calls (peak accelerator memory counted from the first)."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(warmup):
+        fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
+
+
 def measure(profile: str, device: str, steps: int, warmup: int) -> dict:
     model_cfg, train_cfg = load_profile(profile)
     torch.manual_seed(0)
@@ -64,17 +80,7 @@ def measure(profile: str, device: str, steps: int, warmup: int) -> dict:
         loss.backward()
         optimizer.step()
 
-    for _ in range(warmup):
-        step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    seconds = steps * timed(step, device, steps, warmup)
     result = {
         "profile": profile,
         "device": torch.cuda.get_device_name()
