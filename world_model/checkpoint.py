@@ -12,6 +12,7 @@ Resuming restores all of it, so a resumed CPU run continues bit-exactly.
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -103,3 +104,21 @@ def load_checkpoint(
         torch.cuda.set_rng_state(tensors["cuda_rng"])
     gen.set_state(tensors["batch_rng"])
     return meta
+
+
+def load_trained(
+    path: str | Path, what: str, build: Callable[[dict], dict[str, nn.Module]]
+) -> tuple[dict[str, nn.Module], dict]:
+    """The modules of a trained run, from its run folder or its checkpoint folder, in eval mode:
+    `build(model_config)` makes them, and each reads its weights from <name>.safetensors. Returns them
+    and the checkpoint's state.json; a missing checkpoint is an error that names `what`."""
+    path = Path(path)
+    ckpt = path / CKPT_DIR if (path / CKPT_DIR).is_dir() else path
+    if not (ckpt / "state.json").is_file():
+        raise FileNotFoundError(f"no {what} checkpoint at {path} (expected {CKPT_DIR}/state.json)")
+    meta = json.loads((ckpt / "state.json").read_text())
+    modules = build(meta["model_config"])
+    for name, module in modules.items():
+        module.load_state_dict(load_file(ckpt / f"{name}.safetensors"))
+        module.eval()
+    return modules, meta

@@ -31,6 +31,7 @@ from world_model.checkpoint import (
     CKPT_DIR,
     has_checkpoint,
     load_checkpoint,
+    load_trained,
     save_checkpoint,
 )
 from world_model.distributed import (
@@ -213,14 +214,10 @@ def train(cfg: DictConfig) -> dict:
 
 def load_backbone(path: str | Path) -> VideoBackbone:
     """A pretrained backbone from a run folder or its checkpoint folder, in eval mode."""
-    path = Path(path)
-    ckpt = path / CKPT_DIR if (path / CKPT_DIR).is_dir() else path
-    if not (ckpt / "model.safetensors").is_file():
-        raise FileNotFoundError(f"no backbone checkpoint at {path} (expected {CKPT_DIR}/model.safetensors)")
-    meta = json.loads((ckpt / "state.json").read_text())
-    model = VideoBackbone(BackboneConfig(**meta["model_config"]))
-    model.load_state_dict(load_file(ckpt / "model.safetensors"))
-    return model.eval()
+    modules, _ = load_trained(
+        path, "backbone", lambda config: {"model": VideoBackbone(BackboneConfig(**config))}
+    )
+    return modules["model"]
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -20,12 +20,11 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import load_file
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from data.clips import flow_targets, load_episode_frames, to_uint8_hwc
-from world_model.checkpoint import CKPT_DIR, load_checkpoint, save_checkpoint
+from world_model.checkpoint import CKPT_DIR, load_checkpoint, load_trained, save_checkpoint
 from world_model.distributed import (
     accumulation,
     broadcast_from_main,
@@ -190,16 +189,10 @@ def code_stats(codes: torch.Tensor, num_codes: int) -> dict:
 
 def load_lam(path: str | Path) -> LatentActionModel:
     """A trained latent action model from a run folder or its checkpoint folder, in eval mode."""
-    path = Path(path)
-    ckpt = path / CKPT_DIR if (path / CKPT_DIR).is_dir() else path
-    if not (ckpt / "model.safetensors").is_file():
-        raise FileNotFoundError(
-            f"no latent-action checkpoint at {path} (expected {CKPT_DIR}/model.safetensors)"
-        )
-    meta = json.loads((ckpt / "state.json").read_text())
-    model = LatentActionModel(LAMConfig(**meta["model_config"]))
-    model.load_state_dict(load_file(ckpt / "model.safetensors"))
-    return model.eval()
+    modules, _ = load_trained(
+        path, "latent-action", lambda config: {"model": LatentActionModel(LAMConfig(**config))}
+    )
+    return modules["model"]
 
 
 # ---------------------------------------------------------------------------------------------- training

@@ -27,7 +27,6 @@ import hydra
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import load_file
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -36,6 +35,7 @@ from world_model.checkpoint import (
     CKPT_DIR,
     has_checkpoint,
     load_checkpoint,
+    load_trained,
     restore_interrupted_swap,
     save_checkpoint,
 )
@@ -447,16 +447,9 @@ class NeuralSim:
 
 
 def load_neural_sim(path: str | Path) -> NeuralSim:
-    path = Path(path)
-    ckpt = path / CKPT_DIR if (path / CKPT_DIR).is_dir() else path
-    if not (ckpt / "states.safetensors").is_file():
-        raise FileNotFoundError(
-            f"no neural simulator checkpoint at {path} (expected {CKPT_DIR}/states.safetensors)"
-        )
-    meta = json.loads((ckpt / "state.json").read_text())
-    modules = build_modules(NeuralSimConfig(**meta["model_config"]))
-    for name, module in modules.items():
-        module.load_state_dict(load_file(ckpt / f"{name}.safetensors"))
+    modules, meta = load_trained(
+        path, "neural simulator", lambda config: build_modules(NeuralSimConfig(**config))
+    )
     return NeuralSim(modules, meta["stats"])
 
 
