@@ -40,16 +40,22 @@ class EpisodeBank:
 
     @classmethod
     def load(
-        cls, root: str | Path, image_key: str, columns: list[str], episodes: list[int] | None = None
+        cls,
+        root: str | Path,
+        image_key: str,
+        columns: list[str],
+        episodes: list[int] | None = None,
+        expect_lossless: bool = True,
     ) -> "EpisodeBank":
-        """Decode the chosen episodes (default all) of a dataset with their `columns` and instructions."""
+        """Decode the chosen episodes (default all) of a dataset with their `columns` and instructions;
+        `expect_lossless` warns when the camera is a lossy video."""
         meta = load_metadata(root, required_keys=[image_key, *columns])
         table = episode_columns(root, [*columns, "task_index"])
         keep = np.ones(len(table["episode_index"]), bool)
         if episodes is not None:
             keep = np.isin(table["episode_index"], episodes)
         chosen = sorted(set(table["episode_index"][keep].tolist()))
-        frames = load_episode_frames(root, image_key, chosen)
+        frames = load_episode_frames(root, image_key, chosen, expect_lossless)
         task_names = {
             int(i): name for name, i in zip(meta.tasks.index, meta.tasks["task_index"], strict=True)
         }

@@ -8,16 +8,19 @@ contributes no clip. Frames come through lerobot's `LeRobotDataset` with `delta_
     clips[0]["frames"]   # (T, 3, H, W) float in [0, 1]
 """
 
+import io
 from pathlib import Path
 
 import cv2
+import PIL.Image
 import numpy as np
 import torch
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from lerobot.datasets.video_utils import decode_video_frames
+from datasets import Image
 from torch.utils.data import Dataset
 
-from data.dataset import check_videos, load_dataset, load_metadata
+from data.dataset import check_videos, load_dataset, load_metadata, warn_if_lossy
 
 
 class ClipDataset(Dataset):
@@ -101,20 +104,31 @@ def to_uint8_hwc(frames: torch.Tensor) -> np.ndarray:
 
 
 def load_episode_frames(
-    root: str | Path, image_key: str = "observation.images.image", episodes: list[int] | None = None
+    root: str | Path,
+    image_key: str = "observation.images.image",
+    episodes: list[int] | None = None,
+    expect_lossless: bool = True,
 ) -> dict[int, torch.Tensor]:
-    """Every frame of the chosen episodes, decoded once per episode: {episode: (L, 3, H, W) uint8}.
+    """Every frame of the chosen episodes, decoded once: {episode: (L, 3, H, W) uint8}.
 
     Training from memory beats decoding a clip per sample (17k frames of 64x64 are ~200 MB). The
-    metadata and the decoder are lerobot's: each episode's span of its (shared) video file is found
-    from the episode table, as LeRobotDataset does for a single item.
+    metadata and the storage are lerobot's: PNG frames of an `image` feature come from the parquet
+    files, an encoded `video` feature's from each episode's span of its (shared) video file, found from
+    the episode table as LeRobotDataset does for a single item. `expect_lossless` warns about the latter.
     """
     root = Path(root)
     meta = load_metadata(root, required_keys=[image_key])
+    chosen = list(range(meta.total_episodes) if episodes is None else episodes)
+    if image_key in meta.image_keys:
+        return _png_frames(root, image_key, chosen)
     if image_key not in meta.video_keys:
-        raise ValueError(f"{image_key!r} in {root} is not stored as video; video keys: {meta.video_keys}")
-    chosen = range(meta.total_episodes) if episodes is None else episodes
-    check_videos(meta, root, list(chosen))
+        raise ValueError(
+            f"{image_key!r} in {root} is neither an image nor a video feature; cameras: "
+            f"{meta.image_keys + meta.video_keys}"
+        )
+    if expect_lossless:
+        warn_if_lossy(meta, image_key, root)
+    check_videos(meta, root, chosen)
     out = {}
     for ep in chosen:
         row = meta.episodes[int(ep)]
@@ -122,6 +136,22 @@ def load_episode_frames(
         timestamps = [start + i / meta.fps for i in range(row["length"])]
         path = root / meta.get_video_file_path(int(ep), image_key)
         out[int(ep)] = decode_video_frames(path, timestamps, 1e-4, "pyav", return_uint8=True)
+    return out
+
+
+def _png_frames(root: Path, image_key: str, episodes: list[int]) -> dict[int, torch.Tensor]:
+    """The PNG frames of an `image` feature, read from the parquet files without decoding per item."""
+    table = LeRobotDataset(repo_id=f"local/{root.name}", root=root, video_backend="pyav").hf_dataset
+    table = table.select_columns([image_key, "episode_index"]).cast_column(image_key, Image(decode=False))
+    index = np.asarray(table["episode_index"])
+    out = {}
+    for ep in episodes:
+        rows = np.flatnonzero(index == ep)
+        if len(rows) == 0:
+            raise ValueError(f"episode {ep} has no frames in {root}")
+        pngs = table.select(rows)[image_key]
+        frames = np.stack([np.asarray(PIL.Image.open(io.BytesIO(p["bytes"])).convert("RGB")) for p in pngs])
+        out[int(ep)] = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()  # (L, 3, H, W)
     return out
 
 

@@ -8,41 +8,51 @@ A dataset is written into a hidden temporary folder next to its destination and 
 import contextlib
 import os
 import shutil
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import av
 from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
 
+EXECUTED_ACTION_KEY = "executed_action"  # what the env was stepped with; `action` is the clean label
+SCENE_SEED_KEY = "scene_seed"  # the env reset seed of the frame's episode: replaying rebuilds the frames
 STATE_NAMES = ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]
 ACTION_NAMES = ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]
 ENV_STATE_NAMES = ["src_x", "src_y", "src_z", "src_yaw", "tgt_x", "tgt_y", "tgt_z", "tgt_yaw"]
 
 
-def image_feature(size: int) -> dict:
-    return {"dtype": "video", "shape": (size, size, 3), "names": ["height", "width", "channels"]}
+def image_feature(size: int, lossless: bool = True) -> dict:
+    """A camera feature. Lossless: LeRobot's `image` dtype (PNG frames inside the parquet files), so
+    the frames a policy trains on are the renders it is evaluated on, bit for bit; else an encoded
+    video (lerobot's default codec, lossy: ~3/255 mean error at 64x64)."""
+    dtype = "image" if lossless else "video"
+    return {"dtype": dtype, "shape": (size, size, 3), "names": ["height", "width", "channels"]}
 
 
-def demo_features(image_size: int, names: dict | None = None) -> dict:
-    """Labelled robot demonstrations: camera, robot state, privileged object state, action. `names`
-    gives another suite's per-dimension names (state, environment_state, action); the tabletop's by default."""
+def demo_features(image_size: int, names: dict | None = None, lossless: bool = True) -> dict:
+    """Labelled robot demonstrations: camera, robot state, privileged object state, the clean action
+    label, the executed action and the episode's scene seed. `names` gives another suite's per-dimension
+    names (state, environment_state, action); the tabletop's by default."""
     names = names or {"state": STATE_NAMES, "environment_state": ENV_STATE_NAMES, "action": ACTION_NAMES}
 
     def vector(key: str) -> dict:
         return {"dtype": "float32", "shape": (len(names[key]),), "names": list(names[key])}
 
     return {
-        "observation.images.image": image_feature(image_size),
+        "observation.images.image": image_feature(image_size, lossless),
         "observation.state": vector("state"),
         "observation.environment_state": vector("environment_state"),
         "action": vector("action"),
+        EXECUTED_ACTION_KEY: vector("action"),
+        SCENE_SEED_KEY: {"dtype": "int64", "shape": (1,), "names": None},
     }
 
 
-def video_features(image_size: int) -> dict:
+def video_features(image_size: int, lossless: bool = True) -> dict:
     """Actionless video: camera frames and which embodiment is in view (0 robot, 1 hand); no action."""
     return {
-        "observation.images.image": image_feature(image_size),
+        "observation.images.image": image_feature(image_size, lossless),
         "embodiment": {"dtype": "int64", "shape": (1,), "names": None},
     }
 
@@ -90,6 +100,20 @@ def load_metadata(root: str | Path, required_keys: Sequence[str] = ()) -> LeRobo
     if missing:
         raise KeyError(f"dataset {root} has no feature(s) {missing}; it has {sorted(meta.features)}")
     return meta
+
+
+def warn_if_lossy(meta: LeRobotDatasetMetadata, image_key: str, root: str | Path) -> None:
+    """Warn when a camera the config wants lossless is stored as (lossy) video: its decoded frames
+    differ from the renders a policy is evaluated on."""
+    feature = meta.features.get(image_key, {})
+    if feature.get("dtype") == "video":
+        codec = (feature.get("info") or {}).get("video.codec", "unknown codec")
+        warnings.warn(
+            f"{image_key!r} in {root} is stored as {codec} video, which is lossy: its frames differ from "
+            "fresh renders (regenerate with data.*.lossless_images=true, or set task.lossless_images=false "
+            "to accept it)",
+            stacklevel=2,
+        )
 
 
 def load_dataset(

@@ -18,7 +18,13 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from data.dataset import create_dataset, demo_features, video_features
+from data.dataset import (
+    EXECUTED_ACTION_KEY,
+    SCENE_SEED_KEY,
+    create_dataset,
+    demo_features,
+    video_features,
+)
 from sim.env import TabletopEnv
 from sim.experts import ExpertController, Phase, PlayController
 from sim.tasks import get_task
@@ -37,16 +43,21 @@ class Episode:
     images: list[np.ndarray]
     states: list[np.ndarray]
     env_states: list[np.ndarray]
-    actions: list[np.ndarray]
+    actions: list[np.ndarray]  # the label: the controller's intended action (DART), else the executed one
+    executed: list[np.ndarray]  # what the env was stepped with (replaying these rebuilds the episode)
     instruction: str
     success: bool
+    seed: int
 
 
-def rollout(env: TabletopEnv, controller, seed: int, max_steps: int, settle_steps: int = 3) -> Episode:
-    """Run one episode; a task episode stops `settle_steps` after the expert lets go and retreats (or,
-    for an expert with `stop_on_success`, after the task succeeds)."""
+def rollout(
+    env: TabletopEnv, controller, seed: int, max_steps: int, settle_steps: int | None = 3
+) -> Episode:
+    """Run one episode of `max_steps`. With `settle_steps`, a task episode stops that many steps after
+    the expert lets go and retreats (or, for an expert with `stop_on_success`, after the task succeeds);
+    with None it runs to the horizon, where success is judged."""
     obs, info = env.reset(seed=seed)
-    ep = Episode([], [], [], [], env.task_description, False)
+    ep = Episode([], [], [], [], [], env.task_description, False, seed)
     retreat_steps = 0
     stop_on_success = getattr(controller, "stop_on_success", False)
     for _ in range(max_steps):
@@ -54,24 +65,30 @@ def rollout(env: TabletopEnv, controller, seed: int, max_steps: int, settle_step
         ep.images.append(obs["pixels"]["image"])
         ep.states.append(obs["agent_pos"])
         ep.env_states.append(obs["environment_state"])
-        ep.actions.append(action)
+        ep.actions.append(getattr(controller, "intended", action))
+        ep.executed.append(action)
         obs, _, _, _, info = env.step(action)
         retreat_steps += getattr(controller, "phase", None) == Phase.RETREAT or (
             stop_on_success and info["is_success"]
         )
-        if retreat_steps >= settle_steps:
+        if settle_steps is not None and retreat_steps >= settle_steps:
             break
     ep.success = bool(info["is_success"])
     return ep
 
 
 def generate_demos(cfg: DictConfig, task_cfg: DictConfig, root: Path) -> dict:
-    """Successful noisy-expert demos, `cfg.episodes` in all, evenly over tasks and protocols."""
+    """Successful noisy-expert demos, `cfg.episodes` in all, evenly over tasks and protocols.
+
+    Each runs to the task's horizon (the expert retreats and holds after the release), so every state a
+    policy meets before the last-step judgment has demos; the label is the expert's clean action."""
     tasks, protocols = list(task_cfg.tasks), list(cfg.protocols)
     rng = np.random.default_rng(cfg.seed)
     attempts = kept = 0
     features = demo_features(
-        task_cfg.image_size, _metaworld().FEATURE_NAMES if _is_metaworld(task_cfg) else None
+        task_cfg.image_size,
+        _metaworld().FEATURE_NAMES if _is_metaworld(task_cfg) else None,
+        lossless=cfg.get("lossless_images", True),
     )
     robot_type = "sawyer_metaworld" if _is_metaworld(task_cfg) else "widowx_sim"
     with create_dataset(root, features, task_cfg.fps, robot_type) as ds:
@@ -81,9 +98,11 @@ def generate_demos(cfg: DictConfig, task_cfg: DictConfig, root: Path) -> dict:
             for _ in range(MAX_ATTEMPTS_PER_DEMO):  # failed demos are discarded, as a human would redo them
                 attempts += 1
                 controller = _video_controller(
-                    "task", task, cfg.noise, np.random.default_rng(rng.integers(2**31)), task_cfg
+                    "task", task, cfg.noise, np.random.default_rng(rng.integers(2**31)), task_cfg, jitter=False
                 )
-                ep = rollout(env, controller, seed=int(cfg.seed) + attempts, max_steps=env.max_episode_steps)
+                # Tabletop demos run to the horizon; Meta-World's keep stopping once the task is done.
+                settle = 3 if _is_metaworld(task_cfg) else None
+                ep = rollout(env, controller, int(cfg.seed) + attempts, env.max_episode_steps, settle)
                 if ep.success:
                     break
             else:
@@ -91,8 +110,8 @@ def generate_demos(cfg: DictConfig, task_cfg: DictConfig, root: Path) -> dict:
                     f"the expert failed {MAX_ATTEMPTS_PER_DEMO} times in a row on {task} ({protocol}, noise "
                     f"{cfg.noise}); lower data.demos.noise"
                 )
-            for img, state, env_state, action in zip(
-                ep.images, ep.states, ep.env_states, ep.actions, strict=True
+            for img, state, env_state, action, executed in zip(
+                ep.images, ep.states, ep.env_states, ep.actions, ep.executed, strict=True
             ):
                 ds.add_frame(
                     {
@@ -100,6 +119,8 @@ def generate_demos(cfg: DictConfig, task_cfg: DictConfig, root: Path) -> dict:
                         "observation.state": state,
                         "observation.environment_state": env_state,
                         "action": action,
+                        EXECUTED_ACTION_KEY: executed,
+                        SCENE_SEED_KEY: np.array([ep.seed], dtype=np.int64),
                         "task": ep.instruction,
                     }
                 )
@@ -119,11 +140,13 @@ def _metaworld():
     return metaworld
 
 
-def _video_controller(kind: str, task: str, noise: float, rng: np.random.Generator, task_cfg: DictConfig):
+def _video_controller(
+    kind: str, task: str, noise: float, rng: np.random.Generator, task_cfg: DictConfig, jitter: bool = True
+):
     if _is_metaworld(task_cfg):
         return _metaworld().MetaWorldExpert(task, noise, rng)
     if kind == "task":
-        return ExpertController(get_task(task), noise=noise, rng=rng)
+        return ExpertController(get_task(task), noise=noise, rng=rng, episode_jitter=jitter)
     return PlayController(mode=kind, rng=rng)
 
 
@@ -146,7 +169,8 @@ def generate_video(cfg: DictConfig, task_cfg: DictConfig, root: Path) -> dict:
     clips, counts = 0, {e: 0 for e in EMBODIMENTS}
     progress = tqdm(total=cfg.min_clips, desc="video clips", unit="clip")
     robot_type = "sawyer_metaworld" if _is_metaworld(task_cfg) else "widowx_sim+hand"
-    with create_dataset(root, video_features(task_cfg.image_size), task_cfg.fps, robot_type) as ds:
+    features = video_features(task_cfg.image_size, lossless=cfg.get("lossless_images", True))
+    with create_dataset(root, features, task_cfg.fps, robot_type) as ds:
         i = 0
         while clips < cfg.min_clips:
             embodiment = EMBODIMENTS[int(rng.random() >= cfg.robot_fraction)]

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from data.chunks import EpisodeBank
 from data.clips import random_shift, shift_offsets
 from policies.vipra import VipraConfig, VipraPolicy
-from policies.vipra.configuration_vipra import ACTION_KEY, STATE_KEY
+from policies.vipra.configuration_vipra import ACTION_KEY, ENV_STATE_KEY, STATE_KEY
 from world_model.checkpoint import (
     CKPT_DIR,
     has_checkpoint,
@@ -62,33 +62,44 @@ def make_batch(
     shift: int,
     offsets: torch.Tensor | None = None,
 ) -> dict:
-    """Rows of frames t -> a LeRobot training batch; `offsets` (2, B) are the random shifts."""
+    """Rows of frames t -> a LeRobot training batch; `offsets` (2, B) are the random shifts. With
+    `image_key` None (the state context) the batch has the object poses instead of frames."""
     w = bank.window(rows, horizon)
-    frames = random_shift(bank.frames[w.context].float() / 255, shift, offsets=offsets)  # (B, 2, 3, H, W)
-    return {
-        image_key: frames,
+    batch = {
         STATE_KEY: bank.columns[STATE_KEY][rows],
         ACTION_KEY: bank.columns[ACTION_KEY][w.chunk],
         "action_is_pad": w.chunk_is_pad,
         "task": [bank.tasks[i] for i in rows.tolist()],
     }
+    if image_key is None:
+        return batch | {ENV_STATE_KEY: bank.columns[ENV_STATE_KEY][rows]}
+    frames = random_shift(bank.frames[w.context].float() / 255, shift, offsets=offsets)  # (B, 2, 3, H, W)
+    return batch | {image_key: frames}
 
 
 def dataset_stats(bank: EpisodeBank) -> dict:
-    return {
-        k: {"mean": bank.columns[k].mean(0), "std": bank.columns[k].std(0)} for k in (STATE_KEY, ACTION_KEY)
-    }
+    return {k: {"mean": v.mean(0), "std": v.std(0)} for k, v in bank.columns.items()}
+
+
+def reads_state_context(cfg: DictConfig) -> bool:
+    return cfg.model.policy.get("context", "video") == "state"
 
 
 def build_policy(cfg: DictConfig, bank: EpisodeBank) -> VipraPolicy:
     """The policy for this run: backbone config (and weights) from the pretrained checkpoint if any."""
     pcfg = OmegaConf.to_container(cfg.model.policy, resolve=True)
     size, state, action = bank.frames.shape[-1], bank.columns[STATE_KEY], bank.columns[ACTION_KEY]
+    inputs = {STATE_KEY: PolicyFeature(FeatureType.STATE, (state.shape[1],))}
+    if reads_state_context(cfg):  # state_fm: privileged object poses, no camera
+        inputs[ENV_STATE_KEY] = PolicyFeature(FeatureType.ENV, (bank.columns[ENV_STATE_KEY].shape[1],))
+        if cfg.train.policy.backbone:
+            raise ValueError(
+                f"the state context has no backbone: set train.policy.backbone=null (got {cfg.train.policy.backbone})"
+            )
+    else:
+        inputs[cfg.task.image_key] = PolicyFeature(FeatureType.VISUAL, (3, size, size))
     features = {
-        "input_features": {
-            cfg.task.image_key: PolicyFeature(FeatureType.VISUAL, (3, size, size)),
-            STATE_KEY: PolicyFeature(FeatureType.STATE, (state.shape[1],)),
-        },
+        "input_features": inputs,
         "output_features": {ACTION_KEY: PolicyFeature(FeatureType.ACTION, (action.shape[1],))},
     }
     backbone_path = cfg.train.policy.backbone
@@ -126,7 +137,11 @@ def train(cfg: DictConfig) -> dict:
     seed_process(tcfg.seed, accelerator)
     is_main = accelerator.is_main_process
     log = print if is_main else lambda *a, **k: None
-    bank = EpisodeBank.load(tcfg.dataset, cfg.task.image_key, columns=[STATE_KEY, ACTION_KEY])
+    state_context = reads_state_context(cfg)
+    columns = [STATE_KEY, ACTION_KEY] + ([ENV_STATE_KEY] if state_context else [])
+    bank = EpisodeBank.load(
+        tcfg.dataset, cfg.task.image_key, columns, expect_lossless=cfg.task.get("lossless_images", True)
+    )
     device = accelerator.device
     policy = build_policy(cfg, bank).to(device)
     policy.train()
@@ -171,7 +186,7 @@ def train(cfg: DictConfig) -> dict:
     clock = time.perf_counter()
     steps = range(start, tcfg.steps)
     progress = tqdm(steps, initial=start, total=tcfg.steps, desc="policy", unit="step", disable=not is_main)
-    horizon, key = policy.config.chunk_size, cfg.task.image_key
+    horizon, key = policy.config.chunk_size, None if state_context else cfg.task.image_key
     for step in progress:
         for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = lr * lr_factor(step, tcfg)

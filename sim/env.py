@@ -42,6 +42,8 @@ HAND_HIGH = np.array([0.62, 0.32, 0.40])
 RPY_HIGH = np.array([0.5, 0.5, np.pi / 2])
 RPY_LOW = -RPY_HIGH
 PLACE_LOW, PLACE_HIGH = np.array([0.18, -0.24]), np.array([0.50, 0.24])  # where objects are placed
+# Objects are placed at yaws within +-OBJECT_YAW_RANGE (rad) of the table's axes (reports/calibration.md).
+OBJECT_YAW_RANGE = np.pi / 4
 CAMERA_POS, CAMERA_TARGET = np.array([0.78, 0.0, 0.42]), np.array([0.3, 0.0, 0.0])
 DISTRACTOR_POOL = ("spoon", "carrot", "green_block", "eggplant", "red_ball", "cyan_can", "pink_cup", "plate")
 INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " .,'-"
@@ -242,7 +244,9 @@ class TabletopEnv(gym.Env):
                 if all(np.linalg.norm(xy - p) > OBJECT_RADIUS[name] + OBJECT_RADIUS[o] for o, p in placed):
                     placed.append((name, xy))
                     self._set_object(
-                        name, [xy[0], xy[1], OBJECT_HALF_HEIGHT[name] + 0.001], rng.uniform(-np.pi, np.pi)
+                        name,
+                        [xy[0], xy[1], OBJECT_HALF_HEIGHT[name] + 0.001],
+                        rng.uniform(-OBJECT_YAW_RANGE, OBJECT_YAW_RANGE),
                     )
                     break
             else:  # a crowded table: leave the distractor out

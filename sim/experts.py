@@ -37,7 +37,14 @@ def wrap_yaw(yaw: float, period: float) -> float:
 
 @dataclass
 class ExpertController:
-    """Pick-and-place state machine. `noise` > 0 perturbs actions and waypoints for diverse demos."""
+    """Pick-and-place state machine. `noise` > 0 perturbs the executed actions for diverse demos.
+
+    `act` returns the executed (noisy) action and keeps the clean one it meant in `intended`: demos
+    record that as the label (DART), which is a function of the observation and the phase. With
+    `episode_jitter` the expert also draws a hidden per-episode gain and waypoint offset when noisy
+    (noisy experts of different quality for the benchmarks); demos turn it off, since nothing the
+    policy observes reveals it.
+    """
 
     task: TaskSpec
     noise: float = 0.0
@@ -45,6 +52,7 @@ class ExpertController:
     hover: float = 0.09  # approach height above the grasp point (m)
     gain: float = 1.0
     align_yaw: bool = True  # turn to the object's yaw before grasping; off shows that the grasp needs it
+    episode_jitter: bool = True  # hidden per-episode gain and waypoint offset when noise > 0
 
     def __post_init__(self):
         self.reset()
@@ -53,9 +61,11 @@ class ExpertController:
         self.phase = Phase.APPROACH
         self.timer = 0
         self.carry_z = 0.19 if self.task.align_to_target else 0.14
+        self.intended = np.zeros(7, dtype=np.float32)
         # Per-episode waypoint jitter: small enough that the grasp and the placement still succeed.
-        self.offset = self.rng.normal(0, 0.004, 3) * (self.noise > 0)
-        self.gain_ep = self.gain * (1 + self.rng.uniform(-0.3, 0.0) * (self.noise > 0))
+        jitter = self.noise > 0 and self.episode_jitter
+        self.offset = self.rng.normal(0, 0.004, 3) * jitter
+        self.gain_ep = self.gain * (1 + self.rng.uniform(-0.3, 0.0) * jitter)
 
     def _grasp_yaw(self, src_yaw: float) -> float:
         if not self.align_yaw:
@@ -112,6 +122,7 @@ class ExpertController:
         action[:3] = self.gain_ep * (goal - hand)
         action[5] = goal_yaw - yaw
         action[6] = grip
+        self.intended = np.clip(action, ACTION_LOW, ACTION_HIGH)
         if self.noise > 0:
             action[:3] += self.rng.normal(0, self.noise, 3)
             action[5] += self.rng.normal(0, self.noise * 4)

@@ -10,7 +10,9 @@ from world_model.backbone import BackboneConfig
 
 IMAGE_KEY = "observation.images.image"
 STATE_KEY = "observation.state"
+ENV_STATE_KEY = "observation.environment_state"  # privileged object poses: only state_fm reads them
 ACTION_KEY = "action"
+CONTEXTS = ("video", "state")
 
 
 def default_input_features() -> dict[str, PolicyFeature]:
@@ -38,6 +40,13 @@ class VipraConfig(PreTrainedConfig):
     chunk_size: int = 14
     n_action_steps: int = 7
 
+    # What the decoder cross-attends to. "video": the backbone over frames t-1, t and the instruction
+    # (ours, Scratch-FM). "state": state_fm, the privileged ceiling: an MLP over the robot state and the
+    # object poses (observation.environment_state) plus the instruction's words; no camera.
+    context: str = "video"
+    state_encoder_hidden: int = 256  # "state" context: width of the MLP over state + object poses
+    vocab_size: int = 512  # "state" context: hashed instruction words (the backbone has its own)
+
     # The backbone (world_model.backbone.BackboneConfig fields); its horizon must equal chunk_size.
     backbone: dict = field(default_factory=lambda: BackboneConfig().to_dict())
 
@@ -63,6 +72,8 @@ class VipraConfig(PreTrainedConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.context not in CONTEXTS:
+            raise ValueError(f"context must be one of {CONTEXTS}, got {self.context!r}")
         bb = BackboneConfig(**self.backbone)  # validates the fields
         if bb.horizon != self.chunk_size:
             raise ValueError(f"backbone horizon {bb.horizon} must equal chunk_size {self.chunk_size}")
@@ -90,6 +101,10 @@ class VipraConfig(PreTrainedConfig):
     def state_dim(self) -> int:
         return self.input_features[STATE_KEY].shape[0]
 
+    @property
+    def env_state_dim(self) -> int:
+        return self.input_features[ENV_STATE_KEY].shape[0]
+
     def get_optimizer_preset(self) -> AdamWConfig:
         return AdamWConfig(lr=self.optimizer_lr, weight_decay=self.optimizer_weight_decay)
 
@@ -97,6 +112,18 @@ class VipraConfig(PreTrainedConfig):
         return None
 
     def validate_features(self) -> None:
+        if self.context == "state":
+            needed = [k for k in (STATE_KEY, ENV_STATE_KEY) if k not in self.input_features]
+            needed += [ACTION_KEY] if ACTION_KEY not in self.output_features else []
+            if needed:
+                have = [*self.input_features, *self.output_features]
+                raise ValueError(f"the state context needs {needed}, which the dataset lacks; it has {have}")
+            return
+        if ENV_STATE_KEY in self.input_features:
+            raise ValueError(
+                f"an image policy never reads {ENV_STATE_KEY!r} (privileged object poses): drop it from "
+                "input_features, or set context='state' for the privileged state_fm"
+            )
         images = self.image_features
         missing = ["a camera (observation.images.*)"] if not images else []
         missing += [STATE_KEY] if STATE_KEY not in self.input_features else []

@@ -1,6 +1,7 @@
 """ViPRA-style policy: the video-prediction backbone reads frames t-1, t and the instruction; a chunked
 flow-matching decoder turns its context (pooled patches, instruction, predicted latent actions) and the
-robot state into H actions. LeRobot's `PreTrainedPolicy` contract.
+robot state into H actions. LeRobot's `PreTrainedPolicy` contract. With `context="state"` (state_fm,
+the privileged ceiling) the same decoder reads an MLP of the robot state and object poses instead.
 
     batch: observation.images.image (B, 2, 3, H, W) in [0, 1] (frames t-1, t; or (B, 3, H, W) at
            inference, where the policy keeps the previous frame), observation.state (B, S), task [str] * B,
@@ -27,7 +28,7 @@ from policies.flow_matching import (
     steps_to_index,
     target_velocity,
 )
-from policies.vipra.configuration_vipra import ACTION_KEY, STATE_KEY, VipraConfig
+from policies.vipra.configuration_vipra import ACTION_KEY, ENV_STATE_KEY, STATE_KEY, VipraConfig
 from policies.vipra.processor_vipra import Normalizer, tokenize
 from world_model.backbone import BackboneConfig, VideoBackbone
 from world_model.lam import Attention
@@ -98,6 +99,27 @@ class ActionDecoder(nn.Module):
         return self.out(self.norm(h))
 
 
+class StateContext(nn.Module):
+    """state_fm's context in place of the backbone: (B, 2, C) tokens, an MLP of the normalized robot
+    state and object poses (so it can form hand-to-object offsets) and the instruction's mean word."""
+
+    def __init__(self, cfg: VipraConfig):
+        super().__init__()
+        hidden = cfg.state_encoder_hidden
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.state_dim + cfg.env_state_dim, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, cfg.dim),
+        )
+        self.words = nn.EmbeddingBag(cfg.vocab_size, cfg.dim, mode="mean", padding_idx=0)
+
+    def forward(self, state: torch.Tensor, env_state: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        poses = self.mlp(torch.cat([state, env_state], dim=-1))  # (B, C)
+        return torch.stack([poses, self.words(words)], dim=1)  # (B, 2, C)
+
+
 class VipraPolicy(PreTrainedPolicy):
     config_class = VipraConfig
     name = "vipra"
@@ -106,26 +128,43 @@ class VipraPolicy(PreTrainedPolicy):
         # (**_: lerobot's make_policy also passes dataset_meta, which this policy does not need)
         super().__init__(config)
         config.validate_features()
-        self.backbone = VideoBackbone(BackboneConfig(**config.backbone))
-        self.decoder = ActionDecoder(config, self.backbone.cfg.dim, config.shortcut_levels)
         self.state_norm = Normalizer(STATE_KEY, config.state_dim)
         self.action_norm = Normalizer(ACTION_KEY, config.action_dim)
+        if config.context == "state":
+            self.backbone = None
+            self.state_context = StateContext(config)
+            self.env_state_norm = Normalizer(ENV_STATE_KEY, config.env_state_dim)
+            context_dim = config.dim
+        else:
+            self.backbone = VideoBackbone(BackboneConfig(**config.backbone))
+            context_dim = self.backbone.cfg.dim
+        self.decoder = ActionDecoder(config, context_dim, config.shortcut_levels)
         if dataset_stats is not None:
             self.set_stats(dataset_stats)
         self.reset()
 
     # ------------------------------------------------------------------------------------------ setup
+    @property
+    def normalizers(self) -> list[Normalizer]:
+        extra = [self.env_state_norm] if self.config.context == "state" else []
+        return [self.state_norm, self.action_norm, *extra]
+
     def set_stats(self, stats: dict) -> None:
-        """stats[key] = {"mean": ..., "std": ...} for the state and action keys (LeRobot's stats layout)."""
-        for key, norm in ((STATE_KEY, self.state_norm), (ACTION_KEY, self.action_norm)):
-            if key not in stats or not {"mean", "std"} <= set(stats[key]):
-                raise ValueError(f"dataset stats need mean and std of {key!r}; got keys {list(stats)}")
-            norm.set_stats(stats[key]["mean"], stats[key]["std"])
+        """stats[key] = {"mean": ..., "std": ...} for the state, action (and for the state context, the
+        environment state) keys, LeRobot's stats layout."""
+        for norm in self.normalizers:
+            if norm.name not in stats or not {"mean", "std"} <= set(stats[norm.name]):
+                raise ValueError(f"dataset stats need mean and std of {norm.name!r}; got keys {list(stats)}")
+            norm.set_stats(stats[norm.name]["mean"], stats[norm.name]["std"])
+
+    def check_stats(self) -> None:
+        for norm in self.normalizers:
+            norm.check()
 
     def get_optim_params(self) -> list[dict]:
         scale = self.config.backbone_lr_scale
         groups = [{"params": [p for n, p in self.named_parameters() if not n.startswith("backbone.")]}]
-        if scale > 0:
+        if scale > 0 and self.backbone is not None:
             groups.append(
                 {"params": list(self.backbone.parameters()), "lr": self.config.optimizer_lr * scale}
             )
@@ -157,17 +196,23 @@ class VipraPolicy(PreTrainedPolicy):
         return self.state_norm.normalize(state)
 
     def _encode(self, batch: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The decoder's memory for a batch: backbone context + state."""
+        """The decoder's memory for a batch: backbone (or privileged state) context + state."""
+        state = self._state(batch)
+        if self.backbone is None:
+            env_state = batch[ENV_STATE_KEY]
+            env_state = env_state[:, -1] if env_state.ndim == 3 else env_state
+            words = tokenize(list(batch["task"]), self.config.vocab_size).to(state.device)
+            context = self.state_context(state, self.env_state_norm.normalize(env_state), words)
+            return self.decoder.memory(context, state)
         frames = self._context_frames(batch)
         words = tokenize(list(batch["task"]), self.backbone.cfg.vocab_size).to(frames.device)
         context = self.backbone.features(self.backbone(frames, words))
-        return self.decoder.memory(context, self._state(batch))
+        return self.decoder.memory(context, state)
 
     # ------------------------------------------------------------------------------------------ training
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
         cfg = self.config
-        self.state_norm.check()
-        self.action_norm.check()
+        self.check_stats()
         actions = batch[ACTION_KEY]
         if actions.ndim != 3 or actions.shape[1:] != (cfg.chunk_size, cfg.action_dim):
             raise ValueError(
@@ -206,8 +251,7 @@ class VipraPolicy(PreTrainedPolicy):
     def predict_action_chunk(self, batch: dict, noise: torch.Tensor | None = None) -> torch.Tensor:
         """(B, H, A) actions in the dataset's units; `noise` (B, H, A) fixes the sample."""
         cfg = self.config
-        self.state_norm.check()
-        self.action_norm.check()
+        self.check_stats()
         memory = self._encode(batch)
         B = memory[0][0].shape[0]
         if noise is None:
@@ -220,11 +264,12 @@ class VipraPolicy(PreTrainedPolicy):
     @torch.inference_mode()
     def select_action(self, batch: dict, noise: torch.Tensor | None = None) -> torch.Tensor:
         """(B, A): the next action of the current chunk; a new chunk every n_action_steps calls."""
-        frames = batch[self.config.image_key]
         if not self._queue:
             chunk = self.predict_action_chunk(batch, noise)  # uses the previous frame kept below
             self._queue.extend(chunk[:, : self.config.n_action_steps].transpose(0, 1))
-        self._prev_frame = frames if frames.ndim == 4 else frames[:, -1]
+        if self.backbone is not None:
+            frames = batch[self.config.image_key]
+            self._prev_frame = frames if frames.ndim == 4 else frames[:, -1]
         return self._queue.popleft()
 
     # ------------------------------------------------------------------------------------------ loading
@@ -241,8 +286,7 @@ class VipraPolicy(PreTrainedPolicy):
                 f"{unexpected[:5]}, shapes differ for {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in wrong[:5]]}"
             )
         model.load_state_dict(state)
-        model.state_norm.check()
-        model.action_norm.check()
+        model.check_stats()
         return model
 
 
