@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export PYENV_VERSION ?= 3.12
 DEMO_DIR := outputs/demo
 
-.PHONY: install system-deps test test-all demo experiment metaworld lint bench-sim bench-lam bench-policy bench-control bench-gpu bench-train-cpu bench-neural-sim datasets clean
+.PHONY: install system-deps test test-all demo experiment metaworld lint bench-sim bench-lam bench-policy bench-control bench-gpu bench-train-cpu bench-neural-sim bench-ceiling datasets clean
 
 # Offscreen rendering needs EGL and Mesa; install them only when missing (root, Debian).
 system-deps:
@@ -61,6 +61,12 @@ lint: install
 # Rendering and physics throughput, expert and random success: writes reports/bench/sim.json.
 bench-sim: install
 	$(PYTHON) -m sim.bench
+
+# The suite's ceiling (~30 min): the default demos -> state_fm (privileged state, the same decoder and
+# trainer as ours) -> state_fm chunked and closed-loop, the expert and random, 50 episodes per task and
+# protocol; stored frames vs fresh renders: reports/bench/ceiling.json and reports/figures/ceiling.png.
+bench-ceiling: install
+	$(PYTHON) -m bench.ceiling experiment=ceiling
 
 # The default datasets (python -m data.generate, ~4 min), generated once.
 DATASETS := outputs/datasets

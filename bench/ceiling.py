@@ -171,16 +171,15 @@ def main(cfg: DictConfig) -> None:
         write_atomic(Path(bcfg.out), json.dumps(report, indent=2) + "\n")
         figure(report, Path(bcfg.figure))
     print(report["table"])
-    avg = report["average_success"]
+    summary = ", ".join(
+        f"{name} {100 * np.mean(list(by_protocol.values())):.1f}%"
+        for name, by_protocol in report["average_success"].items()
+    )
     print(
-        f"ceiling: state_fm {100 * np.mean(list(avg['state_fm'].values())):.1f}% "
-        f"({'/'.join(avg['state_fm'])}), expert "
-        f"{100 * min(avg['scripted'].values()):.1f}% (lowest protocol), random "
-        f"{100 * max(avg['random'].values()):.1f}%; {report['demos']} demos, state_fm trained "
-        f"{report['train_minutes']:.1f} min; frames max error {report['frame_max_abs_error']} over "
+        f"ceiling ({'/'.join(cfg.eval.protocols)} averaged): {summary}; {report['demos']} demos, state_fm "
+        f"trained {report['train_minutes']:.1f} min; frames max error {report['frame_max_abs_error']} over "
         f"{report['frames_compared']} -> {bcfg.out or out_dir / 'ceiling.json'}"
     )
-
 
 if __name__ == "__main__":
     main()

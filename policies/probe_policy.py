@@ -10,8 +10,12 @@ does not help.)
   scored on the rest. For each policy's backbone, each pretrained backbone, and a random one.
 - chunk_mse: mean squared error, in normalized units, of the first n_action_steps actions sampled
   (10 steps, fixed noise) against the demonstrated ones, on frames of the held-out 30% of episodes
-  (which the policies did see in training: all 100 demos are training data); the per-dimension
-  mean action scores 1 on this scale.
+  (which the policies did see in training: all 100 demos are training data), per action dimension
+  (`chunk_mse_per_dim`) and over all of them.
+- constant_mse_per_dim: the same error of the constant predictor (the demos' mean action) on the same
+  frames. It is not 1 on every dimension: roll and pitch are constant in the demos (error ~0), so a
+  policy is judged per dimension, by `chunk_skill` = 1 - its error / the constant's, over the dimensions
+  the constant predictor does not already get right.
 """
 
 import json
@@ -52,20 +56,38 @@ def object_r2(backbone: VideoBackbone, bank: EpisodeBank, fit: torch.Tensor, sco
     return r2_score(y[score.numpy()], apply_ridge(w, context_features(backbone, bank, score)))
 
 
+CONSTANT_MSE_FLOOR = 1e-3  # dimensions the constant predictor already gets right are not scored
+
+
 @torch.no_grad()
-def chunk_mse(policy, bank: EpisodeBank, rows: torch.Tensor, image_key: str, batch: int = 128) -> float:
+def chunk_mse(policy, bank: EpisodeBank, rows: torch.Tensor, image_key: str | None, batch: int = 128):
+    """Per action dimension, in the policy's normalized units over the first n_action_steps of each
+    chunk: (the policy's squared error (A,), the constant predictor's (A,)). The constant predictor is
+    the demos' mean action, 0 in these units."""
     n, H = policy.config.n_action_steps, policy.config.chunk_size
-    errors = []
+    sums = torch.zeros(2, policy.config.action_dim)
+    count = 0
     for chunk in rows.split(batch):
         b = make_batch(bank, chunk, H, image_key, shift=0)
+        if ENV_KEY in policy.config.input_features:
+            b[ENV_KEY] = bank.columns[ENV_KEY][chunk]
         noise = torch.randn(
             len(chunk), H, policy.config.action_dim, generator=torch.Generator().manual_seed(0)
         )
-        sampled = policy.predict_action_chunk(b, noise)[:, :n]
-        keep = ~b["action_is_pad"][:, :n, None]
-        diff = policy.action_norm.normalize(sampled) - policy.action_norm.normalize(b[ACTION_KEY][:, :n])
-        errors.append((diff**2 * keep).sum() / (keep.sum() * diff.shape[-1]))
-    return float(torch.stack(errors).mean())
+        target = policy.action_norm.normalize(b[ACTION_KEY][:, :n])
+        sampled = policy.action_norm.normalize(policy.predict_action_chunk(b, noise)[:, :n])
+        keep = (~b["action_is_pad"][:, :n, None]).float()
+        sums[0] += ((sampled - target) ** 2 * keep).sum((0, 1))
+        sums[1] += (target**2 * keep).sum((0, 1))
+        count += keep.sum()
+    return sums[0] / count, sums[1] / count
+
+
+def chunk_skill(mse: torch.Tensor, constant: torch.Tensor) -> float:
+    """1 - error / the constant predictor's, averaged over the dimensions it does not get right
+    (1: perfect, 0: no better than the mean action, < 0: worse)."""
+    scored = constant > CONSTANT_MSE_FLOOR
+    return float((1 - mse[scored] / constant[scored]).mean())
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -80,7 +102,8 @@ def main(cfg: DictConfig) -> None:
     fit_eps = set(order[: int(0.7 * len(order))].tolist())
     in_fit = torch.tensor([int(e) in fit_eps for e in bank.episode_index.tolist()])
     fit, score = torch.nonzero(in_fit).flatten(), torch.nonzero(~in_fit).flatten()
-    result = {"object_r2": {}, "chunk_mse": {}, "fit_frames": len(fit), "scored_frames": len(score)}
+    result = {"object_r2": {}, "chunk_mse": {}, "chunk_mse_per_dim": {}, "chunk_skill": {}}
+    result |= {"fit_frames": len(fit), "scored_frames": len(score)}
 
     backbones = {}
     for name in pcfg.policies:
@@ -89,8 +112,13 @@ def main(cfg: DictConfig) -> None:
             print(f"skipping {name}: no policy at {path}")
             continue
         policy = make_policy(path)
-        backbones[f"policy/{name}"] = policy.backbone
-        result["chunk_mse"][name] = chunk_mse(policy, bank, score, key)
+        if policy.backbone is not None:
+            backbones[f"policy/{name}"] = policy.backbone
+        mse, constant = chunk_mse(policy, bank, score, key if policy.backbone is not None else None)
+        result["chunk_mse"][name] = float(mse.mean())
+        result["chunk_mse_per_dim"][name] = mse.tolist()
+        result["constant_mse_per_dim"] = constant.tolist()
+        result["chunk_skill"][name] = chunk_skill(mse, constant)
         pretrained = run_dir / "backbone" / name
         if (pretrained / "checkpoints/last/model.safetensors").is_file():
             backbones[f"pretrained/{name}"] = load_backbone(pretrained)

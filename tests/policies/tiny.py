@@ -31,3 +31,20 @@ STATS = {
     "observation.state": {"mean": torch.zeros(7), "std": torch.ones(7)},
     "action": {"mean": torch.full((7,), 0.1), "std": torch.full((7,), 0.5)},
 }
+
+
+def tiny_state_config(**kw) -> VipraConfig:
+    """state_fm's tiny variant: the privileged-state context instead of a camera."""
+    args = dict(
+        input_features={
+            "observation.state": PolicyFeature(FeatureType.STATE, (7,)),
+            "observation.environment_state": PolicyFeature(FeatureType.ENV, (8,)),
+        },
+        context="state",
+        state_encoder_hidden=32,
+        vocab_size=64,
+    )
+    return tiny_config(**(args | kw))
+
+
+STATE_STATS = STATS | {"observation.environment_state": {"mean": torch.zeros(8), "std": torch.ones(8)}}
