@@ -150,9 +150,9 @@ def run(cfg: DictConfig, command: str) -> dict:
         "demos": int(cfg.data.demos.episodes),
         "frame_max_abs_error": worst,
         "frames_compared": compared,
-        "train_minutes": round(train_minutes, 2),
-        "generate_minutes": round(generate_minutes, 2),
-        "eval_minutes": round(eval_minutes, 2),
+        "train_minutes": train_minutes,
+        "generate_minutes": generate_minutes,
+        "eval_minutes": eval_minutes,
         "command": command,
         "commit": git_commit(),
     }
@@ -180,6 +180,7 @@ def main(cfg: DictConfig) -> None:
         f"trained {report['train_minutes']:.1f} min; frames max error {report['frame_max_abs_error']} over "
         f"{report['frames_compared']} -> {bcfg.out or out_dir / 'ceiling.json'}"
     )
+
 
 if __name__ == "__main__":
     main()

@@ -12,12 +12,12 @@ import io
 from pathlib import Path
 
 import cv2
-import PIL.Image
 import numpy as np
+import PIL.Image
 import torch
+from datasets import Image
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from lerobot.datasets.video_utils import decode_video_frames
-from datasets import Image
 from torch.utils.data import Dataset
 
 from data.dataset import check_videos, load_dataset, load_metadata, warn_if_lossy

@@ -50,9 +50,7 @@ class Episode:
     seed: int
 
 
-def rollout(
-    env: TabletopEnv, controller, seed: int, max_steps: int, settle_steps: int | None = 3
-) -> Episode:
+def rollout(env: TabletopEnv, controller, seed: int, max_steps: int, settle_steps: int | None = 3) -> Episode:
     """Run one episode of `max_steps`. With `settle_steps`, a task episode stops that many steps after
     the expert lets go and retreats (or, for an expert with `stop_on_success`, after the task succeeds);
     with None it runs to the horizon, where success is judged."""
@@ -98,7 +96,12 @@ def generate_demos(cfg: DictConfig, task_cfg: DictConfig, root: Path) -> dict:
             for _ in range(MAX_ATTEMPTS_PER_DEMO):  # failed demos are discarded, as a human would redo them
                 attempts += 1
                 controller = _video_controller(
-                    "task", task, cfg.noise, np.random.default_rng(rng.integers(2**31)), task_cfg, jitter=False
+                    "task",
+                    task,
+                    cfg.noise,
+                    np.random.default_rng(rng.integers(2**31)),
+                    task_cfg,
+                    jitter=False,
                 )
                 # Tabletop demos run to the horizon; Meta-World's keep stopping once the task is done.
                 settle = 3 if _is_metaworld(task_cfg) else None

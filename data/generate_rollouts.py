@@ -15,7 +15,7 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from data.dataset import create_dataset, demo_features
+from data.dataset import EXECUTED_ACTION_KEY, SCENE_SEED_KEY, create_dataset, demo_features
 from data.generate import _env, close_envs
 from sim.env import ACTION_HIGH, ACTION_LOW, TabletopEnv
 from sim.experts import ExpertController
@@ -23,8 +23,13 @@ from sim.tasks import get_task
 
 
 def rollout_features(image_size: int) -> dict:
+    """The demos' features less the label split (here `action` is what the env was stepped with), plus
+    the sim's per-step verdicts."""
     flag = {"dtype": "float32", "shape": (1,), "names": None}
-    return demo_features(image_size) | {"success": flag, "grasped_now": flag}
+    kept = {
+        k: v for k, v in demo_features(image_size).items() if k not in (EXECUTED_ACTION_KEY, SCENE_SEED_KEY)
+    }
+    return kept | {"success": flag, "grasped_now": flag}
 
 
 class UniformController:

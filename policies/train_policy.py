@@ -14,6 +14,7 @@ from random weights and learns at the full rate (Scratch-FM). Writes `<out_dir>/
 training checkpoints in `<out_dir>/checkpoints/last`.
 """
 
+import copy
 import json
 import math
 import os
@@ -123,6 +124,30 @@ def save_pretrained_atomic(policy: VipraPolicy, out: Path) -> None:
     tmp.rename(out)
 
 
+class WeightAverage:
+    """An exponential moving average of the policy's weights (diffusers' EMAModel, with its warm-up:
+    decay 1 - (1 + step)^-power, capped at `decay`), kept in a copy of the policy so that training
+    checkpoints save it and `save_pretrained` writes the averaged weights, as diffusion_policy does."""
+
+    def __init__(self, policy: VipraPolicy, decay: float, power: float):
+        from diffusers.training_utils import EMAModel
+
+        self.policy = copy.deepcopy(policy)  # holds the averaged weights between checkpoints
+        self.ema = EMAModel(policy.parameters(), decay=decay, use_ema_warmup=True, power=power)
+
+    def resume(self, step: int) -> None:
+        """Continue from the averaged weights restored into `self.policy` at `step`."""
+        self.ema.shadow_params = [p.detach().clone() for p in self.policy.parameters()]
+        self.ema.optimization_step = step
+
+    def step(self, policy: VipraPolicy) -> None:
+        self.ema.step(policy.parameters())
+
+    def averaged(self) -> VipraPolicy:
+        self.ema.copy_to(self.policy.parameters())
+        return self.policy
+
+
 def lr_factor(step: int, tcfg: DictConfig) -> float:
     if step < tcfg.lr_warmup:
         return (step + 1) / tcfg.lr_warmup
@@ -152,7 +177,8 @@ def train(cfg: DictConfig) -> dict:
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     gen = torch.Generator().manual_seed(tcfg.seed)
 
-    start, modules = 0, {"policy": policy}
+    average = WeightAverage(policy, tcfg.ema.decay, tcfg.ema.power) if tcfg.ema.decay else None
+    start, modules = 0, {"policy": policy} | ({"ema": average.policy} if average else {})
     restore_on_main(out_dir, accelerator)
     model_config = {
         "policy": OmegaConf.to_container(cfg.model.policy, resolve=True),
@@ -161,6 +187,8 @@ def train(cfg: DictConfig) -> dict:
     if tcfg.resume and has_checkpoint(out_dir):
         hint = "use another train.policy.out_dir or set train.policy.resume=false"
         start = load_checkpoint(out_dir, modules, optimizer, gen, model_config, hint)["step"]
+        if average:
+            average.resume(start)
         log(f"resuming from {out_dir / CKPT_DIR} at step {start}")
         seed_process(tcfg.seed, accelerator, start)
     check_same_start(start, accelerator)
@@ -203,12 +231,16 @@ def train(cfg: DictConfig) -> dict:
             accelerator.backward(loss / tcfg.grad_accum)
         accelerator.clip_grad_norm_(parallel.parameters(), tcfg.grad_clip)
         optimizer.step()
+        if average:
+            average.step(policy)
         if (step + 1) % tcfg.log_every == 0 and is_main:
             for k, v in terms.items():
                 writer.add_scalar(f"train/{k}", v, step + 1)
             progress.set_postfix(fm=f"{terms['fm_loss']:.3f}", sc=f"{terms['shortcut_loss']:.3f}")
         if (step + 1) % tcfg.ckpt_every == 0 or step + 1 == tcfg.steps:
             if is_main:
+                if average:
+                    average.averaged()  # into modules["ema"]
                 save_checkpoint(out_dir, modules, optimizer, step + 1, gen, {"model_config": model_config})
             accelerator.wait_for_everyone()
     progress.close()
@@ -221,7 +253,7 @@ def train(cfg: DictConfig) -> dict:
     )
     if is_main:
         writer.close()
-        save_pretrained_atomic(policy, out_dir / PRETRAINED_DIR)
+        save_pretrained_atomic(average.averaged() if average else policy, out_dir / PRETRAINED_DIR)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     accelerator.wait_for_everyone()
     return summary

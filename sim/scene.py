@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 # Objects: name -> (body xml, half-height of the object above the table when resting).
-# Sizes are chosen so that the long objects do not fit the open gripper (8 cm) lengthwise:
+# Sizes are chosen so that the long objects (12-14 cm) do not fit the open gripper (10 cm) lengthwise:
 # the gripper must turn to the object's yaw to grasp it.
 OBJECT_XML = {
     "spoon": """
@@ -22,7 +22,7 @@ OBJECT_XML = {
     "towel": """
       <geom type="box" size="0.075 0.075 0.003" rgba="0.15 0.35 0.85 1" class="obj"/>""",
     "carrot": """
-      <geom type="capsule" size="0.016 0.045" euler="0 90 0" rgba="0.95 0.45 0.05 1" class="obj"/>
+      <geom type="capsule" size="0.016 0.045" euler="0 90 0" rgba="0.95 0.45 0.05 1" class="roller"/>
       <geom type="box" size="0.012 0.014 0.006" pos="-0.068 0 0" rgba="0.1 0.6 0.1 1" class="obj"/>""",
     "plate": """
       <geom type="box" size="0.06 0.06 0.006" class="collider" mass="0.1"/>
@@ -80,7 +80,7 @@ OBJECT_RADIUS = {
 OBJECT_NAMES = tuple(OBJECT_XML)
 
 # Gripper geometry shared by both embodiments: fingers slide along the hand's local y axis.
-FINGER_TRAVEL = 0.04  # m per finger: the open gap is 8 cm
+FINGER_TRAVEL = 0.05  # m per finger: the open gap is 10 cm (8 before calibration: reports/calibration.md)
 FINGER_LENGTH = 0.05  # m from the wrist frame down to the fingertips
 FINGER_SQUEEZE = 0.015  # closed command aims past the closed stop, so the grip force saturates
 TABLE_MATERIALS = ("table_plain", "table_checker", "table_grid")
@@ -179,6 +179,11 @@ def build_scene_xml(spec: SceneSpec) -> str:
   <default>
     <default class="obj">
       <geom condim="4" friction="1.2 0.01 0.001" mass="0.05" solref="{2 * spec.timestep} 1"/>
+    </default>
+    <default class="roller">
+      <!-- a round body with rolling friction (condim 6): a real carrot is no perfect cylinder, and one
+           that rolls freely leaves the plate, then the table, whenever it is set down moving -->
+      <geom condim="6" friction="1.2 0.01 0.005" mass="0.05" solref="{2 * spec.timestep} 1"/>
     </default>
     <default class="finger">
       <geom condim="4" friction="2 0.02 0.001" mass="0.05" solref="{2 * spec.timestep} 1"/>

@@ -56,6 +56,11 @@ class VipraConfig(PreTrainedConfig):
     layers: int = 3
     mlp_ratio: float = 4.0
 
+    # Action dimensions whose command is binary, 0 or 1 (the tabletop's gripper: conf/task), snapped to
+    # the nearer of the two after sampling: a sampled 0.7 would squeeze with part of the force and drop
+    # what it holds.
+    binary_action_dims: list[int] = field(default_factory=list)
+
     # Flow matching: time ~ Beta(time_alpha, 1) (pi0 / ViPRA: 1.5); K Euler steps at inference.
     time_alpha: float = 1.5
     num_inference_steps: int = 10
@@ -118,6 +123,7 @@ class VipraConfig(PreTrainedConfig):
             if needed:
                 have = [*self.input_features, *self.output_features]
                 raise ValueError(f"the state context needs {needed}, which the dataset lacks; it has {have}")
+            self._check_binary_dims()
             return
         if ENV_STATE_KEY in self.input_features:
             raise ValueError(
@@ -139,6 +145,12 @@ class VipraConfig(PreTrainedConfig):
             raise ValueError(
                 f"camera {self.image_key!r} has shape {shape}, the backbone takes (3, {size}, {size})"
             )
+        self._check_binary_dims()
+
+    def _check_binary_dims(self) -> None:
+        bad = [d for d in self.binary_action_dims if not 0 <= d < self.action_dim]
+        if bad:
+            raise ValueError(f"binary_action_dims {bad} are not action dimensions (0..{self.action_dim - 1})")
 
     @property
     def observation_delta_indices(self) -> list[int]:

@@ -259,7 +259,10 @@ class VipraPolicy(PreTrainedPolicy):
         steps = cfg.num_few_steps if cfg.few_step else cfg.num_inference_steps
         d_index = steps_to_index(steps, cfg.few_step)
         actions = euler_sample(lambda x, t, d: self.decoder(x, t, d, memory), noise, steps, d_index)
-        return self.action_norm.unnormalize(actions)
+        actions = self.action_norm.unnormalize(actions)
+        binary = cfg.binary_action_dims
+        actions[..., binary] = (actions[..., binary] > 0.5).to(actions.dtype)
+        return actions
 
     @torch.inference_mode()
     def select_action(self, batch: dict, noise: torch.Tensor | None = None) -> torch.Tensor:

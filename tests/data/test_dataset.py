@@ -69,7 +69,9 @@ def test_lossy_video_frames_are_warned_about(tmp_path):
                 }
             )
         ds.save_episode()
-    with pytest.warns(UserWarning, match=r"'observation.images.image' .* stored as \w+ video, which is lossy"):
+    with pytest.warns(
+        UserWarning, match=r"'observation.images.image' .* stored as \w+ video, which is lossy"
+    ):
         frames = load_episode_frames(root, "observation.images.image")
     assert frames[0].shape == (3, 3, 64, 64)
     with warnings.catch_warnings():
@@ -113,7 +115,11 @@ def test_corrupt_video_names_file_and_episode(tmp_path):
     with create_dataset(root, video_features(64, lossless=False), 5, "widowx_sim") as ds:
         for _ in range(3):
             ds.add_frame(
-                {"observation.images.image": np.zeros((64, 64, 3), np.uint8), "embodiment": np.zeros(1, np.int64), "task": "t"}
+                {
+                    "observation.images.image": np.zeros((64, 64, 3), np.uint8),
+                    "embodiment": np.zeros(1, np.int64),
+                    "task": "t",
+                }
             )
         ds.save_episode()
     video = next(root.rglob("*.mp4"))

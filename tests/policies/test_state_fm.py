@@ -62,7 +62,9 @@ def test_state_fm_saves_and_loads_identical_actions(tmp_path):
 
 
 def test_state_fm_refusals():
-    with pytest.raises(ValueError, match="dataset stats need mean and std of 'observation.environment_state'"):
+    with pytest.raises(
+        ValueError, match="dataset stats need mean and std of 'observation.environment_state'"
+    ):
         VipraPolicy(tiny_state_config(), {k: v for k, v in STATE_STATS.items() if "environment" not in k})
     with pytest.raises(ValueError, match=r"state context needs \['observation.environment_state'\]"):
         only_state = {"observation.state": tiny_config().input_features["observation.state"]}
@@ -72,3 +74,56 @@ def test_state_fm_refusals():
         VipraPolicy(tiny_config(input_features=features), STATE_STATS)
     with pytest.raises(ValueError, match="context must be one of"):
         tiny_config(context="lidar")
+
+
+def test_state_fm_trains_on_the_demos_with_a_weight_average_and_resumes(datasets, tmp_path):
+    """The shared trainer on the privileged state (no camera read); the saved policy holds the EMA
+    weights, the checkpoint both, and a resumed run continues the average."""
+    from hydra import compose, initialize
+    from safetensors.torch import load_file
+
+    from policies.train_policy import train
+
+    overrides = [
+        "experiment=ceiling",
+        f"train.policy.dataset={datasets[0] / 'demos'}",
+        f"train.policy.out_dir={tmp_path}",
+        "task.tasks=[stack_block,carrot_on_plate]",
+        "train.policy.steps=3",
+        "train.policy.batch_size=8",
+        "train.policy.lr_warmup=1",
+        "train.policy.ckpt_every=2",
+        "train.policy.ema.decay=0.9",
+        "model.policy.dim=32",
+        "model.policy.layers=1",
+    ]
+    with initialize(version_base="1.3", config_path="../../conf"):
+        cfg = compose("config", overrides=overrides)
+    assert train(cfg)["resumed_at"] == 0
+    saved = load_file(tmp_path / "pretrained_model/model.safetensors")
+    ckpt = tmp_path / "checkpoints/last"
+    raw, ema = load_file(ckpt / "policy.safetensors"), load_file(ckpt / "ema.safetensors")
+    key = "decoder.out.weight"
+    torch.testing.assert_close(saved[key], ema[key], rtol=0, atol=0)
+    assert not torch.equal(saved[key], raw[key])  # the average lags the trained weights
+    policy = make_policy(tmp_path / "pretrained_model")
+    assert policy.config.context == "state" and policy.backbone is None
+    cfg.train.policy.steps = 4
+    assert train(cfg)["resumed_at"] == 3
+    resumed = load_file(tmp_path / "pretrained_model/model.safetensors")
+    assert not torch.equal(resumed[key], saved[key])
+
+
+def test_binary_action_dims_are_snapped_to_zero_or_one():
+    torch.manual_seed(0)
+    policy = VipraPolicy(tiny_state_config(binary_action_dims=[6]), STATE_STATS).eval()
+    noise = torch.randn(2, 6, 7, generator=torch.Generator().manual_seed(3))
+    chunk = policy.predict_action_chunk(state_batch(), noise)
+    assert set(chunk[..., 6].unique().tolist()) <= {0.0, 1.0}
+    free = VipraPolicy(tiny_state_config(), STATE_STATS).eval()
+    free.load_state_dict(policy.state_dict())
+    raw = free.predict_action_chunk(state_batch(), noise)
+    torch.testing.assert_close(chunk[..., :6], raw[..., :6], rtol=0, atol=0)  # the other dims untouched
+    torch.testing.assert_close(chunk[..., 6], (raw[..., 6] > 0.5).float(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"binary_action_dims \[7\] are not action dimensions \(0..6\)"):
+        VipraPolicy(tiny_state_config(binary_action_dims=[7]), STATE_STATS)
