@@ -3,6 +3,7 @@
     python -m policies.train_policy                                              # from outputs/backbone
     python -m policies.train_policy train.policy.backbone=null train.policy.out_dir=outputs/policy_scratch
     python -m policies.train_policy train.policy.steps=100 train.policy.out_dir=/tmp/p
+    python -m policies.train_policy experiment=ceiling train.policy.dataset=outputs/datasets/demos   # state_fm
 
 Every frame t of the demos is a sample: frames t-1 and t, the state at t, the instruction and the
 actions t .. t+H-1 (past the episode's end they repeat the last one and are masked, LeRobot's
@@ -11,7 +12,9 @@ calls. Images get a random shift of a few pixels. The backbone starts from the p
 and learns at `model.policy.backbone_lr_scale` x lr (0 freezes it); with `backbone: null` it starts
 from random weights and learns at the full rate (Scratch-FM). Writes `<out_dir>/pretrained_model`
 (`save_pretrained`: config.json + model.safetensors with the normalization statistics) and resumable
-training checkpoints in `<out_dir>/checkpoints/last`.
+training checkpoints in `<out_dir>/checkpoints/last`. With `model.policy.context=state` (state_fm) the
+same loop trains the decoder on the privileged object poses instead of frames; with
+`train.policy.ema.decay` the saved policy holds an exponential moving average of the weights.
 """
 
 import copy
