@@ -65,7 +65,9 @@ bench-sim: install
 # The suite's ceiling (~30 min): the default demos -> state_fm (privileged state, the same decoder and
 # trainer as ours) -> state_fm chunked and closed-loop, the expert and random, 50 episodes per task and
 # protocol; stored frames vs fresh renders: reports/bench/ceiling.json and reports/figures/ceiling.png.
+# Starts from a clean outputs/bench/ceiling: demos and a run of older code must not be reused.
 bench-ceiling: install
+	rm -rf outputs/bench/ceiling
 	$(PYTHON) -m bench.ceiling experiment=ceiling
 
 # The default datasets (python -m data.generate, ~4 min), generated once.

@@ -100,9 +100,10 @@ def figure(report: dict, path: Path) -> None:
         ax.set_ylim(0, 100)
         ax.set_ylabel("success (%)")
         ax.set_title(f"{protocol.replace('_', ' ')}, {report['episodes_per_task']} episodes per task")
-    axes[0][0].legend(fontsize=7, loc="upper left")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(rows), fontsize=8)  # below the bars
     fig.suptitle(f"suite ceiling, {report['demos']} demos, commit {report['commit']}", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=110)
