@@ -89,6 +89,8 @@ def generate_demos(cfg: DictConfig, task_cfg: DictConfig, root: Path) -> dict:
         lossless=cfg.get("lossless_images", True),
     )
     robot_type = "sawyer_metaworld" if _is_metaworld(task_cfg) else "widowx_sim"
+    # Tabletop demos run to the horizon; Meta-World's keep stopping once the task is done.
+    settle = 3 if _is_metaworld(task_cfg) else None
     with create_dataset(root, features, task_cfg.fps, robot_type) as ds:
         for i in tqdm(range(cfg.episodes), desc="demos", unit="ep"):
             task, protocol = tasks[i % len(tasks)], protocols[(i // len(tasks)) % len(protocols)]
@@ -103,8 +105,6 @@ def generate_demos(cfg: DictConfig, task_cfg: DictConfig, root: Path) -> dict:
                     task_cfg,
                     jitter=False,
                 )
-                # Tabletop demos run to the horizon; Meta-World's keep stopping once the task is done.
-                settle = 3 if _is_metaworld(task_cfg) else None
                 ep = rollout(env, controller, int(cfg.seed) + attempts, env.max_episode_steps, settle)
                 if ep.success:
                     break

@@ -68,9 +68,7 @@ def chunk_mse(policy, bank: EpisodeBank, rows: torch.Tensor, image_key: str | No
     sums = torch.zeros(2, policy.config.action_dim)
     count = 0
     for chunk in rows.split(batch):
-        b = make_batch(bank, chunk, H, image_key, shift=0)
-        if ENV_KEY in policy.config.input_features:
-            b[ENV_KEY] = bank.columns[ENV_KEY][chunk]
+        b = make_batch(bank, chunk, H, image_key, shift=0)  # image_key None: object poses, no frames
         noise = torch.randn(
             len(chunk), H, policy.config.action_dim, generator=torch.Generator().manual_seed(0)
         )
