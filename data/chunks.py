@@ -21,6 +21,13 @@ from data.clips import episode_columns, load_episode_frames
 from data.dataset import load_metadata
 
 
+def split_episodes(num_episodes: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """A fixed random split of episode indices into (train, held out); at least one held out."""
+    order = np.random.default_rng(seed).permutation(num_episodes)
+    n_val = max(1, round(val_fraction * num_episodes))
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+
 @dataclass
 class Window:
     context: torch.Tensor  # (B, 2) frame rows of t-1 and t

@@ -28,6 +28,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from data.chunks import split_episodes
 from data.dataset import load_metadata
 from data.generate import close_envs
 from data.generate_rollouts import generate_rollouts
@@ -35,7 +36,6 @@ from sim.evaluate import evaluate, git_commit, write_atomic
 from sim.metrics import mmrv, pearson_r
 from world_model.losses import psnr, ssim
 from world_model.neural_env import CHECKPOINT_ENV, NeuralTabletopEnv
-from world_model.train_lam import split_episodes
 from world_model.train_neural_sim import ACTION, SUCCESS, load_neural_sim, load_rollouts, world_columns
 from world_model.train_neural_sim import train as train_neural_sim
 

@@ -14,37 +14,19 @@ copying frame t, the code accuracy against always naming the most common code.
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
-from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
-from data.chunks import EpisodeBank
+from data.chunks import EpisodeBank, split_episodes
 from data.clips import random_shift, shift_offsets
 from world_model.backbone import BackboneConfig, VideoBackbone, backbone_loss, tokenize
-from world_model.checkpoint import (
-    CKPT_DIR,
-    has_checkpoint,
-    load_checkpoint,
-    load_trained,
-    save_checkpoint,
-)
-from world_model.distributed import (
-    accumulation,
-    check_same_start,
-    finite_everywhere,
-    is_main_process,
-    make_accelerator,
-    restore_on_main,
-    seed_process,
-    shard_rows,
-)
-from world_model.train_lam import lr_at, split_episodes
+from world_model.training import Trainer, TrainTask
+from world_model.training.checkpoint import CKPT_DIR, load_trained
+from world_model.training.distributed import is_main_process
 
 EMBODIMENTS = {"robot": 0, "hand": 1}
 
@@ -110,106 +92,88 @@ def evaluate(model: VideoBackbone, bank: EpisodeBank, majority_code: int, num: i
 
 
 # ---------------------------------------------------------------------------------------------- training
-def train(cfg: DictConfig) -> dict:
-    tcfg = cfg.train.backbone
-    out_dir = Path(tcfg.out_dir)
-    accelerator = make_accelerator(tcfg)
-    seed_process(tcfg.seed, accelerator)
-    log = print if accelerator.is_main_process else lambda *a, **k: None
-    bank, num_codes, tokens = load_labelled_video(
-        tcfg.dataset, tcfg.labels, cfg.task.image_key, tcfg.embodiment
-    )
-    model_cfg = BackboneConfig(
-        **OmegaConf.to_container(cfg.model.backbone, resolve=True),
-        num_codes=num_codes,
-        tokens_per_step=tokens,
-    )
-    if model_cfg.image_size != bank.frames.shape[-1]:
-        raise ValueError(
-            f"{cfg.task.image_key!r} in {tcfg.dataset} is {bank.frames.shape[-1]} pixels wide, the backbone "
-            f"takes {model_cfg.image_size}"
-        )
-    device = accelerator.device
-    model = VideoBackbone(model_cfg).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    gen = torch.Generator().manual_seed(tcfg.seed)
-    train_eps, val_eps = split_episodes(len(bank.episodes), tcfg.val_fraction, tcfg.seed)
-    all_eps = bank.episodes
-    train_bank, val_bank = (
-        bank.subset([all_eps[i] for i in train_eps]),
-        bank.subset([all_eps[i] for i in val_eps]),
-    )
-    labelled = train_bank.columns["codes"][train_bank.columns["codes"] >= 0]
-    majority = int(torch.bincount(labelled, minlength=num_codes).argmax())
+class Objective(torch.nn.Module):
+    """The backbone with its loss as the forward, so that DDP wraps the whole step."""
 
-    start, modules = 0, {"model": model}
-    restore_on_main(out_dir, accelerator)
-    if tcfg.resume and has_checkpoint(out_dir):
-        hint = "use another train.backbone.out_dir or set train.backbone.resume=false"
-        start = load_checkpoint(out_dir, modules, optimizer, gen, model_cfg.to_dict(), hint)["step"]
-        log(f"resuming from {out_dir / CKPT_DIR} at step {start}")
-        seed_process(tcfg.seed, accelerator, start)
-    check_same_start(start, accelerator)
-    is_main = accelerator.is_main_process
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    meta = {"model_config": model_cfg.to_dict(), "dataset": str(tcfg.dataset), "embodiment": tcfg.embodiment}
-    log(
-        f"backbone: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
-        f"{len(train_bank)} training frames ({len(train_bank.episodes)} episodes), {len(val_bank)} held out; "
-        f"{accelerator.num_processes} process(es) x {tcfg.grad_accum} micro-batch(es) per step"
-    )
-    writer = SummaryWriter(str(out_dir / "tb"), purge_step=start) if is_main else None
-    if tcfg.compile:
-        model.compile()  # in place: state_dict keys and checkpoints are unchanged
-    parallel = accelerator.prepare_model(model)  # DDP (and autocast) when launched on several processes
-    clock = time.perf_counter()
-    steps = range(start, tcfg.steps)
-    progress = tqdm(steps, initial=start, total=tcfg.steps, desc="backbone", unit="step", disable=not is_main)
-    for step in progress:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, tcfg)
-        rows = torch.randint(len(train_bank), (tcfg.batch_size,), generator=gen)  # the global batch
-        offsets = shift_offsets(len(rows), tcfg.shift, gen)
-        optimizer.zero_grad(set_to_none=True)
-        for mine in accumulation(accelerator, parallel, shard_rows(rows, accelerator, tcfg.grad_accum)):
-            batch = make_batch(
-                train_bank, rows[mine], model_cfg.horizon, model_cfg.vocab_size, tcfg.shift, offsets[:, mine]
+    def __init__(self, model: VideoBackbone, loss_cfg: DictConfig):
+        super().__init__()
+        self.model, self.loss_cfg = model, loss_cfg
+
+    def forward(self, frames, words, future, codes):
+        return backbone_loss(
+            self.model(frames, words), future, codes, self.loss_cfg.frame, self.loss_cfg.action
+        )
+
+
+class BackboneTask(TrainTask):
+    """The video-prediction backbone on actionless video labelled with latent-action codes."""
+
+    progress_keys = ("frame_mse", "action_acc")
+
+    def __init__(self, cfg: DictConfig, device: torch.device):
+        tcfg = self.tcfg = cfg.train.backbone
+        bank, num_codes, tokens = load_labelled_video(
+            tcfg.dataset, tcfg.labels, cfg.task.image_key, tcfg.embodiment
+        )
+        model_cfg = BackboneConfig(
+            **OmegaConf.to_container(cfg.model.backbone, resolve=True),
+            num_codes=num_codes,
+            tokens_per_step=tokens,
+        )
+        if model_cfg.image_size != bank.frames.shape[-1]:
+            raise ValueError(
+                f"{cfg.task.image_key!r} in {tcfg.dataset} is {bank.frames.shape[-1]} pixels wide, the backbone "
+                f"takes {model_cfg.image_size}"
             )
-            frames, words, future, codes = (t.to(device) for t in batch)
-            loss, terms = backbone_loss(
-                parallel(frames, words), future, codes, tcfg.loss.frame, tcfg.loss.action
-            )
-            if not finite_everywhere(loss, accelerator):
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at step {step}; the last good checkpoint in {out_dir / CKPT_DIR} is kept"
-                )
-            accelerator.backward(loss / tcfg.grad_accum)
-        accelerator.clip_grad_norm_(parallel.parameters(), tcfg.grad_clip)
-        optimizer.step()
-        if (step + 1) % tcfg.log_every == 0 and is_main:
-            for k, v in terms.items():
-                writer.add_scalar(f"train/{k}", v.item(), step + 1)
-            progress.set_postfix(
-                mse=f"{terms['frame_mse'].item():.4f}", acc=f"{terms['action_acc'].item():.2f}"
-            )
-        if ((step + 1) % tcfg.val_every == 0 or step + 1 == tcfg.steps) and is_main:
-            for k, v in evaluate(model, val_bank, majority).items():
-                writer.add_scalar(f"val/{k}", v, step + 1)
-        if (step + 1) % tcfg.ckpt_every == 0 or step + 1 == tcfg.steps:
-            if is_main:
-                save_checkpoint(out_dir, modules, optimizer, step + 1, gen, meta)
-            accelerator.wait_for_everyone()
-    progress.close()
-    summary = {"steps": tcfg.steps, "resumed_at": start, "minutes": (time.perf_counter() - clock) / 60}
-    summary |= {"processes": accelerator.num_processes, "grad_accum": tcfg.grad_accum}
-    if is_main:
-        writer.close()
-        summary |= evaluate(model, val_bank, majority)
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    accelerator.wait_for_everyone()
-    return summary
+        self.model = VideoBackbone(model_cfg).to(device)
+        self.modules, self.objective = {"model": self.model}, Objective(self.model, tcfg.loss)
+        self.lr, self.weight_decay, self.lr_floor = tcfg.lr, tcfg.weight_decay, tcfg.lr_min / tcfg.lr
+        self.device, self.cfg = device, model_cfg
+        train_eps, val_eps = split_episodes(len(bank.episodes), tcfg.val_fraction, tcfg.seed)
+        self.train_bank = bank.subset([bank.episodes[i] for i in train_eps])
+        self.val_bank = bank.subset([bank.episodes[i] for i in val_eps])
+        labelled = self.train_bank.columns["codes"][self.train_bank.columns["codes"] >= 0]
+        self.majority = int(torch.bincount(labelled, minlength=num_codes).argmax())
+        self.model_config = model_cfg.to_dict()
+        self.meta = {"dataset": str(tcfg.dataset), "embodiment": tcfg.embodiment}
+
+    def describe(self) -> str:
+        return (
+            f"backbone: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters; "
+            f"{len(self.train_bank)} training frames ({len(self.train_bank.episodes)} episodes), "
+            f"{len(self.val_bank)} held out"
+        )
+
+    def batch_size(self, step: int) -> int:
+        return self.tcfg.batch_size
+
+    def draw(self, step: int, gen: torch.Generator, size: int):
+        rows = torch.randint(len(self.train_bank), (size,), generator=gen)
+        return rows, shift_offsets(size, self.tcfg.shift, gen)
+
+    def micro_batch(self, draw, positions: torch.Tensor, step: int) -> tuple:
+        rows, offsets = draw
+        cfg = self.cfg
+        batch = make_batch(
+            self.train_bank,
+            rows[positions],
+            cfg.horizon,
+            cfg.vocab_size,
+            self.tcfg.shift,
+            offsets[:, positions],
+        )
+        return tuple(t.to(self.device) for t in batch)
+
+    def validate(self, step: int) -> dict[str, float]:
+        return evaluate(self.model, self.val_bank, self.majority)
+
+    def summary(self, last_terms: dict) -> dict:
+        return evaluate(self.model, self.val_bank, self.majority)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train (or resume) the backbone of `cfg.model.backbone` with `cfg.train.backbone`; returns a summary."""
+    return Trainer(cfg.train.backbone, "backbone", cfg).fit(lambda device: BackboneTask(cfg, device))
 
 
 def load_backbone(path: str | Path) -> VideoBackbone:

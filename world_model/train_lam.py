@@ -10,34 +10,21 @@ renamed; a non-finite loss stops training with a message and leaves the last goo
 """
 
 import json
-import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
+from data.chunks import split_episodes
 from data.clips import flow_targets, load_episode_frames, to_uint8_hwc
-from world_model.checkpoint import CKPT_DIR, load_checkpoint, load_trained, save_checkpoint
-from world_model.distributed import (
-    accumulation,
-    broadcast_from_main,
-    check_same_start,
-    finite_everywhere,
-    is_main_process,
-    make_accelerator,
-    restore_on_main,
-    seed_process,
-    shard_rows,
-)
 from world_model.lam import LAMConfig, LatentActionModel
 from world_model.losses import FlowNet, psnr, ramp, ssim
+from world_model.training import Trainer, TrainTask
+from world_model.training.checkpoint import CKPT_DIR, load_trained
+from world_model.training.distributed import broadcast_from_main, is_main_process
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -68,13 +55,6 @@ class ClipBank:
         """(B,) clip indices -> (B, T, 3, H, W) float in [0, 1]"""
         frame_idx = self.starts[idx][:, None] + torch.arange(self.clip_len)
         return self.frames[frame_idx].float() / 255
-
-
-def split_episodes(num_episodes: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """A fixed random split of episode indices into (train, held out); at least one held out."""
-    order = np.random.default_rng(seed).permutation(num_episodes)
-    n_val = max(1, round(val_fraction * num_episodes))
-    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
 
 
 def load_banks(cfg: DictConfig, image_key: str, clip_len: int, image_size: int):
@@ -143,14 +123,11 @@ class Objective(torch.nn.Module):
         self.model, self.flow_net, self.loss_cfg = model, flow_net, loss_cfg
 
     def forward(self, clips: torch.Tensor, step: int, j: torch.Tensor):
-        return compute_loss(self.model, self.flow_net, clips, step, self.loss_cfg, j=j)
-
-
-def lr_at(step: int, cfg: DictConfig) -> float:
-    if step < cfg.lr_warmup:
-        return cfg.lr * (step + 1) / cfg.lr_warmup
-    progress = (step - cfg.lr_warmup) / max(1, cfg.steps - cfg.lr_warmup)
-    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * min(1.0, progress)))
+        """-> (loss, terms): the loss terms, their weights (weight/<term>) and the codes' batch statistics."""
+        total, terms, weights, out = compute_loss(self.model, self.flow_net, clips, step, self.loss_cfg, j=j)
+        stats = code_stats(out.codes.flatten(), self.model.quantizer.num_codes)
+        logged = {"quantizer_loss": out.quantizer_loss, "batch_perplexity": stats["perplexity"]}
+        return total, terms | {f"weight/{k}": w for k, w in weights.items()} | logged
 
 
 # ---------------------------------------------------------------------------------------------- eval
@@ -196,115 +173,65 @@ def load_lam(path: str | Path) -> LatentActionModel:
 
 
 # ---------------------------------------------------------------------------------------------- training
+class LAMTask(TrainTask):
+    """The latent action model and its flow estimator on clips of actionless video."""
+
+    progress_keys = ("l1",)
+
+    def __init__(self, cfg: DictConfig, device: torch.device):
+        tcfg = self.tcfg = cfg.train.lam
+        model_cfg = LAMConfig(**OmegaConf.to_container(cfg.model.lam, resolve=True))
+        self.model, flow_net = LatentActionModel(model_cfg).to(device), FlowNet().to(device)
+        self.modules = {"model": self.model, "flow_net": flow_net}
+        self.objective = Objective(self.model, flow_net, tcfg.loss)
+        self.lr, self.weight_decay, self.lr_floor = tcfg.lr, tcfg.weight_decay, tcfg.lr_min / tcfg.lr
+        self.device, self.clip_len = device, model_cfg.clip_len
+        self.train_bank, self.val_bank = load_banks(
+            tcfg, cfg.task.image_key, model_cfg.clip_len, model_cfg.image_size
+        )
+        self.model_config = model_cfg.to_dict()
+        self.meta = {
+            "val_episodes": self.val_bank.episodes,
+            "dataset": str(tcfg.dataset),
+            "image_key": cfg.task.image_key,
+        }
+
+    def describe(self) -> str:
+        return (
+            f"latent action model: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters; "
+            f"{len(self.train_bank)} training clips, {len(self.val_bank)} held out "
+            f"({len(self.val_bank.episodes)} episodes)"
+        )
+
+    def batch_size(self, step: int) -> int:
+        return self.tcfg.batch_size
+
+    def draw(self, step: int, gen: torch.Generator, size: int):
+        rows = torch.randint(len(self.train_bank), (size,), generator=gen)
+        return rows, torch.randint(
+            self.clip_len - 1, (size,), generator=gen
+        )  # the transition each clip scores
+
+    def micro_batch(self, draw, positions: torch.Tensor, step: int) -> tuple:
+        rows, transitions = draw
+        return self.train_bank.clips(rows[positions]).to(self.device), step, transitions[positions]
+
+    def after_step(self, step: int, trainer) -> dict[str, float]:
+        replaced = revive_dead_codes(self.model, step, self.tcfg)
+        if step == trainer.start or codes_due(step, self.tcfg):  # the codebook changed outside the optimizer
+            broadcast_from_main(self.model.quantizer, trainer.accelerator)
+        return {"train/dead_codes_replaced": replaced} if replaced else {}
+
+    def validate(self, step: int) -> dict[str, float]:
+        return evaluate(self.model, self.val_bank, self.tcfg.val_clips)
+
+    def summary(self, last_terms: dict) -> dict:
+        return evaluate(self.model, self.val_bank, self.tcfg.val_clips)
+
+
 def train(cfg: DictConfig) -> dict:
     """Train (or resume) the latent action model of `cfg.model.lam` with `cfg.train.lam`; returns a summary."""
-    tcfg = cfg.train.lam
-    out_dir = Path(tcfg.out_dir)
-    if tcfg.threads:
-        torch.set_num_threads(tcfg.threads)
-    accelerator = make_accelerator(tcfg)
-    seed_process(tcfg.seed, accelerator)
-    is_main = accelerator.is_main_process
-    log = print if is_main else lambda *a, **k: None
-    model_cfg = LAMConfig(**OmegaConf.to_container(cfg.model.lam, resolve=True))
-    device = accelerator.device
-    model, flow_net = LatentActionModel(model_cfg).to(device), FlowNet().to(device)
-    params = list(model.parameters()) + list(flow_net.parameters())
-    optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    gen = torch.Generator().manual_seed(tcfg.seed)
-
-    train_bank, val_bank = load_banks(tcfg, cfg.task.image_key, model_cfg.clip_len, model_cfg.image_size)
-    start = 0
-    restore_on_main(out_dir, accelerator)
-    modules = {"model": model, "flow_net": flow_net}
-    if tcfg.resume and (out_dir / CKPT_DIR / "state.json").is_file():
-        hint = "use another train.lam.out_dir or set train.lam.resume=false"
-        start = load_checkpoint(out_dir, modules, optimizer, gen, model_cfg.to_dict(), hint)["step"]
-        log(f"resuming from {out_dir / CKPT_DIR} at step {start}")
-        seed_process(tcfg.seed, accelerator, start)
-    check_same_start(start, accelerator)
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    extra = {
-        "model_config": model_cfg.to_dict(),
-        "val_episodes": val_bank.episodes,
-        "dataset": str(tcfg.dataset),
-        "image_key": cfg.task.image_key,
-    }
-
-    writer = SummaryWriter(str(out_dir / "tb"), purge_step=start) if is_main else None
-    log(
-        f"latent action model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
-        f"{len(train_bank)} training clips, {len(val_bank)} held out ({len(val_bank.episodes)} episodes); "
-        f"{accelerator.num_processes} process(es) x {tcfg.grad_accum} micro-batch(es) per step"
-    )
-    if tcfg.compile:
-        model.compile()  # in place: state_dict keys and checkpoints are unchanged
-    parallel = accelerator.prepare_model(Objective(model, flow_net, tcfg.loss))  # DDP with several processes
-    clock, samples = time.perf_counter(), 0
-    steps = range(start, tcfg.steps)
-    progress = tqdm(steps, initial=start, total=tcfg.steps, desc="lam", unit="step", disable=not is_main)
-    for step in progress:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, tcfg)
-        rows = torch.randint(len(train_bank), (tcfg.batch_size,), generator=gen)  # the global batch
-        transitions = torch.randint(model_cfg.clip_len - 1, (len(rows),), generator=gen)
-        optimizer.zero_grad(set_to_none=True)
-        for mine in accumulation(accelerator, parallel, shard_rows(rows, accelerator, tcfg.grad_accum)):
-            clips = train_bank.clips(rows[mine]).to(device)
-            loss, terms, weights, out = parallel(clips, step, transitions[mine])
-            if not finite_everywhere(loss, accelerator):
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at step {step} (terms { ({k: v.item() for k, v in terms.items()}) }); "
-                    f"stopped. The last good checkpoint in {out_dir / CKPT_DIR} is kept; lower train.lam.lr and resume."
-                )
-            accelerator.backward(loss / tcfg.grad_accum)
-        grad_norm = accelerator.clip_grad_norm_(params, tcfg.grad_clip)
-        optimizer.step()
-        samples += len(rows)
-        replaced = revive_dead_codes(model, step, tcfg)
-        if step == start or codes_due(step, tcfg):  # the codebook changed outside the optimizer
-            broadcast_from_main(model.quantizer, accelerator)
-
-        if ((step + 1) % tcfg.log_every == 0 or replaced) and is_main:
-            elapsed = time.perf_counter() - clock
-            log_scalars(
-                writer,
-                step + 1,
-                loss,
-                terms,
-                weights,
-                out,
-                grad_norm,
-                lr_at(step, tcfg),
-                samples / elapsed,
-                replaced,
-                model.quantizer.num_codes,
-            )
-            progress.set_postfix(loss=f"{loss.item():.4f}", l1=f"{terms['l1'].item():.4f}")
-        if ((step + 1) % tcfg.val_every == 0 or step + 1 == tcfg.steps) and is_main:
-            for k, v in evaluate(model, val_bank, tcfg.val_clips).items():
-                writer.add_scalar(f"val/{k}", v, step + 1)
-        if (step + 1) % tcfg.ckpt_every == 0 or step + 1 == tcfg.steps:
-            if is_main:
-                save_checkpoint(out_dir, modules, optimizer, step + 1, gen, extra)
-            accelerator.wait_for_everyone()
-    progress.close()
-    minutes = (time.perf_counter() - clock) / 60
-    summary = {
-        "steps": tcfg.steps,
-        "resumed_at": start,
-        "minutes": minutes,
-        "samples_per_s": samples / max(60 * minutes, 1e-9),  # global samples
-        "processes": accelerator.num_processes,
-        "grad_accum": tcfg.grad_accum,
-    }
-    if is_main:
-        writer.close()
-        summary |= evaluate(model, val_bank, tcfg.val_clips)
-    accelerator.wait_for_everyone()
-    return summary
+    return Trainer(cfg.train.lam, "lam", cfg).fit(lambda device: LAMTask(cfg, device))
 
 
 def codes_due(step: int, tcfg: DictConfig) -> bool:
@@ -320,20 +247,6 @@ def revive_dead_codes(model, step: int, tcfg: DictConfig) -> int:
     if not hasattr(quantizer, "replace_dead_codes") or not codes_due(step, tcfg):
         return 0
     return quantizer.replace_dead_codes()
-
-
-def log_scalars(writer, step, loss, terms, weights, out, grad_norm, lr, samples_per_s, replaced, num_codes):
-    writer.add_scalar("train/loss", loss.item(), step)
-    for k, v in terms.items():
-        writer.add_scalar(f"train/{k}", v.item(), step)
-        writer.add_scalar(f"weight/{k}", weights[k], step)
-    writer.add_scalar("train/quantizer_loss", out.quantizer_loss.item(), step)
-    writer.add_scalar("train/grad_norm", grad_norm.item(), step)
-    writer.add_scalar("train/lr", lr, step)
-    writer.add_scalar("train/samples_per_s", samples_per_s, step)
-    writer.add_scalar("train/dead_codes_replaced", replaced, step)
-    stats = code_stats(out.codes.flatten(), num_codes)
-    writer.add_scalar("train/batch_perplexity", stats["perplexity"], step)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

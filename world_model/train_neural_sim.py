@@ -18,7 +18,6 @@ model saw (the env clips outside it). Checkpoints are safetensors, resumable (wo
 import json
 import math
 import sys
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,18 +26,8 @@ import hydra
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
-from data.chunks import EpisodeBank
-from world_model.checkpoint import (
-    CKPT_DIR,
-    has_checkpoint,
-    load_checkpoint,
-    load_trained,
-    restore_interrupted_swap,
-    save_checkpoint,
-)
+from data.chunks import EpisodeBank, split_episodes
 from world_model.losses import psnr
 from world_model.neural_sim import (
     OBJECT_YAW_MASK,
@@ -51,7 +40,11 @@ from world_model.neural_sim import (
     video_condition,
     wrap_angle,
 )
-from world_model.train_lam import split_episodes
+from world_model.training import Trainer, TrainTask
+from world_model.training.checkpoint import (
+    CKPT_DIR,
+    load_trained,
+)
 
 STATE, ENV_STATE, ACTION = "observation.state", "observation.environment_state", "action"
 SUCCESS, GRASP = "success", "grasped_now"
@@ -284,111 +277,123 @@ def evaluate_frames(dynamics, probe, bank: EpisodeBank, stats: dict, unroll: int
 
 
 # ---------------------------------------------------------------------------------------------- training
-def train(cfg: DictConfig) -> dict:
-    tcfg = cfg.train.neural_sim
-    out_dir = Path(tcfg.out_dir)
-    torch.manual_seed(tcfg.seed)
-    device = torch.device(tcfg.device)
-    bank = load_rollouts(tcfg.dataset, cfg.task.image_key)
-    train_eps, val_eps = split_episodes(len(bank.episodes), tcfg.val_fraction, tcfg.seed)
-    train_bank = bank.subset([bank.episodes[i] for i in train_eps])
-    val_bank = bank.subset([bank.episodes[i] for i in val_eps])
-    model_cfg = NeuralSimConfig(**OmegaConf.to_container(cfg.model.neural_sim, resolve=True))
-    if model_cfg.image_size != bank.frames.shape[-1]:
-        raise ValueError(
-            f"{tcfg.dataset} has {bank.frames.shape[-1]}-pixel frames, the model takes {model_cfg.image_size}"
-        )
-    modules = {name: module.to(device) for name, module in build_modules(model_cfg).items()}
-    params = [p for m in modules.values() for p in m.parameters()]
-    # One optimizer for both phases: AdamW skips the parameters of the phase not training (no grads).
-    optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    gen = torch.Generator().manual_seed(tcfg.seed)
-    stats = statistics(train_bank)
-    meta = {
-        "model_config": model_cfg.to_dict(),
-        "stats": stats,
-        "state_steps": tcfg.state_steps,  # where the phases meet: fixed for a run
-        "dataset": str(tcfg.dataset),
-    }
+class Objective(torch.nn.Module):
+    """The four modules, with the loss of a phase as the forward: the state model and the judge
+    ("states"), or the video model and the probe ("frames")."""
 
-    start = 0
-    restore_interrupted_swap(out_dir)
-    if tcfg.resume and has_checkpoint(out_dir):
-        hint = "use another train.neural_sim.out_dir or set train.neural_sim.resume=false"
-        saved = load_checkpoint(out_dir, modules, optimizer, gen, model_cfg.to_dict(), hint)
-        if saved["state_steps"] != tcfg.state_steps:
-            raise ValueError(
-                f"{out_dir / CKPT_DIR} was trained with state_steps={saved['state_steps']}, not "
-                f"{tcfg.state_steps}: the phases would meet elsewhere; {hint}"
-            )
-        start, meta["stats"] = saved["step"], saved["stats"]  # the statistics the weights were trained with
-        stats = meta["stats"]
-        print(f"resuming from {out_dir / CKPT_DIR} at step {start}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    size = {k: f"{sum(p.numel() for p in m.parameters()) / 1e6:.2f}M" for k, m in modules.items()}
-    print(
-        f"neural simulator: {size} parameters; {len(train_bank.episodes)} training episodes, "
-        f"{len(val_bank.episodes)} held out; {tcfg.state_steps} state steps, then {tcfg.steps} frame steps"
-    )
-    phases = [
-        (
-            "states",
-            tcfg.state_steps,
-            tcfg.state_batch,
-            tcfg.state_unroll,
-            start_rows(train_bank, tcfg.state_unroll),
-        ),
-        ("frames", tcfg.steps, tcfg.batch_size, tcfg.unroll, start_rows(train_bank, tcfg.unroll)),
-    ]
-    total = tcfg.state_steps + tcfg.steps
-    writer = SummaryWriter(str(out_dir / "tb"), purge_step=start)
-    clock = time.perf_counter()
-    progress = tqdm(range(start, total), initial=start, total=total, desc="neural sim", unit="step")
-    for step in progress:
-        phase, phase_steps, batch, unroll, rows = phases[0] if step < tcfg.state_steps else phases[1]
-        phase_step = step if phase == "states" else step - tcfg.state_steps
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(tcfg, phase_step, phase_steps)
-        pick = rows[torch.randint(len(rows), (batch,), generator=gen)]
-        seq = make_sequences(train_bank, pick, unroll, stats, frames=phase == "frames")
-        seq = Sequence(*(None if t is None else t.to(device) for t in vars(seq).values()))
+    def __init__(self, modules: dict[str, torch.nn.Module], loss_cfg: DictConfig):
+        super().__init__()
+        self.parts, self.loss_cfg = torch.nn.ModuleDict(modules), loss_cfg
+
+    def forward(self, seq: Sequence, phase: str, stats: dict):
+        parts = self.parts
         if phase == "states":
-            loss, terms = state_loss(modules["states"], modules["judge"], seq, stats, tcfg.loss)
-        else:
-            loss, terms = frame_loss(modules["dynamics"], modules["probe"], seq, stats, tcfg.loss)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss is {loss.item()} at step {step}; the last good checkpoint is kept"
+            return state_loss(parts["states"], parts["judge"], seq, stats, self.loss_cfg)
+        return frame_loss(parts["dynamics"], parts["probe"], seq, stats, self.loss_cfg)
+
+
+class NeuralSimTask(TrainTask):
+    """Two phases in one run and one checkpoint: `state_steps` of the state model and the judge, then
+    `steps` of the video model and the probe, each with its own batch, unroll and schedule."""
+
+    def __init__(self, cfg: DictConfig, device: torch.device):
+        tcfg = self.tcfg = cfg.train.neural_sim
+        bank = load_rollouts(tcfg.dataset, cfg.task.image_key)
+        train_eps, val_eps = split_episodes(len(bank.episodes), tcfg.val_fraction, tcfg.seed)
+        self.train_bank = bank.subset([bank.episodes[i] for i in train_eps])
+        self.val_bank = bank.subset([bank.episodes[i] for i in val_eps])
+        model_cfg = NeuralSimConfig(**OmegaConf.to_container(cfg.model.neural_sim, resolve=True))
+        if model_cfg.image_size != bank.frames.shape[-1]:
+            raise ValueError(
+                f"{tcfg.dataset} has {bank.frames.shape[-1]}-pixel frames, the model takes {model_cfg.image_size}"
             )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
-        optimizer.step()
-        if (step + 1) % tcfg.log_every == 0:
-            for k, v in terms.items():
-                writer.add_scalar(f"train/{k}", float(v.detach()), step + 1)
-            progress.set_postfix({k: f"{float(v.detach()):.4f}" for k, v in terms.items()} | {"phase": phase})
-        last_of_phase = phase_step + 1 == phase_steps
-        if (step + 1) % tcfg.val_every == 0 or last_of_phase:
-            for k, v in validate(modules, val_bank, stats, tcfg, phase).items():
-                writer.add_scalar(f"val/{k}", v, step + 1)
-        if (step + 1) % tcfg.ckpt_every == 0 or last_of_phase:
-            save_checkpoint(out_dir, modules, optimizer, step + 1, gen, meta)
-    progress.close()
-    writer.close()
-    summary = {"steps": total, "resumed_at": start, "minutes": (time.perf_counter() - clock) / 60}
-    summary |= validate(modules, val_bank, stats, tcfg, "states") | validate(
-        modules, val_bank, stats, tcfg, "frames"
-    )
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    return summary
+        self.modules = {name: module.to(device) for name, module in build_modules(model_cfg).items()}
+        # One optimizer for both phases: AdamW skips the parameters of the phase not training (no grads).
+        self.objective = self.model = Objective(self.modules, tcfg.loss)
+        self.lr, self.weight_decay, self.device = tcfg.lr, tcfg.weight_decay, device
+        self.stats = statistics(self.train_bank)
+        self.model_config = model_cfg.to_dict()
+        self.meta = {
+            "stats": self.stats,
+            "state_steps": tcfg.state_steps,  # where the phases meet: fixed for a run
+            "dataset": str(tcfg.dataset),
+        }
+        self.phases = {
+            "states": (
+                tcfg.state_steps,
+                tcfg.state_batch,
+                tcfg.state_unroll,
+                start_rows(self.train_bank, tcfg.state_unroll),
+            ),
+            "frames": (tcfg.steps, tcfg.batch_size, tcfg.unroll, start_rows(self.train_bank, tcfg.unroll)),
+        }
+
+    def describe(self) -> str:
+        size = {k: f"{sum(p.numel() for p in m.parameters()) / 1e6:.2f}M" for k, m in self.modules.items()}
+        return (
+            f"neural simulator: {size} parameters; {len(self.train_bank.episodes)} training episodes, "
+            f"{len(self.val_bank.episodes)} held out; {self.tcfg.state_steps} state steps, then "
+            f"{self.tcfg.steps} frame steps"
+        )
+
+    def phase(self, step: int) -> tuple[str, int]:
+        """The phase a step belongs to and the step within it."""
+        if step < self.tcfg.state_steps:
+            return "states", step
+        return "frames", step - self.tcfg.state_steps
+
+    def total_steps(self, tcfg: DictConfig) -> int:
+        return tcfg.state_steps + tcfg.steps
+
+    def milestones(self, tcfg: DictConfig) -> set[int]:
+        return {tcfg.state_steps, self.total_steps(tcfg)} - {0}
+
+    def lr_factor(self, step: int, tcfg: DictConfig) -> float:
+        phase, phase_step = self.phase(step)
+        return phase_schedule(phase_step, self.phases[phase][0], tcfg.lr_warmup)
+
+    def on_resume(self, meta: dict) -> None:
+        if meta["state_steps"] != self.tcfg.state_steps:
+            raise ValueError(
+                f"{self.tcfg.out_dir}/{CKPT_DIR} was trained with state_steps={meta['state_steps']}, not "
+                f"{self.tcfg.state_steps}: the phases would meet elsewhere; use another "
+                "train.neural_sim.out_dir or set train.neural_sim.resume=false"
+            )
+        self.stats = self.meta["stats"] = meta["stats"]  # the statistics the weights were trained with
+
+    def batch_size(self, step: int) -> int:
+        return self.phases[self.phase(step)[0]][1]
+
+    def draw(self, step: int, gen: torch.Generator, size: int):
+        rows = self.phases[self.phase(step)[0]][3]
+        return rows[torch.randint(len(rows), (size,), generator=gen)]
+
+    def micro_batch(self, draw, positions: torch.Tensor, step: int) -> tuple:
+        phase = self.phase(step)[0]
+        unroll = self.phases[phase][2]
+        seq = make_sequences(self.train_bank, draw[positions], unroll, self.stats, frames=phase == "frames")
+        seq = Sequence(*(None if t is None else t.to(self.device) for t in vars(seq).values()))
+        return seq, phase, self.stats
+
+    def validate(self, step: int) -> dict[str, float]:
+        return validate(self.modules, self.val_bank, self.stats, self.tcfg, self.phase(step)[0])
+
+    def summary(self, last_terms: dict) -> dict:
+        both = [validate(self.modules, self.val_bank, self.stats, self.tcfg, p) for p in ("states", "frames")]
+        return both[0] | both[1]
 
 
-def learning_rate(tcfg: DictConfig, step: int, steps: int) -> float:
-    """Linear warm-up, then a cosine down to a tenth, within each phase."""
+def phase_schedule(step: int, steps: int, warmup: int) -> float:
+    """The rate's factor at `step` of a phase of `steps`: linear warm-up times a cosine from 1 to a tenth
+    over the whole phase. (Its own shape, kept from before the loop was shared: the common
+    `warmup_cosine` would move this model's figures.)"""
     cosine = 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
-    return tcfg.lr * min(1.0, (step + 1) / tcfg.lr_warmup) * (0.1 + 0.9 * cosine)
+    return min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * cosine)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train (or resume) the neural simulator of `cfg.model.neural_sim` with `cfg.train.neural_sim`."""
+    return Trainer(cfg.train.neural_sim, "neural_sim", cfg).fit(lambda device: NeuralSimTask(cfg, device))
 
 
 def validate(modules: dict, val_bank: EpisodeBank, stats: dict, tcfg: DictConfig, phase: str) -> dict:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from world_model.distributed import make_accelerator, shard_rows
+from world_model.training.distributed import make_accelerator, shard_rows
 
 
 def test_shards_cover_the_global_batch_once():

@@ -139,12 +139,11 @@ def test_sequences_start_with_a_zero_action_and_skip_objects_off_the_table():
 
 
 def test_learning_rate_warms_up_then_falls_to_a_tenth():
-    from world_model.train_neural_sim import learning_rate
+    from world_model.train_neural_sim import phase_schedule
 
-    tcfg = OmegaConf.create({"lr": 1.0, "lr_warmup": 10})
-    assert learning_rate(tcfg, 0, 100) == pytest.approx(0.1, rel=0.01)
-    assert learning_rate(tcfg, 9, 100) == pytest.approx(0.98, rel=0.01)
-    assert learning_rate(tcfg, 100, 100) == pytest.approx(0.1)
+    assert phase_schedule(0, 100, warmup=10) == pytest.approx(0.1, rel=0.01)
+    assert phase_schedule(9, 100, warmup=10) == pytest.approx(0.98, rel=0.01)
+    assert phase_schedule(100, 100, warmup=10) == pytest.approx(0.1)
 
 
 def test_the_judge_learns_a_hand_made_success_rule():

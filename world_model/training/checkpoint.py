@@ -1,8 +1,8 @@
-"""Training checkpoints shared by the world-model jobs: safetensors only, written to a temporary folder
+"""Training checkpoints shared by every training job: safetensors only, written to a temporary folder
 and renamed, so a killed job leaves the previous checkpoint intact.
 
     <out_dir>/checkpoints/last/
-        <name>.safetensors        one per module (e.g. model, flow_net)
+        <name>.safetensors        one per module (e.g. model, flow_net; ema: the weight average)
         train_state.safetensors   optimizer tensors and every random generator's state
         state.json                step, model config, optimizer layout, extra metadata
 
@@ -81,17 +81,23 @@ def load_checkpoint(
     gen: torch.Generator,
     model_config: dict,
     hint: str,
+    optional: set[str] = frozenset(),
 ) -> dict:
     """Restore what save_checkpoint wrote; refuses a checkpoint of another model config (`hint` says how
-    to start afresh instead). Returns its state.json."""
+    to start afresh instead). Modules named in `optional` may be missing (a weight average a run did not
+    keep). Returns its state.json, with the names of the modules restored under "loaded"."""
     ckpt = Path(out_dir) / CKPT_DIR
     meta = json.loads((ckpt / "state.json").read_text())
     if meta["model_config"] != model_config:
         raise ValueError(
             f"checkpoint {ckpt} was trained with model config {meta['model_config']}, not {model_config}; {hint}"
         )
+    loaded = []
     for name, module in modules.items():
+        if name in optional and not (ckpt / f"{name}.safetensors").is_file():
+            continue
         module.load_state_dict(load_file(ckpt / f"{name}.safetensors"))
+        loaded.append(name)
     tensors = load_file(ckpt / "train_state.safetensors")
     device = next(iter(modules.values())).parameters().__next__().device
     opt_state = {
@@ -103,15 +109,16 @@ def load_checkpoint(
     if "cuda_rng" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["cuda_rng"])
     gen.set_state(tensors["batch_rng"])
-    return meta
+    return meta | {"loaded": loaded}
 
 
 def load_trained(
     path: str | Path, what: str, build: Callable[[dict], dict[str, nn.Module]]
 ) -> tuple[dict[str, nn.Module], dict]:
     """The modules of a trained run, from its run folder or its checkpoint folder, in eval mode:
-    `build(model_config)` makes them, and each reads its weights from <name>.safetensors. Returns them
-    and the checkpoint's state.json; a missing checkpoint is an error that names `what`."""
+    `build(model_config)` makes them, and each reads its weights from <name>.safetensors, except the
+    module a weight average followed (state.json's `ema_of`), which reads the average. Returns them and
+    the checkpoint's state.json; a missing checkpoint is an error that names `what`."""
     path = Path(path)
     ckpt = path / CKPT_DIR if (path / CKPT_DIR).is_dir() else path
     if not (ckpt / "state.json").is_file():
@@ -119,6 +126,7 @@ def load_trained(
     meta = json.loads((ckpt / "state.json").read_text())
     modules = build(meta["model_config"])
     for name, module in modules.items():
-        module.load_state_dict(load_file(ckpt / f"{name}.safetensors"))
+        weights = "ema" if name == meta.get("ema_of") else name
+        module.load_state_dict(load_file(ckpt / f"{weights}.safetensors"))
         module.eval()
     return modules, meta

@@ -20,7 +20,7 @@ import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
 from omegaconf import DictConfig
 
-from world_model.checkpoint import restore_interrupted_swap
+from world_model.training.checkpoint import restore_interrupted_swap
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16"}
 

@@ -1,0 +1,267 @@
+"""The one training loop: every model the project trains runs its gradient steps here.
+
+    summary = Trainer(cfg.train.lam, "lam").fit(lambda device: LAMTask(cfg, device))
+
+The trainer owns what every job shares: the accelerator (DDP, accumulation, bf16 on GPU), seeding,
+resume, the NaN guard, the learning-rate schedule, gradient clipping, the weight average (EMA, off
+unless `ema.decay` is set), the logging / validation / checkpoint cadence, tqdm and TensorBoard, and
+the run summary. A model supplies a `TrainTask`: its modules, how to draw a batch, its loss (the
+`objective` module, whose forward returns `(loss, terms)`), its evaluation and an `after_step` hook.
+
+Keys read from the train config (`cfg.train.<name>`): out_dir, resume, seed, device, precision,
+grad_accum, compile, threads, steps, lr_warmup, grad_clip, log_every, val_every, ckpt_every, ema.
+"""
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from world_model.training.checkpoint import CKPT_DIR, has_checkpoint, load_checkpoint, save_checkpoint
+from world_model.training.distributed import (
+    accumulation,
+    check_same_start,
+    finite_everywhere,
+    make_accelerator,
+    restore_on_main,
+    seed_process,
+    shard_rows,
+)
+from world_model.training.ema import WeightAverage
+from world_model.training.schedule import warmup_cosine
+
+EMA_MODULE = "ema"
+
+
+class TrainTask:
+    """What one model brings to the trainer. Subclasses set the attributes in `__init__(cfg, device)`,
+    which the trainer calls after seeding (so initial weights follow the seed), and override the hooks
+    they need."""
+
+    modules: dict[str, nn.Module]  # checkpointed, one safetensors file per name
+    model: nn.Module  # what the weight average follows and torch.compile compiles
+    objective: nn.Module  # forward(*micro_batch) -> (loss, terms); the module DDP wraps
+    model_config: dict  # checked on resume: another config is refused
+    meta: dict = {}  # kept in the checkpoint's state.json beside model_config
+    lr: float  # the base rate of the optimizer's groups without their own
+    weight_decay: float = 0.0
+    lr_floor: float = 0.1  # the cosine ends at this fraction of the rate
+    progress_keys: tuple[str, ...] = ()  # terms shown on the progress bar
+
+    def param_groups(self) -> list:
+        """The optimizer's parameters or parameter groups (AdamW)."""
+        return list(self.objective.parameters())
+
+    def total_steps(self, tcfg: DictConfig) -> int:
+        return tcfg.steps
+
+    def lr_factor(self, step: int, tcfg: DictConfig) -> float:
+        return warmup_cosine(step, self.total_steps(tcfg), tcfg.lr_warmup, self.lr_floor)
+
+    def milestones(self, tcfg: DictConfig) -> set[int]:
+        """Steps after which the trainer validates and checkpoints whatever the cadence (phase ends)."""
+        return {self.total_steps(tcfg)}
+
+    def batch_size(self, step: int) -> int:
+        raise NotImplementedError
+
+    def draw(self, step: int, gen: torch.Generator, size: int):
+        """The global batch's random choices, drawn from `gen` only (the same on every process)."""
+        raise NotImplementedError
+
+    def micro_batch(self, draw, positions: torch.Tensor, step: int) -> tuple:
+        """The objective's arguments for the rows of `draw` at `positions` (this process's share), on the device."""
+        raise NotImplementedError
+
+    def check_micro_batch(self, rows: int) -> None:
+        """Refuse micro-batches too small for the loss (called once before training)."""
+
+    def after_step(self, step: int, trainer: "Trainer") -> dict[str, float]:
+        """Runs on every process after the optimizer step; returns scalars to log now."""
+        return {}
+
+    def on_resume(self, meta: dict) -> None:
+        """Take what the loss needs from the checkpoint's state.json (e.g. its statistics)."""
+
+    def validate(self, step: int) -> dict[str, float]:
+        """Held-out metrics after `step` steps (main process only)."""
+        return {}
+
+    def summary(self, last_terms: dict) -> dict:
+        """The run summary's model-specific part, after training (main process only)."""
+        return self.validate(-1)
+
+    def export(self, out_dir: Path, model: nn.Module) -> None:
+        """Write the trained model for inference, if the job does more than its checkpoint (main only).
+        `model` holds the weight average when there is one."""
+
+    def describe(self) -> str:
+        """One line on the model and its data, printed at the start."""
+        return ""
+
+
+class Trainer:
+    def __init__(self, tcfg: DictConfig, name: str, full_cfg: DictConfig | None = None):
+        self.tcfg, self.name = tcfg, name
+        self.full_cfg = full_cfg  # written beside the checkpoints as config.yaml
+        self.out_dir = Path(tcfg.out_dir)
+
+    def fit(self, build: Callable[[torch.device], TrainTask]) -> dict:
+        """Train (or resume) the task `build(device)` makes; returns the run summary."""
+        tcfg, out_dir = self.tcfg, self.out_dir
+        if tcfg.get("threads"):
+            torch.set_num_threads(tcfg.threads)
+        accelerator = self.accelerator = make_accelerator(tcfg)
+        seed_process(tcfg.seed, accelerator)
+        is_main = accelerator.is_main_process
+        log = print if is_main else lambda *a, **k: None
+        task = self.task = build(accelerator.device)
+        groups = task.param_groups()
+        optimizer = torch.optim.AdamW(groups, lr=task.lr, weight_decay=task.weight_decay)
+        base_lrs = [g["lr"] for g in optimizer.param_groups]
+        gen = torch.Generator().manual_seed(tcfg.seed)
+        average = self.make_average(task)
+        modules = task.modules | ({EMA_MODULE: average.model} if average else {})
+
+        start = self.start = self.resume(modules, optimizer, gen, average)
+        total = task.total_steps(tcfg)
+        if is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            if self.full_cfg is not None:
+                (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.full_cfg, resolve=True))
+        log(
+            f"{task.describe()}; {accelerator.num_processes} process(es) x {tcfg.get('grad_accum', 1)} "
+            f"micro-batch(es) per step"
+        )
+        writer = SummaryWriter(str(out_dir / "tb"), purge_step=start) if is_main else None
+        if tcfg.get("compile"):
+            task.model.compile()  # in place: state_dict keys and checkpoints are unchanged
+        grad_accum = tcfg.get("grad_accum", 1)
+        task.check_micro_batch(task.batch_size(start) // max(1, grad_accum * accelerator.num_processes))
+        parallel = accelerator.prepare_model(task.objective)  # DDP (and autocast) with several processes
+        milestones = task.milestones(tcfg)
+        clock, samples, terms = time.perf_counter(), 0, {}
+        progress = tqdm(
+            range(start, total), initial=start, total=total, desc=self.name, unit="step", disable=not is_main
+        )
+        for step in progress:
+            factor = task.lr_factor(step, tcfg)
+            for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+                group["lr"] = lr * factor
+            size = task.batch_size(step)
+            draw = task.draw(step, gen, size)
+            optimizer.zero_grad(set_to_none=True)
+            for mine in accumulation(
+                accelerator, parallel, shard_rows(torch.arange(size), accelerator, grad_accum)
+            ):
+                loss, terms = self.forward(parallel, task.micro_batch(draw, mine, step), step)
+                if not finite_everywhere(loss, accelerator):
+                    raise FloatingPointError(
+                        f"loss is {loss.item()} at step {step} (terms {scalars(terms)}); stopped. The last "
+                        f"good checkpoint in {out_dir / CKPT_DIR} is kept; lower train.{self.name}.lr and resume."
+                    )
+                accelerator.backward(loss / grad_accum)
+            grad_norm = accelerator.clip_grad_norm_(parallel.parameters(), tcfg.grad_clip)
+            optimizer.step()
+            samples += size
+            if average:
+                average.step(task.model)
+            logged = task.after_step(step, self)
+            done = step + 1
+            if is_main and (done % tcfg.log_every == 0 or logged):
+                rate = samples / (time.perf_counter() - clock)
+                log_scalars(
+                    writer, done, loss, terms, grad_norm, optimizer.param_groups[0]["lr"], rate, logged
+                )
+                shown = {"loss": loss} | {k: terms[k] for k in task.progress_keys if k in terms}
+                progress.set_postfix({k: f"{float(v):.4f}" for k, v in shown.items()})
+            if is_main and (done in milestones or (tcfg.get("val_every") and done % tcfg.val_every == 0)):
+                for k, v in task.validate(step).items():
+                    writer.add_scalar(f"val/{k}", v, done)
+            if done % tcfg.ckpt_every == 0 or done in milestones:
+                if is_main:
+                    if average:
+                        average.averaged()  # into modules["ema"]
+                    save_checkpoint(
+                        out_dir, modules, optimizer, done, gen, self.checkpoint_meta(task, average)
+                    )
+                accelerator.wait_for_everyone()
+        progress.close()
+        minutes = (time.perf_counter() - clock) / 60
+        summary = {
+            "steps": total,
+            "resumed_at": start,
+            "minutes": minutes,
+            "samples_per_s": samples / max(60 * minutes, 1e-9),  # global samples
+            "processes": accelerator.num_processes,
+            "grad_accum": grad_accum,
+        }
+        if is_main:
+            writer.close()
+            summary |= task.summary(terms)
+            task.export(out_dir, average.averaged() if average else task.model)
+            (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        accelerator.wait_for_everyone()
+        return summary
+
+    def forward(self, parallel: nn.Module, micro_batch: tuple, step: int) -> tuple[torch.Tensor, dict]:
+        """The objective on one micro-batch: (loss, terms)."""
+        return parallel(*micro_batch)
+
+    def make_average(self, task: TrainTask) -> WeightAverage | None:
+        ema = self.tcfg.get("ema") or {}
+        if not ema.get("decay"):
+            return None
+        return WeightAverage(task.model, ema.decay, ema.get("power", 0.75))
+
+    def checkpoint_meta(self, task: TrainTask, average: WeightAverage | None) -> dict:
+        meta = {"model_config": task.model_config} | task.meta
+        if average:
+            meta["ema_of"] = next(k for k, m in task.modules.items() if m is task.model)
+        return meta
+
+    def resume(self, modules: dict, optimizer, gen: torch.Generator, average: WeightAverage | None) -> int:
+        """Restore the last checkpoint in out_dir when asked to; returns the step to start from."""
+        tcfg, out_dir, accelerator, start = self.tcfg, self.out_dir, self.accelerator, 0
+        restore_on_main(out_dir, accelerator)
+        if tcfg.resume and has_checkpoint(out_dir):
+            hint = f"use another train.{self.name}.out_dir or set train.{self.name}.resume=false"
+            saved = load_checkpoint(
+                out_dir, modules, optimizer, gen, self.task.model_config, hint, optional={EMA_MODULE}
+            )
+            start = saved["step"]
+            self.task.on_resume(saved)
+            if average:
+                if EMA_MODULE not in saved.get("loaded", []):
+                    print(
+                        f"{out_dir / CKPT_DIR} has no weight average: it starts from the weights at step {start}"
+                    )
+                    average.model.load_state_dict(self.task.model.state_dict())
+                average.resume(start)
+            if accelerator.is_main_process:
+                print(f"resuming from {out_dir / CKPT_DIR} at step {start}")
+            seed_process(tcfg.seed, accelerator, start)
+        check_same_start(start, accelerator)
+        return start
+
+
+def scalars(terms: dict) -> dict[str, float]:
+    return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()}
+
+
+def log_scalars(writer, step, loss, terms, grad_norm, lr, samples_per_s, extra) -> None:
+    """Terms named with a slash (weight/mse) are logged as named, the others under train/."""
+    writer.add_scalar("train/loss", loss.item(), step)
+    for k, v in scalars(terms).items():
+        writer.add_scalar(k if "/" in k else f"train/{k}", v, step)
+    writer.add_scalar("train/grad_norm", float(grad_norm), step)
+    writer.add_scalar("train/lr", lr, step)
+    writer.add_scalar("train/samples_per_s", samples_per_s, step)
+    for k, v in extra.items():
+        writer.add_scalar(k, v, step)
