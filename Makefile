@@ -60,7 +60,7 @@ lint: install
 
 # Rendering and physics throughput, expert and random success: writes reports/bench/sim.json.
 bench-sim: install
-	$(PYTHON) -m sim.bench
+	$(PYTHON) -m bench.sim
 
 # The suite's ceiling (~30 min): the default demos -> state_fm (privileged state, the same decoder and
 # trainer as ours) -> state_fm chunked and closed-loop, the expert and random, 50 episodes per task and
@@ -79,30 +79,30 @@ datasets: $(DATASETS)/video/meta/info.json
 # Latent action model: trains the CPU profile from scratch (~20 min) and scores it: writes
 # reports/bench/lam.json and reports/figures/lam_grid.png.
 bench-lam: install datasets
-	$(PYTHON) -m world_model.bench_lam data.root=$(DATASETS)
+	$(PYTHON) -m bench.lam data.root=$(DATASETS)
 
 # Policy latency (chunk and full step, batch 1, this CPU) and few-step success: reports/bench/policy.json.
 bench-policy: install
-	$(PYTHON) -m policies.bench_policy
+	$(PYTHON) -m bench.policy
 
 # The real-time loop at 20 and 50 Hz on the MuJoCo robot with the trained policy (~15 min of real-time
 # episodes): reports/bench/control.json and reports/figures/control.png.
 bench-control: install
-	$(PYTHON) -m policies.control.bench
+	$(PYTHON) -m bench.control
 
 # The neural simulator against MuJoCo (generates its rollouts and trains it when missing, ~45 min):
 # agreement over 7 policies, PSNR/SSIM by horizon, throughput -> reports/bench/neural_sim.json.
 bench-neural-sim: install
-	$(PYTHON) -m world_model.bench_neural_sim
+	$(PYTHON) -m bench.neural_sim
 
 # Training samples/s and MFU of the GPU profiles (128x128), fp32/bf16, eager/compiled: reports/bench/train_cuda.json.
 # Prints why and exits 0 where no GPU is visible.
 bench-gpu: install
-	$(PYTHON) -m policies.bench_train experiment=full_gpu bench_train.device=cuda
+	$(PYTHON) -m bench.train experiment=full_gpu bench_train.device=cuda
 
 # The same for the CPU profiles on this machine (fp32, eager): reports/bench/train_cpu.json.
 bench-train-cpu: install
-	$(PYTHON) -m policies.bench_train bench_train.device=cpu 'bench_train.precisions=[fp32]' 'bench_train.compile=[false]'
+	$(PYTHON) -m bench.train bench_train.device=cpu 'bench_train.precisions=[fp32]' 'bench_train.compile=[false]'
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache

@@ -21,12 +21,13 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, open_dict
 
+from bench.common import git_commit, write_atomic
 from data.dataset import load_metadata
 from data.generate import close_envs, generate_demos
 from data.replay import compare_with_renders
 from policies.train_policy import PRETRAINED_DIR, train
 from policies.vipra import make_policy
-from sim.evaluate import evaluate, git_commit, results_markdown, write_atomic
+from sim.evaluate import evaluate, results_markdown
 from sim.experts import RandomPolicy, ScriptedPolicy
 
 ROWS = {  # report key -> policy name in the evaluation

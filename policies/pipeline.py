@@ -64,12 +64,12 @@ def stages(cfg: DictConfig, base: list[str]) -> list[tuple[str, list[str]]]:
     lams = sorted({PRETRAINING[p][0] for p in trained if PRETRAINING.get(p)})
     for lam in lams:
         lam_dir = run_dir / lam
-        out.append(("world_model.train_lam", [*base, f"train.lam.out_dir={lam_dir}", *LAM_OVERRIDES[lam]]))
+        out.append(("world_model.lam.train", [*base, f"train.lam.out_dir={lam_dir}", *LAM_OVERRIDES[lam]]))
         labels = lam_dir / "labels" / f"{cfg.data.video.name}.safetensors"
         if not labels.is_file():
             out.append(
                 (
-                    "world_model.label_lam",
+                    "world_model.lam.label",
                     [*base, f"label.checkpoint={lam_dir}", f"label.dataset={video}", f"label.out={labels}"],
                 )
             )
@@ -81,7 +81,7 @@ def stages(cfg: DictConfig, base: list[str]) -> list[tuple[str, list[str]]]:
             backbone_dir = run_dir / "backbone" / name
             out.append(
                 (
-                    "world_model.train_backbone",
+                    "world_model.backbone.train",
                     [
                         *base,
                         f"train.lam.out_dir={run_dir / lam}",

@@ -32,7 +32,7 @@ from data.chunks import EpisodeBank
 from data.clips import random_shift, shift_offsets
 from policies.vipra import VipraConfig, VipraPolicy
 from policies.vipra.configuration_vipra import ACTION_KEY, ENV_STATE_KEY, STATE_KEY
-from world_model.train_backbone import load_backbone
+from world_model.backbone.model import load_backbone
 from world_model.training import Trainer, TrainTask
 from world_model.training.distributed import is_main_process
 

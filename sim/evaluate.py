@@ -19,7 +19,6 @@ import importlib
 import json
 import multiprocessing
 import os
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +34,7 @@ from tqdm import tqdm
 
 from sim.env import TabletopEnv
 from sim.metrics import wilson_interval
+from sim.reporting import git_commit, write_atomic
 from sim.tasks import PROTOCOLS, get_task
 from sim.video import write_mp4
 
@@ -274,29 +274,6 @@ def results_markdown(results: dict) -> str:
         ]
         lines += ["| average | " + " | ".join(avg) + " |", ""]
     return "\n".join(lines)
-
-
-def git_commit() -> str:
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        # Results being rewritten under reports/ do not make the code that produced them dirty.
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!reports"],
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_report(results: dict, out_dir: Path, command: str) -> str:

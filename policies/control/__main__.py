@@ -17,7 +17,7 @@ import data  # noqa: F401  (offline hub before lerobot is imported)
 import sim  # noqa: F401  (MUJOCO_GL before mujoco is imported)
 from policies.control.runtime import ControlConfig
 from policies.control.session import load_policy, make_robot, run_session
-from sim.evaluate import write_atomic
+from sim.reporting import write_atomic
 
 
 def instruction_for(cfg: DictConfig, robot) -> str:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from lerobot.configs import FeatureType, PolicyFeature, PreTrainedConfig
 from lerobot.optim import AdamWConfig
 
-from world_model.backbone import BackboneConfig
+from world_model.backbone.model import BackboneConfig
 
 IMAGE_KEY = "observation.images.image"
 STATE_KEY = "observation.state"

@@ -30,8 +30,8 @@ from policies.flow_matching import (
 )
 from policies.vipra.configuration_vipra import ACTION_KEY, ENV_STATE_KEY, STATE_KEY, VipraConfig
 from policies.vipra.processor_vipra import Normalizer, tokenize
-from world_model.backbone import BackboneConfig, VideoBackbone
-from world_model.lam import Attention
+from world_model.backbone.model import BackboneConfig, VideoBackbone
+from world_model.layers import Attention
 
 
 def sinusoidal(t: torch.Tensor, dim: int, max_period: float = 100.0) -> torch.Tensor:

@@ -10,7 +10,7 @@ pretrained path.
 import torch
 from torch import nn
 
-from world_model.backbone import tokenize
+from world_model.backbone.model import tokenize
 
 __all__ = ["Normalizer", "make_vipra_pre_post_processors", "tokenize"]
 

@@ -43,10 +43,10 @@ def config(root, run_dir, *extra):
 @pytest.fixture(scope="module")
 def pipeline_runs(datasets, tmp_path_factory):
     """Train every stage once at toy scale; returns (cfg, run_dir)."""
-    from world_model.label_lam import label_dataset, write_labels
-    from world_model.train_backbone import train as train_backbone
-    from world_model.train_lam import load_lam
-    from world_model.train_lam import train as train_lam
+    from world_model.backbone.train import train as train_backbone
+    from world_model.lam.label import label_dataset, write_labels
+    from world_model.lam.model import load_lam
+    from world_model.lam.train import train as train_lam
 
     root, run_dir = datasets[0], tmp_path_factory.mktemp("runs")
     cfg = config(root, run_dir)
@@ -68,7 +68,7 @@ def test_finetuned_policy_runs_in_the_harness(pipeline_runs, datasets):
     from policies.train_policy import train as train_policy
     from policies.vipra import make_policy
     from sim.evaluate import evaluate
-    from world_model.train_backbone import load_backbone
+    from world_model.backbone.model import load_backbone
 
     cfg, run_dir, _ = pipeline_runs
     train_policy(cfg)
@@ -114,7 +114,7 @@ def test_pipeline_plans_every_stage_of_the_table(tmp_path):
     plan = stages(cfg, ["experiment=full"])
     modules = [m for m, _ in plan]
     assert modules[0] == "data.generate" and modules[-1] == "sim.evaluate"
-    assert modules.count("world_model.train_lam") == 2 and modules.count("world_model.train_backbone") == 5
+    assert modules.count("world_model.lam.train") == 2 and modules.count("world_model.backbone.train") == 5
     assert modules.count("policies.train_policy") == 6 and "policies.lerobot_baseline" in modules
     evaluated = plan[-1][1][-1]
     assert evaluated.startswith("eval.policies=[ours,scratch_fm,lerobot_baseline")
@@ -151,7 +151,7 @@ def test_ddp_and_accumulated_steps_equal_the_one_process_step(pipeline_runs, dat
 
     from safetensors.torch import load_file
 
-    from world_model.train_backbone import train as train_backbone
+    from world_model.backbone.train import train as train_backbone
 
     cfg, _, _ = pipeline_runs
     root = datasets[0]
@@ -162,7 +162,7 @@ def test_ddp_and_accumulated_steps_equal_the_one_process_step(pipeline_runs, dat
     args = [
         *torchrun,
         "-m",
-        "world_model.train_backbone",
+        "world_model.backbone.train",
         *backbone_step_overrides(root, cfg, tmp_path / "ddp"),
     ]
     done = subprocess.run(

@@ -4,7 +4,7 @@ import torch
 from lerobot.configs import FeatureType, PolicyFeature
 
 from policies.vipra import VipraConfig
-from world_model.backbone import BackboneConfig
+from world_model.backbone.model import BackboneConfig
 
 TINY_BACKBONE = BackboneConfig(image_size=32, patch_size=8, horizon=6, dim=32, heads=2, layers=1, pool=2)
 

@@ -44,13 +44,13 @@ def compose_cfg(overrides: list[str]):
 
 def train_function(model: str):
     if model == "lam":
-        from world_model.train_lam import train
+        from world_model.lam.train import train
     elif model == "backbone":
-        from world_model.train_backbone import train
+        from world_model.backbone.train import train
     elif model in ("policy", "state_fm"):
         from policies.train_policy import train
     else:
-        from world_model.train_neural_sim import train
+        from world_model.neural_sim.train import train
     return train
 
 
@@ -83,8 +83,8 @@ def overrides(model: str, inputs: SimpleNamespace, out_dir: Path, steps: int) ->
 def make_labels(root: Path, work: Path, lam_dir: Path | None = None) -> Path:
     """Latent-action labels of the fixture video from the LAM in `lam_dir` (default: a tiny one trained
     for 2 steps)."""
-    from world_model.label_lam import label_dataset, write_labels
-    from world_model.train_lam import load_lam
+    from world_model.lam.label import label_dataset, write_labels
+    from world_model.lam.model import load_lam
 
     if lam_dir is None:
         lam_dir = work / "lam_for_labels"

@@ -111,7 +111,7 @@ def test_warmup_cosine_rises_then_falls_to_its_floor():
 
 def test_the_weight_average_is_available_to_every_model_and_loaded_for_inference(inputs, tmp_path):
     """EMA on the latent action model: the checkpoint keeps both, inference reads the average."""
-    from world_model.train_lam import load_lam
+    from world_model.lam.model import load_lam
 
     cfg = run_cfg("lam", inputs, tmp_path, steps=3)
     cfg.train.lam.ema = {"decay": 0.9, "power": 0.75}

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from data.chunks import EpisodeBank
-from world_model.backbone import BackboneConfig, VideoBackbone, backbone_loss, tokenize
+from world_model.backbone.model import BackboneConfig, VideoBackbone, backbone_loss, tokenize
 
 TINY = BackboneConfig(
     image_size=32, patch_size=8, horizon=5, tokens_per_step=2, num_codes=8, dim=32, heads=2, layers=1

@@ -4,8 +4,10 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from world_model.lam import LAMConfig, LatentActionModel, warp
-from world_model.losses import FlowNet, psnr, ramp, ssim
+from world_model.lam.losses import FlowNet, ramp
+from world_model.lam.model import LAMConfig, LatentActionModel
+from world_model.layers import warp
+from world_model.metrics import psnr, ssim
 
 TINY = dict(image_size=16, patch_size=4, clip_len=4, dim=32, heads=2, idm_layers=1, fdm_layers=1, code_dim=8)
 
@@ -161,7 +163,7 @@ def train_cfg(root, out_dir, steps: int, **train_overrides):
 
 
 def test_decoder_flow_term_is_computed_only_when_weighted(datasets, tmp_path):
-    from world_model.train_lam import compute_loss
+    from world_model.lam.train import compute_loss
 
     cfg = train_cfg(datasets[0], tmp_path, steps=1).train.lam.loss
     model = LatentActionModel(LAMConfig(**TINY))
@@ -173,8 +175,9 @@ def test_decoder_flow_term_is_computed_only_when_weighted(datasets, tmp_path):
 
 
 def test_labels_cover_every_transition_once(datasets, tmp_path):
-    from world_model.label_lam import label_dataset, label_frames, window_starts, write_labels
-    from world_model.train_lam import load_lam, train
+    from world_model.lam.label import label_dataset, label_frames, window_starts, write_labels
+    from world_model.lam.model import load_lam
+    from world_model.lam.train import train
 
     assert window_starts(8, 4) == [(0, 4), (3, 4), (6, 2)]
     assert window_starts(7, 4) == [(0, 4), (3, 4)]
@@ -196,7 +199,7 @@ def test_labels_cover_every_transition_once(datasets, tmp_path):
 
 
 def test_probe_helpers_recover_a_linear_map():
-    from world_model.bench_lam import apply_ridge, cosine, fit_ridge, r2_score
+    from bench.lam import apply_ridge, cosine, fit_ridge, r2_score
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 5))

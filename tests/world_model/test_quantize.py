@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from world_model.quantize import FSQ, NSVQ, VectorQuantizer
+from world_model.lam.quantize import FSQ, NSVQ, VectorQuantizer
 
 
 @pytest.mark.parametrize(

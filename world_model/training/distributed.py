@@ -1,6 +1,6 @@
 """Data-parallel training on existing engines, shared by the training entry points.
 
-    torchrun --nproc_per_node 2 -m world_model.train_backbone train.backbone.batch_size=64
+    torchrun --nproc_per_node 2 -m world_model.backbone.train train.backbone.batch_size=64
     accelerate launch --num_processes 8 -m policies.train_policy train/policy=gpu train.policy.precision=bf16
 
 One `accelerate.Accelerator` per job: the launcher starts the processes, Accelerate wraps the model in

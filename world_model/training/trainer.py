@@ -180,7 +180,7 @@ class Trainer:
                     writer, done, loss, terms, grad_norm, optimizer.param_groups[0]["lr"], rate, logged
                 )
                 shown = {"loss": loss} | {k: terms[k] for k in task.progress_keys if k in terms}
-                progress.set_postfix({k: f"{float(v):.4f}" for k, v in shown.items()})
+                progress.set_postfix({k: f"{v:.4f}" for k, v in scalars(shown).items()})
             if is_main and (done in milestones or (tcfg.get("val_every") and done % tcfg.val_every == 0)):
                 for k, v in task.validate(step).items():
                     writer.add_scalar(f"val/{k}", v, done)

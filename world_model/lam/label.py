@@ -1,7 +1,7 @@
 """Label every frame transition of a LeRobotDataset with the latent-action codes of a trained model.
 
-    python -m world_model.label_lam                                     # demos, with outputs/lam
-    python -m world_model.label_lam label.dataset=outputs/datasets/video label.checkpoint=outputs/lam
+    python -m world_model.lam.label                                     # demos, with outputs/lam
+    python -m world_model.lam.label label.dataset=outputs/datasets/video label.checkpoint=outputs/lam
 
 Writes one safetensors file (default `<checkpoint>/labels/<dataset>.safetensors`, atomically) with,
 for every frame i of the dataset in its own order:
@@ -27,8 +27,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from data.clips import episode_columns, load_episode_frames
-from world_model.lam import LatentActionModel
-from world_model.train_lam import load_lam
+from world_model.lam.model import LatentActionModel, load_lam
 
 
 def window_starts(length: int, clip_len: int) -> list[tuple[int, int]]:
@@ -91,7 +90,7 @@ def write_labels(labels: dict, model: LatentActionModel, path: Path, meta: dict)
     os.replace(tmp, path)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     model = load_lam(cfg.label.checkpoint)
     dataset = Path(cfg.label.dataset)
@@ -112,7 +111,7 @@ def main(cfg: DictConfig) -> None:
     print(
         f"labelled {len(valid)} transitions of {dataset} ({used}/{model.quantizer.num_codes} codes used) -> {out}"
     )
-    print("command: python -m world_model.label_lam " + " ".join(sys.argv[1:]))
+    print("command: python -m world_model.lam.label " + " ".join(sys.argv[1:]))
 
 
 if __name__ == "__main__":

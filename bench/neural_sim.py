@@ -1,7 +1,7 @@
 """How well the neural simulator stands in for MuJoCo (make bench-neural-sim -> reports/bench/neural_sim.json).
 
-    python -m world_model.bench_neural_sim                     # generates and trains what is missing
-    python -m world_model.bench_neural_sim bench_neural_sim.episodes=10
+    python -m bench.neural_sim                     # generates and trains what is missing
+    python -m bench.neural_sim bench_neural_sim.episodes=10
 
 - Agreement (SIMPLER's protocol): every policy under `bench_neural_sim.policies` (scripted experts with
   increasing noise, the expert that does not turn to the object, random actions, trained checkpoints
@@ -28,21 +28,24 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from bench.common import git_commit, write_atomic
 from data.chunks import split_episodes
 from data.dataset import load_metadata
 from data.generate import close_envs
 from data.generate_rollouts import generate_rollouts
-from sim.evaluate import evaluate, git_commit, write_atomic
+from sim.evaluate import evaluate
 from sim.metrics import mmrv, pearson_r
-from world_model.losses import psnr, ssim
-from world_model.neural_env import CHECKPOINT_ENV, NeuralTabletopEnv
-from world_model.train_neural_sim import ACTION, SUCCESS, load_neural_sim, load_rollouts, world_columns
-from world_model.train_neural_sim import train as train_neural_sim
+from world_model.metrics import psnr, ssim
+from world_model.neural_sim.dynamics import ACTION, SUCCESS, world_columns
+from world_model.neural_sim.env import CHECKPOINT_ENV, NeuralTabletopEnv
+from world_model.neural_sim.simulator import load_neural_sim
+from world_model.neural_sim.train import load_rollouts
+from world_model.neural_sim.train import train as train_neural_sim
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-NEURAL_SUITE = "world_model.neural_env:NeuralTabletopEnv"
+NEURAL_SUITE = "world_model.neural_sim.env:NeuralTabletopEnv"
 
 
 def ensure_model(cfg: DictConfig) -> Path:
@@ -237,7 +240,7 @@ def main(cfg: DictConfig) -> None:
         "psnr_by_horizon": {str(h): fid["psnr"][h - 1] for h in sorted(set(marks))},
         "ssim_by_horizon": {str(h): fid["ssim"][h - 1] for h in sorted(set(marks))},
         "episodes_per_task": bcfg.episodes,
-        "command": "python -m world_model.bench_neural_sim " + " ".join(sys.argv[1:]),
+        "command": "python -m bench.neural_sim " + " ".join(sys.argv[1:]),
         "commit": git_commit(),
     }
     out = Path(bcfg.out)

@@ -1,9 +1,9 @@
-"""Speed of the neural simulator's profiles with random weights (no dataset, no Hydra, no lerobot needed):
-imagined env steps per second (state model, video model and judge) for batches of envs stepped together,
-in fp32 and bf16, and the video model's training samples/s.
+"""Speed of the neural simulator's profiles with random weights (no dataset needed): imagined env steps
+per second (state model, video model and judge) for batches of envs stepped together, in fp32 and bf16.
+Its training samples/s are measured with the other models' by `python -m bench.train` (the real loss).
 
-    python -m world_model.neural_sim_throughput --profile cpu                      # this machine
-    python -m world_model.neural_sim_throughput --profile gpu --device cuda --out reports/bench/neural_sim_throughput_gpu_profile_h200.json
+    python -m bench.neural_sim_throughput --profile cpu                      # this machine
+    python -m bench.neural_sim_throughput --profile gpu --device cuda --out reports/bench/neural_sim_throughput_gpu_profile_h200.json
 
 One imagined step runs the networks of NeuralTabletopEnv.step on random inputs: the state model, the
 video model drawing the next frame, and the judge (the few elementwise ops around them are left out).
@@ -11,13 +11,17 @@ Frames per second = envs x steps per second.
 """
 
 import argparse
+import json
+import sys
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
-import yaml
+from omegaconf import OmegaConf
 
-from world_model.neural_sim import (
+from bench.common import compose_config, stamp, time_calls, write_report
+from world_model.neural_sim.model import (
     ACTION_DIM,
     COND_DIM,
     GEO_DIM,
@@ -25,19 +29,12 @@ from world_model.neural_sim import (
     NeuralSimConfig,
     build_modules,
 )
-from world_model.throughput import timed, write_report
-
-CONF = Path(__file__).resolve().parent.parent / "conf"
-IMAGE_SIZE = {"cpu": 64, "gpu": 128}  # conf/task/bridge.yaml and bridge_gpu.yaml
 
 
 def load_profile(name: str) -> dict:
-    cfg = yaml.safe_load((CONF / "model" / "neural_sim" / f"{name}.yaml").read_text())
-    base = {}
-    for parent in cfg.pop("defaults", []):
-        if parent != "_self_":
-            base |= load_profile(parent)
-    return base | cfg | {"image_size": IMAGE_SIZE[name]}
+    """The neural simulator's model config of a profile (cpu: 64x64, gpu: 128x128), composed by Hydra."""
+    overrides = ["model/neural_sim=gpu", "task=bridge_gpu"] if name == "gpu" else []
+    return OmegaConf.to_container(compose_config(overrides).model.neural_sim, resolve=True)
 
 
 def imagined_steps(
@@ -59,32 +56,11 @@ def imagined_steps(
             parts["dynamics"](frames[0], frames[1], torch.randn(envs, COND_DIM, device=device))
             parts["judge"](world, geo)
 
-    seconds = timed(step, device, repeats, warmup=3)
+    seconds = float(np.mean(time_calls(step, repeats, warmup=3, device=device)))
     return {"envs": envs, "bf16": bf16, "step_ms": 1000 * seconds, "frames_per_s": envs / seconds}
 
 
-def training_samples_per_s(parts: dict, cfg: NeuralSimConfig, batch: int, device: str, bf16: bool) -> float:
-    """The video model's training step (2 autoregressive frames, L1 loss, AdamW), samples per second."""
-    dynamics, S = parts["dynamics"], cfg.image_size
-    optimizer = torch.optim.AdamW(dynamics.parameters(), lr=1e-4)
-    frames = torch.rand(batch, 4, 3, S, S, device=device)
-    cond = torch.randn(batch, 2, COND_DIM, device=device)
-    cast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
-
-    def step():
-        with cast:
-            prev, frame, loss = frames[:, 0], frames[:, 1], 0.0
-            for k in range(2):
-                prev, frame = frame, dynamics(prev, frame, cond[:, k])
-                loss = loss + (frame.float() - frames[:, k + 2]).abs().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return batch / timed(step, device, repeats=10, warmup=3)
-
-
-def measure(profile: str, device: str, envs: list[int], repeats: int, train_batch: int) -> dict:
+def measure(profile: str, device: str, envs: list[int], repeats: int) -> dict:
     torch.manual_seed(0)
     cfg = NeuralSimConfig(**load_profile(profile))
     parts = {k: m.to(device) for k, m in build_modules(cfg).items()}
@@ -99,11 +75,6 @@ def measure(profile: str, device: str, envs: list[int], repeats: int, train_batc
         "imagined": [
             imagined_steps(parts, cfg, n, device, bf16, repeats) for bf16 in precisions for n in envs
         ],
-        "train_batch": train_batch,
-        "train_samples_per_s": {
-            "bf16" if bf16 else "fp32": training_samples_per_s(parts, cfg, train_batch, device, bf16)
-            for bf16 in precisions
-        },
     }
     if device.startswith("cuda"):
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -116,11 +87,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--envs", type=int, nargs="+", default=[1, 16, 256])
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--train-batch", type=int, default=12)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    result = measure(args.profile, args.device, args.envs, args.repeats, args.train_batch)
-    print(write_report(result, args.out))
+    result = measure(args.profile, args.device, args.envs, args.repeats)
+    result |= stamp("python -m bench.neural_sim_throughput " + " ".join(sys.argv[1:]))
+    if args.out:
+        write_report(args.out, result)
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

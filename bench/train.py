@@ -1,36 +1,42 @@
-"""Training throughput and model FLOPs utilisation of the three trained models (make bench-gpu).
+"""Training throughput and model FLOPs utilisation of the trained models (make bench-gpu).
 
-    python -m policies.bench_train experiment=full_gpu bench_train.device=cuda     # -> reports/bench/train_cuda.json
-    python -m policies.bench_train bench_train.device=cpu bench_train.precisions=[fp32] bench_train.compile=[false]
+    python -m bench.train experiment=full_gpu bench_train.device=cuda     # -> reports/bench/train_cuda.json
+    python -m bench.train bench_train.device=cpu bench_train.precisions=[fp32] bench_train.compile=[false]
 
-For each model (latent action model, backbone, policy) at the sizes of the composed config, and each
-precision x torch.compile setting: full training steps (forward, backward, AdamW) on random inputs of
-the configured batch size, timed after a warm-up. FLOPs per step are counted once with torch's
+For each model (latent action model, backbone, policy, neural simulator) at the sizes of the composed
+config, and each precision x torch.compile setting: full training steps (the loss the trainer runs, its
+backward, AdamW) on random inputs of the configured batch size, timed after a warm-up. FLOPs per step are counted once with torch's
 FlopCounterMode (matmuls, convolutions and attention, forward and backward); MFU is achieved FLOP/s
-over the device's dense peak at that precision, where the device is in PEAK_TFLOPS. The LAM's DIS flow
-targets (OpenCV, on the CPU) are left out. Without a CUDA device, `bench_train.device=cuda` prints why
+over the device's dense peak at that precision, where the device is in PEAK_TFLOPS. The LAM's step
+includes its DIS flow targets (OpenCV, on the CPU), as in training. Without a CUDA device, `bench_train.device=cuda` prints why
 it is skipped and exits 0, leaving any earlier report alone.
 """
 
 import contextlib
 import json
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import hydra
+import numpy as np
 import torch
 from lerobot.configs import FeatureType, PolicyFeature
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.common import stamp, time_calls, write_report
 from policies.vipra import VipraConfig, VipraPolicy
 from policies.vipra.configuration_vipra import ACTION_KEY, STATE_KEY
-from sim.evaluate import git_commit, write_atomic
-from world_model.backbone import BackboneConfig, VideoBackbone, backbone_loss, tokenize
-from world_model.lam import LAMConfig, LatentActionModel
-from world_model.losses import FlowNet, ssim
+from world_model.backbone.model import BackboneConfig, VideoBackbone, tokenize
+from world_model.backbone.train import Objective as BackboneObjective
+from world_model.lam.losses import FlowNet
+from world_model.lam.model import LAMConfig, LatentActionModel
+from world_model.lam.train import Objective as LAMObjective
+from world_model.neural_sim.dynamics import ACTION, WORLD
+from world_model.neural_sim.model import ACTION_DIM, WORLD_DIM, NeuralSimConfig, build_modules
+from world_model.neural_sim.train import Objective as NeuralSimObjective
+from world_model.neural_sim.train import Sequence
 
 # Dense peak TFLOP/s (no sparsity) per precision; fp32 is without TF32, PyTorch's default for matmuls.
 PEAK_TFLOPS = {
@@ -39,26 +45,21 @@ PEAK_TFLOPS = {
     "H200": {"bf16": 989.4, "fp32": 66.9},
     "A100": {"bf16": 312.0, "fp32": 19.5},
 }
-STATE_DIM = ACTION_DIM = 7
+STATE_DIM = 7
 
 Step = Callable[[], torch.Tensor]  # one forward pass -> the loss
 
 
 def lam_step(cfg: DictConfig, device: torch.device) -> tuple[torch.nn.Module, Step, int]:
+    """The LAM's training loss (world_model.lam.train.Objective, DIS flow targets included: OpenCV on the
+    CPU), every term switched on (the step is past every warm-up)."""
     model_cfg = LAMConfig(**OmegaConf.to_container(cfg.model.lam, resolve=True))
-    model = torch.nn.ModuleDict({"lam": LatentActionModel(model_cfg), "flow": FlowNet()}).to(device)
+    objective = LAMObjective(LatentActionModel(model_cfg), FlowNet(), cfg.train.lam.loss).to(device)
     B, size = cfg.train.lam.batch_size, model_cfg.image_size
     clips = torch.rand(B, model_cfg.clip_len, 3, size, size, device=device)
-
-    def step() -> torch.Tensor:
-        out = model["lam"](clips)
-        real = clips[:, 1:]
-        flow = model["flow"](clips[:, 0], real[:, 0])
-        frozen = model["flow"].frozen(clips[:, 0], out.predicted[:, 0])
-        loss = (out.predicted - real).abs().mean() + (1 - ssim(out.predicted[:, 0], real[:, 0]))
-        return loss + (frozen - flow.detach()).abs().mean() + flow.abs().mean() + out.quantizer_loss
-
-    return model, step, B
+    transitions = torch.randint(model_cfg.clip_len - 1, (B,), device=device)
+    late = 10 * cfg.train.lam.steps
+    return objective, lambda: objective(clips, late, transitions)[0], B
 
 
 def backbone_config(cfg: DictConfig) -> dict:
@@ -69,8 +70,9 @@ def backbone_config(cfg: DictConfig) -> dict:
 
 
 def backbone_step(cfg: DictConfig, device: torch.device) -> tuple[torch.nn.Module, Step, int]:
+    """The backbone's training loss (world_model.backbone.train.Objective) on random frames and codes."""
     model_cfg = BackboneConfig(**backbone_config(cfg))
-    model = VideoBackbone(model_cfg).to(device)
+    objective = BackboneObjective(VideoBackbone(model_cfg), cfg.train.backbone.loss).to(device)
     B, size, H, N = (
         cfg.train.backbone.batch_size,
         model_cfg.image_size,
@@ -81,11 +83,27 @@ def backbone_step(cfg: DictConfig, device: torch.device) -> tuple[torch.nn.Modul
     future = torch.rand(B, 3, size, size, device=device)
     words = tokenize(["put the carrot on the plate"] * B, model_cfg.vocab_size).to(device)
     codes = torch.randint(model_cfg.num_codes, (B, H, N), device=device)
+    return objective, lambda: objective(frames, words, future, codes)[0], B
 
-    def step() -> torch.Tensor:
-        return backbone_loss(model(frames, words), future, codes, 10.0, 1.0)[0]
 
-    return model, step, B
+def neural_sim_step(cfg: DictConfig, device: torch.device) -> tuple[torch.nn.Module, Step, int]:
+    """The neural simulator's video phase (world_model.neural_sim.train.Objective, "frames": the video
+    model and the probe over `unroll` autoregressive frames), on random frames and states."""
+    model_cfg = NeuralSimConfig(**OmegaConf.to_container(cfg.model.neural_sim, resolve=True))
+    tcfg = cfg.train.neural_sim
+    objective = NeuralSimObjective(build_modules(model_cfg), tcfg.loss).to(device)
+    B, K, S = tcfg.batch_size, tcfg.unroll, model_cfg.image_size
+    unit = {"mean": [0.0] * WORLD_DIM, "std": [1.0] * WORLD_DIM}
+    stats = {WORLD: unit, ACTION: {"mean": [0.0] * ACTION_DIM, "std": [1.0] * ACTION_DIM}}
+    seq = Sequence(
+        world=torch.randn(B, K + 1, WORLD_DIM, device=device),
+        action=torch.randn(B, K, ACTION_DIM, device=device),
+        last_action=torch.randn(B, ACTION_DIM, device=device),
+        success=torch.zeros(B, K + 1, device=device),
+        grasp=torch.zeros(B, K + 1, device=device),
+        frames=torch.rand(B, K + 2, 3, S, S, device=device),
+    )
+    return objective, lambda: objective(seq, "frames", stats)[0], B
 
 
 def policy_step(cfg: DictConfig, device: torch.device) -> tuple[torch.nn.Module, Step, int]:
@@ -115,13 +133,10 @@ def policy_step(cfg: DictConfig, device: torch.device) -> tuple[torch.nn.Module,
         "task": ["put the carrot on the plate"] * B,
     }
 
-    def step() -> torch.Tensor:
-        return policy(batch)[0]
-
-    return policy, step, B
+    return policy, lambda: policy(batch)[0], B
 
 
-MODELS = {"lam": lam_step, "backbone": backbone_step, "policy": policy_step}
+MODELS = {"lam": lam_step, "backbone": backbone_step, "policy": policy_step, "neural_sim": neural_sim_step}
 
 
 def flops_per_step(step: Step) -> int:
@@ -140,15 +155,7 @@ def time_steps(model: torch.nn.Module, step: Step, steps: int, warmup: int, devi
         step().backward()
         optimizer.step()
 
-    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
-    for _ in range(warmup):
-        one()
-    sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        one()
-    sync()
-    return (time.perf_counter() - start) / steps
+    return float(np.mean(time_calls(one, steps, warmup, device)))
 
 
 def measure(name: str, cfg: DictConfig, device: torch.device, precision: str, compiled: bool) -> dict:
@@ -156,11 +163,8 @@ def measure(name: str, cfg: DictConfig, device: torch.device, precision: str, co
     torch.manual_seed(0)
     model, step, batch_size = MODELS[name](cfg, device)
     flops = flops_per_step(step)
-    if (
-        compiled
-    ):  # in place, so the step closures call the compiled modules (a ModuleDict's own forward is unused)
-        for module in model.children() if isinstance(model, torch.nn.ModuleDict) else [model]:
-            module.compile()
+    if compiled:  # in place: the step closures call the compiled module
+        model.compile()
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     )
@@ -225,9 +229,7 @@ def run(cfg: DictConfig) -> dict | None:
         "image_size": cfg.task.image_size,
         "steps_timed": bcfg.steps,
         "rows": rows,
-        "command": "python -m policies.bench_train " + " ".join(sys.argv[1:]),
-        "commit": git_commit(),
-    }
+    } | stamp("python -m bench.train " + " ".join(sys.argv[1:]))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -236,8 +238,7 @@ def main(cfg: DictConfig) -> None:
     if report is None:
         return
     out = Path(cfg.bench_train.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, json.dumps(report, indent=1) + "\n")
+    write_report(out, report)
     print(f"wrote {out}")
 
 

@@ -1,7 +1,7 @@
 """make bench-control: the real-time loop on the MuJoCo robot with the best trained policy
 -> reports/bench/control.json and reports/figures/control.png.
 
-    python -m policies.control.bench [control.policy.path=...] [bench_control.episodes_per_task=5]
+    python -m bench.control [control.policy.path=...] [bench_control.episodes_per_task=5]
 
 - hz20 / hz50: timing of the loop (RTC-style blending on), over real-time episodes of every task:
   period, jitter (|period - 1/hz|), deadline misses, inference time, boundary_jump_ratio.
@@ -27,10 +27,11 @@ from tqdm import tqdm
 
 import data  # noqa: F401  (offline hub before lerobot is imported)
 import sim  # noqa: F401  (MUJOCO_GL before mujoco is imported)
+from bench.common import git_commit, write_atomic
 from policies.control.runtime import ENV_KEY, ControlConfig, summarize
 from policies.control.safety import SafetyFilter
 from policies.control.session import load_policy, make_robot, run_session
-from sim.evaluate import git_commit, make_vector_env, run_episodes, write_atomic
+from sim.evaluate import make_vector_env, run_episodes
 from sim.experts import ChunkedExpertPolicy
 from sim.metrics import wilson_interval
 from sim.tasks import get_task
@@ -136,7 +137,7 @@ def plot(periods: dict, traces: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     b = cfg.bench_control
     c = cfg.control.policy
@@ -186,7 +187,7 @@ def main(cfg: DictConfig) -> None:
         "seed": cfg.eval.seed,
         "cpu": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
         "torch_threads_inference": cfg.control.loop.inference_threads,
-        "command": "python -m policies.control.bench " + " ".join(sys.argv[1:]),
+        "command": "python -m bench.control " + " ".join(sys.argv[1:]),
         "commit": git_commit(),
     }
     write_atomic(Path(b.out), json.dumps(results, indent=1) + "\n")

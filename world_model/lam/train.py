@@ -1,8 +1,8 @@
 """Train the latent action model on actionless video (any LeRobotDataset v3 with a camera key).
 
-    python -m world_model.train_lam                                # CPU profile, outputs/lam
-    python -m world_model.train_lam train.lam.steps=200 train.lam.out_dir=/tmp/lam
-    python -m world_model.train_lam model/lam=gpu train/lam=gpu task=bridge_gpu
+    python -m world_model.lam.train                                # CPU profile, outputs/lam
+    python -m world_model.lam.train train.lam.steps=200 train.lam.out_dir=/tmp/lam
+    python -m world_model.lam.train model/lam=gpu train/lam=gpu task=bridge_gpu
 
 Runs resume from the last checkpoint in `out_dir` (bit-exact on CPU: model, optimizer, codebook usage
 and every random generator are saved). Checkpoints are safetensors written to a temporary folder and
@@ -20,10 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from data.chunks import split_episodes
 from data.clips import flow_targets, load_episode_frames, to_uint8_hwc
-from world_model.lam import LAMConfig, LatentActionModel
-from world_model.losses import FlowNet, psnr, ramp, ssim
+from world_model.lam.losses import FlowNet, ramp
+from world_model.lam.model import LAMConfig, LatentActionModel
+from world_model.lam.quantize import code_stats
+from world_model.metrics import psnr, ssim
 from world_model.training import Trainer, TrainTask
-from world_model.training.checkpoint import CKPT_DIR, load_trained
+from world_model.training.checkpoint import CKPT_DIR
 from world_model.training.distributed import broadcast_from_main, is_main_process
 
 
@@ -156,22 +158,6 @@ def evaluate(model, bank: ClipBank, num_clips: int, batch_size: int = 32) -> dic
     return db | code_stats(torch.cat(codes), model.quantizer.num_codes)
 
 
-def code_stats(codes: torch.Tensor, num_codes: int) -> dict:
-    """Fraction of the codebook in use and the perplexity of the code distribution."""
-    p = torch.bincount(codes, minlength=num_codes).float()
-    p = p / p.sum()
-    perplexity = torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()).item()
-    return {"codebook_usage": (p > 0).float().mean().item(), "perplexity": perplexity}
-
-
-def load_lam(path: str | Path) -> LatentActionModel:
-    """A trained latent action model from a run folder or its checkpoint folder, in eval mode."""
-    modules, _ = load_trained(
-        path, "latent-action", lambda config: {"model": LatentActionModel(LAMConfig(**config))}
-    )
-    return modules["model"]
-
-
 # ---------------------------------------------------------------------------------------------- training
 class LAMTask(TrainTask):
     """The latent action model and its flow estimator on clips of actionless video."""
@@ -249,14 +235,14 @@ def revive_dead_codes(model, step: int, tcfg: DictConfig) -> int:
     return quantizer.replace_dead_codes()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     summary = train(cfg)
     if not is_main_process():
         return
     print(json.dumps(summary, indent=1))
     print(f"checkpoint: {Path(cfg.train.lam.out_dir) / CKPT_DIR}")
-    print("command: python -m world_model.train_lam " + " ".join(sys.argv[1:]))
+    print("command: python -m world_model.lam.train " + " ".join(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Latent-action benchmark: train the CPU profile from scratch, then score it. Writes reports/bench/lam.json
 and the picture reports/figures/lam_grid.png.
 
-    python -m world_model.bench_lam                 # ~20 min here; needs python -m data.generate first
-    python -m world_model.bench_lam bench_lam.retrain=false   # score the model already in bench.out_dir
+    python -m bench.lam                 # ~20 min here; needs python -m data.generate first
+    python -m bench.lam bench_lam.retrain=false   # score the model already in bench.out_dir
 
 - psnr_pred / psnr_copy_last: the last frame of held-out video clips rolled out from the first frame
   and the latents (each step from the previous prediction), against copying the first frame;
@@ -28,15 +28,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import sim  # noqa: F401  (sets MUJOCO_GL before mujoco loads)
+from bench.common import git_commit, write_atomic
 from data.clips import episode_columns, flow_targets, load_episode_frames, to_uint8_hwc
 from sim.env import TabletopEnv
-from sim.evaluate import git_commit, write_atomic
 from sim.experts import ExpertController, PlayController
 from sim.tasks import get_task
-from world_model.label_lam import label_frames
-from world_model.lam import LatentActionModel
-from world_model.losses import psnr
-from world_model.train_lam import ClipBank, code_stats, load_lam, train
+from world_model.lam.label import label_frames
+from world_model.lam.model import LatentActionModel, load_lam
+from world_model.lam.quantize import code_stats
+from world_model.lam.train import ClipBank, train
+from world_model.metrics import psnr
 
 MIN_MOVE = 0.03  # m: clips that move less have no direction to agree on
 MAX_ANGLE_DEG = 60.0
@@ -305,7 +306,7 @@ def main(cfg: DictConfig) -> None:
     }
     result["model"] = OmegaConf.to_container(cfg.model.lam, resolve=True)
     result["train"] = OmegaConf.to_container(cfg.train.lam, resolve=True)
-    result["command"] = "python -m world_model.bench_lam " + " ".join(sys.argv[1:])
+    result["command"] = "python -m bench.lam " + " ".join(sys.argv[1:])
     result["commit"] = git_commit()
     write_atomic(Path(cfg.bench_lam.out), json.dumps(result, indent=1) + "\n")
     print(

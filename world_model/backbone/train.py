@@ -1,9 +1,9 @@
 """Pretrain the video-prediction backbone on actionless video labelled by the frozen latent action model.
 
-    python -m world_model.label_lam label.dataset=outputs/datasets/video     # the targets, once
-    python -m world_model.train_backbone                                      # CPU profile -> outputs/backbone
-    python -m world_model.train_backbone train.backbone.embodiment=robot train.backbone.out_dir=outputs/bb_robot
-    python -m world_model.train_backbone train.backbone.loss.frame=0          # ablation: no future frame
+    python -m world_model.lam.label label.dataset=outputs/datasets/video     # the targets, once
+    python -m world_model.backbone.train                                      # CPU profile -> outputs/backbone
+    python -m world_model.backbone.train train.backbone.embodiment=robot train.backbone.out_dir=outputs/bb_robot
+    python -m world_model.backbone.train train.backbone.loss.frame=0          # ablation: no future frame
 
 Each sample is a frame t of the video with frame t-1, its episode's instruction, frame t+H and the H
 latent-action codes from t (-1 past the episode's end, ignored by the loss). Frames are decoded once
@@ -23,9 +23,9 @@ from safetensors.torch import load_file
 
 from data.chunks import EpisodeBank, split_episodes
 from data.clips import random_shift, shift_offsets
-from world_model.backbone import BackboneConfig, VideoBackbone, backbone_loss, tokenize
+from world_model.backbone.model import BackboneConfig, VideoBackbone, backbone_loss, tokenize
 from world_model.training import Trainer, TrainTask
-from world_model.training.checkpoint import CKPT_DIR, load_trained
+from world_model.training.checkpoint import CKPT_DIR
 from world_model.training.distributed import is_main_process
 
 EMBODIMENTS = {"robot": 0, "hand": 1}
@@ -38,7 +38,7 @@ def load_labelled_video(dataset: str | Path, labels: str | Path, image_key: str,
     if not labels.is_file():
         raise FileNotFoundError(
             f"no latent-action labels at {labels}; write them with "
-            f"`python -m world_model.label_lam label.dataset={dataset} label.out={labels}`"
+            f"`python -m world_model.lam.label label.dataset={dataset} label.out={labels}`"
         )
     label = load_file(labels)
     bank = EpisodeBank.load(dataset, image_key, columns=["embodiment"] if embodiment else [])
@@ -176,22 +176,14 @@ def train(cfg: DictConfig) -> dict:
     return Trainer(cfg.train.backbone, "backbone", cfg).fit(lambda device: BackboneTask(cfg, device))
 
 
-def load_backbone(path: str | Path) -> VideoBackbone:
-    """A pretrained backbone from a run folder or its checkpoint folder, in eval mode."""
-    modules, _ = load_trained(
-        path, "backbone", lambda config: {"model": VideoBackbone(BackboneConfig(**config))}
-    )
-    return modules["model"]
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     summary = train(cfg)
     if not is_main_process():
         return
     print(json.dumps(summary, indent=1))
     print(f"checkpoint: {Path(cfg.train.backbone.out_dir) / CKPT_DIR}")
-    print("command: python -m world_model.train_backbone " + " ".join(sys.argv[1:]))
+    print("command: python -m world_model.backbone.train " + " ".join(sys.argv[1:]))
 
 
 if __name__ == "__main__":

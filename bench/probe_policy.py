@@ -2,8 +2,8 @@
 and do the policies reproduce the demonstrated chunks? (The issue's "find out why" when pretraining
 does not help.)
 
-    python -m policies.probe_policy                           # policies and backbones of run_dir
-    python -m policies.probe_policy 'probe_policy.policies=[ours,scratch_fm]'
+    python -m bench.probe_policy                           # policies and backbones of run_dir
+    python -m bench.probe_policy 'probe_policy.policies=[ours,scratch_fm]'
 
 - object_r2: ridge from the backbone's context tokens at frame t (flattened) to the source and target
   objects' x, y (privileged `observation.environment_state`), fit on 70% of the demo episodes and
@@ -27,13 +27,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from bench.lam import apply_ridge, fit_ridge, r2_score
 from data.chunks import EpisodeBank
 from policies.train_policy import make_batch
 from policies.vipra import make_policy
 from policies.vipra.configuration_vipra import ACTION_KEY, STATE_KEY
-from world_model.backbone import BackboneConfig, VideoBackbone, tokenize
-from world_model.bench_lam import apply_ridge, fit_ridge, r2_score
-from world_model.train_backbone import load_backbone
+from world_model.backbone.model import BackboneConfig, VideoBackbone, load_backbone, tokenize
 
 ENV_KEY = "observation.environment_state"
 OBJECT_XY = [0, 1, 4, 5]  # src_x, src_y, tgt_x, tgt_y
@@ -90,7 +89,7 @@ def chunk_skill(mse: torch.Tensor, constant: torch.Tensor) -> float:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from sim.evaluate import git_commit, write_atomic
+    from bench.common import git_commit, write_atomic
 
     pcfg, run_dir, key = cfg.probe_policy, Path(cfg.run_dir), cfg.task.image_key
     bank = EpisodeBank.load(
@@ -126,7 +125,7 @@ def main(cfg: DictConfig) -> None:
     for name, backbone in backbones.items():
         result["object_r2"][name] = object_r2(backbone.eval(), bank, fit, score)
         print(f"{name}: object R^2 {result['object_r2'][name]:.3f}", flush=True)
-    result |= {"command": "python -m policies.probe_policy " + " ".join(sys.argv[1:]), "commit": git_commit()}
+    result |= {"command": "python -m bench.probe_policy " + " ".join(sys.argv[1:]), "commit": git_commit()}
     write_atomic(Path(pcfg.out), json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
 

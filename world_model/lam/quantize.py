@@ -170,3 +170,11 @@ class FSQ(nn.Module):
         digits = (codes.unsqueeze(-1) // self._basis) % self._levels.long()
         steps = digits.float() - torch.div(self._levels, 2, rounding_mode="floor")
         return (steps + offset) / top
+
+
+def code_stats(codes: torch.Tensor, num_codes: int) -> dict:
+    """Fraction of the codebook in use and the perplexity of the code distribution."""
+    p = torch.bincount(codes, minlength=num_codes).float()
+    p = p / p.sum()
+    perplexity = torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()).item()
+    return {"codebook_usage": (p > 0).float().mean().item(), "perplexity": perplexity}

@@ -17,12 +17,14 @@ latent actions (their hidden state plus the expected code embedding).
 import re
 import zlib
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from world_model.lam import SpaceTimeBlock, patchify, unpatchify
+from world_model.layers import SpaceTimeBlock, patchify, unpatchify
+from world_model.training.checkpoint import load_trained
 
 
 @dataclass
@@ -163,3 +165,11 @@ def backbone_loss(
         action = accuracy = out.logits.sum() * 0
     loss = frame_weight * frame + action_weight * action
     return loss, {"frame_mse": frame, "action_ce": action, "action_acc": accuracy}
+
+
+def load_backbone(path: str | Path) -> VideoBackbone:
+    """A pretrained backbone from a run folder or its checkpoint folder, in eval mode."""
+    modules, _ = load_trained(
+        path, "backbone", lambda config: {"model": VideoBackbone(BackboneConfig(**config))}
+    )
+    return modules["model"]

@@ -1,6 +1,6 @@
 """Simulator benchmark: rendered env steps per second and expert / random success.
 
-    python -m sim.bench [--episodes 25] [--out reports/bench/sim.json]
+    python -m bench.sim [--episodes 25] [--out reports/bench/sim.json]
 
 Throughput uses uniformly random actions (the policy costs nothing), resets included; single-env
 figures are the median of several 1,200-step runs (this machine varies by 10-20% between runs), with
@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import git_commit, write_atomic
 from sim.env import TabletopEnv
-from sim.evaluate import evaluate, git_commit, make_vector_env, write_atomic
+from sim.evaluate import evaluate, make_vector_env
 from sim.experts import RandomPolicy, ScriptedPolicy
 from sim.tasks import PROTOCOLS, TASKS
 
@@ -113,7 +114,7 @@ def main() -> None:
             "expert_success": ">= 0.9 everywhere",
             "random_success": "<= 0.1",
         },
-        "command": "python -m sim.bench " + " ".join(sys.argv[1:]),
+        "command": "python -m bench.sim " + " ".join(sys.argv[1:]),
         "commit": git_commit(),
     }
     write_atomic(args.out, json.dumps(report, indent=2) + "\n")

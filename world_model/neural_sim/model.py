@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from world_model.lam import warp  # backward warp by a flow in pixels, as the latent action model's decoder
+from world_model.layers import warp  # backward warp by a flow in pixels, as the latent action model's decoder
 
 STATE_DIM, ENV_STATE_DIM, ACTION_DIM = 7, 8, 7  # robot state, object poses, action
 WORLD_DIM = STATE_DIM + ENV_STATE_DIM  # the state model's state: robot, then objects

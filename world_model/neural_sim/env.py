@@ -1,7 +1,7 @@
 """The neural simulator as a gymnasium env with the tabletop suite's interface, so the evaluation harness
-runs on it unchanged (`task.suite=world_model.neural_env:NeuralTabletopEnv`):
+runs on it unchanged (`task.suite=world_model.neural_sim.env:NeuralTabletopEnv`):
 
-    python -m sim.evaluate task.suite=world_model.neural_env:NeuralTabletopEnv eval.policies=[scripted]
+    python -m sim.evaluate task.suite=world_model.neural_sim.env:NeuralTabletopEnv eval.policies=[scripted]
 
 `reset(seed)` draws the same scene as the MuJoCo env for that seed and starts from its real first frame,
 robot state and object poses. `step(action)` asks the state model for the next robot state and object
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from sim.env import TabletopEnv
-from world_model.neural_sim import STATE_DIM
-from world_model.train_neural_sim import NeuralSim, load_neural_sim
+from world_model.neural_sim.model import STATE_DIM
+from world_model.neural_sim.simulator import NeuralSim, load_neural_sim
 
 CHECKPOINT_ENV = "NEURAL_SIM_CHECKPOINT"
 DEFAULT_CHECKPOINT = "outputs/neural_sim"

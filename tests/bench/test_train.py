@@ -5,13 +5,14 @@ import pytest
 import torch
 from hydra import compose, initialize
 
-from policies.bench_train import flops_per_step, run
+from bench.train import flops_per_step, run
 
 TOY = [
     "model.lam.dim=16", "model.lam.heads=2", "model.lam.idm_layers=1", "model.lam.fdm_layers=1",
     "train.lam.batch_size=2", "model.backbone.dim=32", "model.backbone.heads=2", "model.backbone.layers=1",
     "train.backbone.batch_size=2", "model.policy.dim=32", "model.policy.heads=2", "model.policy.layers=1",
-    "train.policy.batch_size=2", "bench_train.steps=1", "bench_train.warmup=0",
+    "train.policy.batch_size=2", "model.neural_sim.width=8", "model.neural_sim.levels=2",
+    "model.neural_sim.blocks=1", "train.neural_sim.batch_size=2", "bench_train.steps=1", "bench_train.warmup=0",
 ]  # fmt: skip
 
 
@@ -30,7 +31,7 @@ def test_every_model_is_measured_on_the_cpu():
     report = run(
         config("bench_train.device=cpu", "bench_train.precisions=[fp32]", "bench_train.compile=[false]")
     )
-    assert [r["model"] for r in report["rows"]] == ["lam", "backbone", "policy"]
+    assert [r["model"] for r in report["rows"]] == ["lam", "backbone", "policy", "neural_sim"]
     for row in report["rows"]:
         assert "error" not in row, row
         assert row["samples_per_s"] > 0 and row["gflops_per_step"] > 0 and row["mfu"] is None

@@ -1,8 +1,8 @@
 """Train the neural simulator (world_model/neural_sim.py) on labelled robot rollouts.
 
     python -m data.generate_rollouts                    # demos, noisy-expert and failing episodes
-    python -m world_model.train_neural_sim              # -> outputs/neural_sim
-    python -m world_model.train_neural_sim train.neural_sim.steps=100 train.neural_sim.out_dir=/tmp/ns
+    python -m world_model.neural_sim.train              # -> outputs/neural_sim
+    python -m world_model.neural_sim.train train.neural_sim.steps=100 train.neural_sim.out_dir=/tmp/ns
 
 Two phases, one checkpoint. First the state model and the judge (`state_steps`, cheap): from the real
 state at t the state model predicts t+1 .. t+state_unroll autoregressively from the real actions, its
@@ -18,7 +18,6 @@ model saw (the env clips outside it). Checkpoints are safetensors, resumable (wo
 import json
 import math
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,64 +27,38 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from data.chunks import EpisodeBank, split_episodes
-from world_model.losses import psnr
-from world_model.neural_sim import (
-    OBJECT_YAW_MASK,
-    STATE_DIM,
+from world_model.metrics import psnr
+from world_model.neural_sim.dynamics import (
+    ACTION,
+    COLUMNS,
+    ENV_STATE,
+    GRASP,
+    STATE,
+    SUCCESS,
+    WORLD,
+    denormalize,
+    judge_logits,
+    normalize,
+    on_table,
+    state_step,
+    statistics,
+    world_columns,
+    world_error,
+)
+from world_model.neural_sim.model import (
     NeuralSimConfig,
-    StateDynamics,
-    SuccessJudge,
     build_modules,
-    geometry_features,
     video_condition,
-    wrap_angle,
 )
 from world_model.training import Trainer, TrainTask
 from world_model.training.checkpoint import (
     CKPT_DIR,
-    load_trained,
 )
-
-STATE, ENV_STATE, ACTION = "observation.state", "observation.environment_state", "action"
-SUCCESS, GRASP = "success", "grasped_now"
-WORLD = "world"  # robot state and object poses side by side (B, 15)
-COLUMNS = [STATE, ENV_STATE, ACTION, SUCCESS, GRASP]
 
 
 # ---------------------------------------------------------------------------------------------- data
 def load_rollouts(root: str | Path, image_key: str) -> EpisodeBank:
     return EpisodeBank.load(root, image_key, columns=COLUMNS)
-
-
-def on_table(world: torch.Tensor) -> torch.Tensor:
-    """(..., 15) raw world states -> (...) bool: both objects still on the table. Random actions knock one
-    off now and then (0.7% of the frames); it then falls without end, so those frames are left out."""
-    x, z = world[..., [7, 11]], world[..., [9, 13]]
-    return ((z > -0.03) & (x > -0.3) & (x < 1.0)).all(dim=-1)
-
-
-def statistics(bank: EpisodeBank) -> dict[str, dict[str, list[float]]]:
-    """Mean / std of the world state (objects on the table) and the actions, and the actions' range."""
-    world, action = world_columns(bank), bank.columns[ACTION]
-    world = world[on_table(world)]
-    stats = {
-        key: {"mean": v.mean(0).tolist(), "std": v.std(0).clamp_min(1e-3).tolist()}
-        for key, v in ((WORLD, world), (ACTION, action))
-    }
-    stats[ACTION] |= {"min": action.min(0).values.tolist(), "max": action.max(0).values.tolist()}
-    return stats
-
-
-def world_columns(bank: EpisodeBank) -> torch.Tensor:
-    return torch.cat([bank.columns[STATE], bank.columns[ENV_STATE]], dim=-1)  # (F, 15)
-
-
-def normalize(x: torch.Tensor, stat: dict) -> torch.Tensor:
-    return (x - torch.tensor(stat["mean"], device=x.device)) / torch.tensor(stat["std"], device=x.device)
-
-
-def denormalize(x: torch.Tensor, stat: dict) -> torch.Tensor:
-    return x * torch.tensor(stat["std"], device=x.device) + torch.tensor(stat["mean"], device=x.device)
 
 
 def start_rows(bank: EpisodeBank, unroll: int) -> torch.Tensor:
@@ -124,60 +97,6 @@ def make_sequences(
         prev = torch.maximum(rows - 1, bank.episode_start[rows])[:, None]
         seq.frames = bank.frames[torch.cat([prev, steps], dim=1)].float() / 255
     return seq
-
-
-# ---------------------------------------------------------------------------------------------- model steps
-def state_inputs(world: torch.Tensor, stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw world states (B, 15) -> what the state model and the judge read: the normalised state with the
-    object yaws zeroed (they enter as angles through the geometry, their raw values jump at +-pi), and
-    the geometry features (B, GEO_DIM)."""
-    x = normalize(world, stats[WORLD])
-    return torch.where(OBJECT_YAW_MASK.to(world.device), 0.0, x), geometry_features(world)
-
-
-def state_step(
-    states: StateDynamics, world: torch.Tensor, action: torch.Tensor, last_action: torch.Tensor, stats: dict
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw world state (B, 15), normalised actions at t and t-1 (B, 7) -> the next raw world state and the
-    attachment logit (B,). The action before matters: the arm lags its targets. A held source object
-    turns with the hand about the hand's axis and moves with it; everything else moves freely."""
-    std = torch.tensor(stats[WORLD]["std"], device=world.device)
-    x, geo = state_inputs(world, stats)
-    robot_change, attach_logit, free_change = states(x, torch.cat([action, last_action], dim=-1), geo)
-    robot_change = robot_change * std[:STATE_DIM]  # (B, 7) metres and radians
-    carried = carried_change(world, robot_change)  # (B, 8)
-    object_change = torch.sigmoid(attach_logit) * carried + free_change * std[STATE_DIM:]
-    robot = world[:, :STATE_DIM] + robot_change
-    robot = torch.cat([robot[:, :-1], robot[:, -1:].clamp(0, 1)], dim=1)  # the gripper closes within [0, 1]
-    objects = world[:, STATE_DIM:] + object_change
-    objects = torch.where(OBJECT_YAW_MASK[STATE_DIM:].to(world.device), wrap_angle(objects), objects)
-    return torch.cat([robot, objects], dim=1), attach_logit[:, 0]
-
-
-def carried_change(world: torch.Tensor, robot_change: torch.Tensor) -> torch.Tensor:
-    """How the source object's pose (B, 8 with the target's zeros) changes if the hand holds it while the
-    hand moves by `robot_change` (B, 7, raw): its offset from the hand turns by the hand's yaw change."""
-    offset = world[:, 7:9] - world[:, 0:2]  # (B, 2) object from hand, in the table plane
-    turn = robot_change[:, 5]
-    cos, sin = turn.cos(), turn.sin()
-    turned = torch.stack(
-        [cos * offset[:, 0] - sin * offset[:, 1], sin * offset[:, 0] + cos * offset[:, 1]], dim=1
-    )
-    xy = robot_change[:, 0:2] + turned - offset
-    return torch.cat(
-        [xy, robot_change[:, 2:3], robot_change[:, 5:6], torch.zeros_like(world[:, 11:15])], dim=1
-    )
-
-
-def world_error(predicted: torch.Tensor, real: torch.Tensor, stats: dict) -> torch.Tensor:
-    """Normalised difference of raw world states (..., 15), object yaws the short way round."""
-    diff = predicted - real
-    diff = torch.where(OBJECT_YAW_MASK.to(diff.device), wrap_angle(diff), diff)
-    return diff / torch.tensor(stats[WORLD]["std"], device=diff.device)
-
-
-def judge_logits(judge: SuccessJudge, world: torch.Tensor, stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    return judge(*state_inputs(world, stats))
 
 
 # ---------------------------------------------------------------------------------------------- losses
@@ -402,68 +321,12 @@ def validate(modules: dict, val_bank: EpisodeBank, stats: dict, tcfg: DictConfig
     return evaluate_frames(modules["dynamics"], modules["probe"], val_bank, stats, tcfg.unroll)
 
 
-# ---------------------------------------------------------------------------------------------- inference
-class NeuralSim:
-    """A trained neural simulator for inference: raw (unnormalised) states and actions in and out."""
-
-    def __init__(self, modules: dict, stats: dict):
-        self.states, self.judge = modules["states"].eval(), modules["judge"].eval()
-        self.dynamics, self.probe = modules["dynamics"].eval(), modules["probe"].eval()
-        self.stats = stats
-        self.action_low = torch.tensor(stats[ACTION]["min"])
-        self.action_high = torch.tensor(stats[ACTION]["max"])
-        self._warned = False
-
-    def clip_action(self, action: torch.Tensor) -> torch.Tensor:
-        """Actions outside the range seen in training are clipped to it, with one warning per simulator."""
-        clipped = torch.maximum(torch.minimum(action, self.action_high), self.action_low)
-        if not self._warned and not torch.equal(clipped, action):
-            warnings.warn(
-                f"actions outside the neural simulator's training range [{self.action_low.tolist()}, "
-                f"{self.action_high.tolist()}] are clipped to it",
-                stacklevel=2,
-            )
-            self._warned = True
-        return clipped
-
-    @torch.no_grad()
-    def step(self, prev, frame, world, action, last_action) -> tuple[torch.Tensor, torch.Tensor]:
-        """frames (B, 3, H, W) in [0, 1], raw world state (B, 15), raw actions at t and t-1 (B, 7) -> next
-        frame, next world. The action at t-1 is taken as given: pass it as clipped at its own step, and
-        zeros before the first step (as in training)."""
-        action = normalize(self.clip_action(action), self.stats[ACTION])
-        last_action = normalize(last_action, self.stats[ACTION])
-        next_world, _ = state_step(self.states, world, action, last_action, self.stats)
-        norm = self.stats[WORLD]
-        cond = video_condition(normalize(world, norm), action, normalize(next_world, norm))
-        return self.dynamics(prev, frame, cond), next_world
-
-    @torch.no_grad()
-    def judge_state(self, world) -> dict[str, torch.Tensor]:
-        """Probabilities (B,) of success and of fingers on the object in raw world states (B, 15)."""
-        success_logit, grasp_logit = judge_logits(self.judge, world, self.stats)
-        return {"success": torch.sigmoid(success_logit), "grasp": torch.sigmoid(grasp_logit)}
-
-    @torch.no_grad()
-    def read(self, frame) -> dict[str, torch.Tensor]:
-        """What the probe sees in frames (B, 3, H, W): raw robot state (B, 7) and object poses (B, 8)."""
-        world = denormalize(self.probe(frame), self.stats[WORLD])
-        return {"state": world[:, :STATE_DIM], "env_state": world[:, STATE_DIM:]}
-
-
-def load_neural_sim(path: str | Path) -> NeuralSim:
-    modules, meta = load_trained(
-        path, "neural simulator", lambda config: build_modules(NeuralSimConfig(**config))
-    )
-    return NeuralSim(modules, meta["stats"])
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     summary = train(cfg)
     print(json.dumps(summary, indent=1))
     print(f"checkpoint: {Path(cfg.train.neural_sim.out_dir) / CKPT_DIR}")
-    print("command: python -m world_model.train_neural_sim " + " ".join(sys.argv[1:]))
+    print("command: python -m world_model.neural_sim.train " + " ".join(sys.argv[1:]))
 
 
 if __name__ == "__main__":

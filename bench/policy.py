@@ -1,7 +1,7 @@
 """Latency and few-step quality of the trained policy (make bench-policy -> reports/bench/policy.json).
 
-    python -m policies.bench_policy                                   # the policy of `run_dir` (ours)
-    python -m policies.bench_policy bench_policy.policy=outputs/demo/policy/ours/pretrained_model
+    python -m bench.policy                                   # the policy of `run_dir` (ours)
+    python -m bench.policy bench_policy.policy=outputs/demo/policy/ours/pretrained_model
 
 - chunk_latency_ms: one chunk from the decoder alone (its context already computed), batch 1, per
   number of steps: 10 Euler steps and 1 or 2 shortcut steps; p50 and p99.
@@ -14,7 +14,6 @@
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import hydra
@@ -22,24 +21,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from bench.common import percentiles, time_calls
 from policies.flow_matching import euler_sample, steps_to_index
 from policies.vipra import make_policy
-
-
-def percentiles(samples_s: list[float]) -> dict:
-    ms = 1000 * np.asarray(samples_s)
-    return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)), "n": len(ms)}
-
-
-def timed(fn, repeats: int, warmup: int = 10) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
 
 
 def observation(policy, seed: int = 0) -> dict:
@@ -63,14 +47,17 @@ def latency(policy, repeats: int) -> dict:
         index = steps_to_index(steps, shortcut)
         name = f"{steps}_steps_" + ("shortcut" if shortcut else "euler")
         chunk[name] = percentiles(
-            timed(lambda s=steps, i=index: euler_sample(velocity, noise, s, i), repeats)
+            time_calls(lambda s=steps, i=index: euler_sample(velocity, noise, s, i), repeats, warmup=10)
         )
 
     def full_step():
         policy.reset()  # an empty queue: this call computes a new chunk
         policy.select_action(obs)
 
-    return {"chunk_latency_ms": chunk, "policy_step_ms": percentiles(timed(full_step, repeats))}
+    return {
+        "chunk_latency_ms": chunk,
+        "policy_step_ms": percentiles(time_calls(full_step, repeats, warmup=10)),
+    }
 
 
 def success(cfg: DictConfig) -> dict:
@@ -94,7 +81,7 @@ def success(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from sim.evaluate import git_commit, write_atomic
+    from bench.common import git_commit, write_atomic
 
     bcfg = cfg.bench_policy
     torch.set_num_threads(bcfg.threads)
@@ -109,7 +96,7 @@ def main(cfg: DictConfig) -> None:
         "success_source": rates["source"],
         "policy": str(bcfg.policy),
         "threads": bcfg.threads,
-        "command": "python -m policies.bench_policy " + " ".join(sys.argv[1:]),
+        "command": "python -m bench.policy " + " ".join(sys.argv[1:]),
         "commit": git_commit(),
     }
     write_atomic(Path(bcfg.out), json.dumps(result, indent=1) + "\n")

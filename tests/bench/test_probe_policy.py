@@ -2,7 +2,7 @@
 
 import torch
 
-from policies.probe_policy import chunk_skill
+from bench.probe_policy import chunk_skill
 
 
 def test_constant_dimensions_are_not_scored():

@@ -1,6 +1,6 @@
 """Latent action model: an inverse-dynamics encoder names each frame transition of a clip with a few
 discrete tokens, and a forward-dynamics decoder rebuilds the next frame from a frame and those tokens.
-Trained on video alone (python -m world_model.train_lam).
+Trained on video alone (python -m world_model.lam.train).
 
     frames (B, T, 3, H, W) in [0, 1]
       └─ IDM: patchify each frame with its difference from the previous one; space-time blocks
@@ -15,12 +15,14 @@ psnr_copy_last in the benchmark).
 """
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from world_model.quantize import FSQ, NSVQ, Quantized, VectorQuantizer
+from world_model.lam.quantize import FSQ, NSVQ, Quantized, VectorQuantizer
+from world_model.layers import SpaceTimeBlock, patchify, unpatchify, warp
+from world_model.training.checkpoint import load_trained
 
 
 @dataclass
@@ -58,58 +60,6 @@ class LAMConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        B, L, C = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, heads, L, C/heads)
-        return self.proj(y.transpose(1, 2).reshape(B, L, C))
-
-
-class SpaceTimeBlock(nn.Module):
-    """Attention within each frame, then causal attention across frames at each token position (unless
-    `temporal` is off), then an MLP."""
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, temporal: bool = True):
-        super().__init__()
-        self.temporal = temporal
-        self.norm_space, self.space = nn.LayerNorm(dim), Attention(dim, heads)
-        if temporal:
-            self.norm_time, self.time = nn.LayerNorm(dim), Attention(dim, heads)
-        self.norm_mlp = nn.LayerNorm(dim)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, L, C = x.shape
-        x = x + self.space(self.norm_space(x).reshape(B * T, L, C)).view(B, T, L, C)
-        if self.temporal:
-            xt = self.norm_time(x).transpose(1, 2).reshape(B * L, T, C)
-            x = x + self.time(xt, causal=True).view(B, L, T, C).transpose(1, 2)
-        return x + self.mlp(self.norm_mlp(x))
-
-
-def patchify(frames: torch.Tensor, p: int) -> torch.Tensor:
-    """(B, T, C, H, W) -> (B, T, H/p * W/p, C*p*p)"""
-    B, T, C, H, W = frames.shape
-    x = frames.reshape(B, T, C, H // p, p, W // p, p).permute(0, 1, 3, 5, 2, 4, 6)
-    return x.reshape(B, T, (H // p) * (W // p), C * p * p)
-
-
-def unpatchify(x: torch.Tensor, p: int, size: int, channels: int = 3) -> torch.Tensor:
-    """(B, T, L, C*p*p) -> (B, T, C, size, size)"""
-    B, T, L, _ = x.shape
-    n = size // p
-    x = x.reshape(B, T, n, n, channels, p, p).permute(0, 1, 4, 2, 5, 3, 6)
-    return x.reshape(B, T, channels, size, size)
 
 
 def make_quantizer(cfg: LAMConfig) -> nn.Module:
@@ -195,20 +145,6 @@ class ForwardDynamics(nn.Module):
         return warped + residual, flow
 
 
-def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """Backward warp: out(x) = image(x + flow(x)), bilinear, borders repeated. (M, C, H, W), (M, 2, H, W)."""
-    M, _, H, W = image.shape
-    ys, xs = torch.meshgrid(
-        torch.arange(H, dtype=image.dtype, device=image.device),
-        torch.arange(W, dtype=image.dtype, device=image.device),
-        indexing="ij",
-    )
-    gx = (xs + flow[:, 0]) * (2 / (W - 1)) - 1
-    gy = (ys + flow[:, 1]) * (2 / (H - 1)) - 1
-    grid = torch.stack([gx, gy], dim=-1)  # (M, H, W, 2)
-    return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
-
-
 @dataclass
 class LAMOutput:
     predicted: (
@@ -264,3 +200,11 @@ class LatentActionModel(nn.Module):
         q = self.encode(frames)
         predicted, flow = self.fdm(frames[:, :-1], q.z_q)  # each step from the real frame before it
         return LAMOutput(predicted, flow, q.z_q, q.codes, q.loss)
+
+
+def load_lam(path: str | Path) -> LatentActionModel:
+    """A trained latent action model from a run folder or its checkpoint folder, in eval mode."""
+    modules, _ = load_trained(
+        path, "latent-action", lambda config: {"model": LatentActionModel(LAMConfig(**config))}
+    )
+    return modules["model"]
