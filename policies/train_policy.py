@@ -32,9 +32,9 @@ from data.chunks import EpisodeBank
 from data.clips import random_shift, shift_offsets
 from policies.vipra import VipraConfig, VipraPolicy
 from policies.vipra.configuration_vipra import ACTION_KEY, ENV_STATE_KEY, STATE_KEY
-from world_model.backbone.model import load_backbone
 from world_model.training import Trainer, TrainTask
 from world_model.training.distributed import is_main_process
+from world_model.training.schedule import warmup_cosine
 
 PRETRAINED_DIR = "pretrained_model"
 
@@ -71,7 +71,8 @@ def reads_state_context(cfg: DictConfig) -> bool:
 
 
 def build_policy(cfg: DictConfig, bank: EpisodeBank) -> VipraPolicy:
-    """The policy for this run: backbone config (and weights) from the pretrained checkpoint if any."""
+    """The policy for this run: features from the demos; the backbone's config and weights from the
+    pretrained run in `train.policy.backbone` (VipraConfig.pretrained_backbone), or random (null)."""
     pcfg = OmegaConf.to_container(cfg.model.policy, resolve=True)
     size, state, action = bank.frames.shape[-1], bank.columns[STATE_KEY], bank.columns[ACTION_KEY]
     inputs = {STATE_KEY: PolicyFeature(FeatureType.STATE, (state.shape[1],))}
@@ -87,17 +88,18 @@ def build_policy(cfg: DictConfig, bank: EpisodeBank) -> VipraPolicy:
         "input_features": inputs,
         "output_features": {ACTION_KEY: PolicyFeature(FeatureType.ACTION, (action.shape[1],))},
     }
-    backbone_path = cfg.train.policy.backbone
-    pretrained = load_backbone(backbone_path) if backbone_path else None
-    backbone_cfg = pretrained.cfg.to_dict() if pretrained else dict(pcfg.pop("backbone_scratch"))
-    pcfg.pop("backbone_scratch", None)
-    if not pretrained:
+    scratch = pcfg.pop("backbone_scratch")
+    backbone = cfg.train.policy.backbone
+    if not backbone:
         pcfg["backbone_lr_scale"] = 1.0  # Scratch-FM: the whole network learns at the full rate
-    config = VipraConfig(**pcfg, **features, backbone=backbone_cfg, device=cfg.train.policy.device)
-    policy = VipraPolicy(config, dataset_stats(bank))
-    if pretrained:
-        policy.backbone.load_state_dict(pretrained.state_dict())
-    return policy
+    config = VipraConfig(
+        **pcfg,
+        **features,
+        backbone=scratch,  # replaced by the pretrained backbone's config, if any
+        pretrained_backbone=str(backbone) if backbone else None,
+        device=cfg.train.policy.device,
+    )
+    return VipraPolicy(config, dataset_stats(bank))
 
 
 def save_pretrained_atomic(policy: VipraPolicy, out: Path) -> None:
@@ -112,7 +114,6 @@ class PolicyTask(TrainTask):
     """The policy on LeRobot batches of the labelled demos: `policy.forward` is its loss."""
 
     progress_keys = ("fm_loss", "shortcut_loss")
-    lr_floor = 0.1  # cosine to a tenth of the rate
 
     def __init__(self, cfg: DictConfig, device: torch.device):
         tcfg = self.tcfg = cfg.train.policy
@@ -124,7 +125,7 @@ class PolicyTask(TrainTask):
         policy = self.model = self.objective = build_policy(cfg, self.bank).to(device)
         policy.train()
         self.modules = {"policy": policy}
-        self.lr, self.weight_decay = policy.config.optimizer_lr, policy.config.optimizer_weight_decay
+        self.grad_clip = policy.config.optimizer_grad_clip_norm
         self.device = device
         self.image_key = None if self.state_context else cfg.task.image_key
         self.model_config = {
@@ -134,6 +135,13 @@ class PolicyTask(TrainTask):
 
     def param_groups(self) -> list:
         return self.model.get_optim_params()
+
+    def make_optimizer(self, groups: list) -> torch.optim.Optimizer:
+        return self.model.config.get_optimizer_preset().build(groups)  # as lerobot-train builds it
+
+    def lr_factor(self, step: int, tcfg: DictConfig) -> float:
+        preset = self.model.config.get_scheduler_preset()  # the schedule lerobot-train runs
+        return warmup_cosine(step, self.total_steps(tcfg), preset.num_warmup_steps, preset.floor)
 
     def describe(self) -> str:
         tcfg = self.tcfg

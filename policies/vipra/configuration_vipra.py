@@ -5,8 +5,11 @@ from dataclasses import dataclass, field
 
 from lerobot.configs import FeatureType, PolicyFeature, PreTrainedConfig
 from lerobot.optim import AdamWConfig
+from lerobot.optim.schedulers import LRSchedulerConfig
+from torch.optim.lr_scheduler import LambdaLR
 
-from world_model.backbone.model import BackboneConfig
+from world_model.backbone.model import BackboneConfig, backbone_config_of
+from world_model.training.schedule import warmup_cosine
 
 IMAGE_KEY = "observation.images.image"
 STATE_KEY = "observation.state"
@@ -24,6 +27,21 @@ def default_input_features() -> dict[str, PolicyFeature]:
 
 def default_output_features() -> dict[str, PolicyFeature]:
     return {ACTION_KEY: PolicyFeature(FeatureType.ACTION, (7,))}
+
+
+@LRSchedulerConfig.register_subclass("warmup_cosine")
+@dataclass
+class WarmupCosineSchedulerConfig(LRSchedulerConfig):
+    """The project trainer's schedule (world_model.training.schedule.warmup_cosine) for lerobot-train:
+    linear warm-up, then a cosine to `floor` x the rate at the run's last step."""
+
+    num_warmup_steps: int = 100
+    floor: float = 0.1
+
+    def build(self, optimizer, num_training_steps: int) -> LambdaLR:
+        return LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, num_training_steps, self.num_warmup_steps, self.floor)
+        )
 
 
 @PreTrainedConfig.register_subclass("vipra")
@@ -49,6 +67,10 @@ class VipraConfig(PreTrainedConfig):
 
     # The backbone (world_model.backbone.BackboneConfig fields); its horizon must equal chunk_size.
     backbone: dict = field(default_factory=lambda: BackboneConfig().to_dict())
+    # A pretrained backbone's run folder (python -m world_model.backbone.train): its config replaces
+    # `backbone` and its weights are loaded when the policy is built (finetuning); None: random weights
+    # (Scratch-FM). A saved policy carries the weights, so its config.json leaves this empty.
+    pretrained_backbone: str | None = None
 
     # Action decoder: a transformer over the H noisy actions, cross-attending to the backbone's context.
     dim: int = 128
@@ -70,15 +92,26 @@ class VipraConfig(PreTrainedConfig):
     few_step: bool = False  # sample with num_few_steps shortcut steps instead of K Euler steps
     num_few_steps: int = 2
 
-    # Finetuning: the backbone learns at lr * backbone_lr_scale (0 freezes it).
+    # Optimizer and schedule presets, used by lerobot-train and the project's trainer alike: AdamW,
+    # linear warm-up then a cosine to scheduler_floor x the rate; the backbone learns at
+    # lr * backbone_lr_scale (0 freezes it).
     optimizer_lr: float = 3e-4
     optimizer_weight_decay: float = 1e-4
+    optimizer_grad_clip_norm: float = 1.0
+    scheduler_warmup_steps: int = 100
+    scheduler_floor: float = 0.1
     backbone_lr_scale: float = 0.1
 
     def __post_init__(self):
         super().__post_init__()
         if self.context not in CONTEXTS:
             raise ValueError(f"context must be one of {CONTEXTS}, got {self.context!r}")
+        if self.pretrained_backbone:
+            if self.context == "state":
+                raise ValueError(
+                    f"the state context has no backbone: pretrained_backbone must be None (got {self.pretrained_backbone})"
+                )
+            self.backbone = backbone_config_of(self.pretrained_backbone)
         bb = BackboneConfig(**self.backbone)  # validates the fields
         if bb.horizon != self.chunk_size:
             raise ValueError(f"backbone horizon {bb.horizon} must equal chunk_size {self.chunk_size}")
@@ -111,10 +144,16 @@ class VipraConfig(PreTrainedConfig):
         return self.input_features[ENV_STATE_KEY].shape[0]
 
     def get_optimizer_preset(self) -> AdamWConfig:
-        return AdamWConfig(lr=self.optimizer_lr, weight_decay=self.optimizer_weight_decay)
+        return AdamWConfig(
+            lr=self.optimizer_lr,
+            weight_decay=self.optimizer_weight_decay,
+            grad_clip_norm=self.optimizer_grad_clip_norm,
+        )
 
-    def get_scheduler_preset(self) -> None:
-        return None
+    def get_scheduler_preset(self) -> WarmupCosineSchedulerConfig:
+        return WarmupCosineSchedulerConfig(
+            num_warmup_steps=self.scheduler_warmup_steps, floor=self.scheduler_floor
+        )
 
     def validate_features(self) -> None:
         if self.context == "state":

@@ -30,7 +30,7 @@ from policies.flow_matching import (
 )
 from policies.vipra.configuration_vipra import ACTION_KEY, ENV_STATE_KEY, STATE_KEY, VipraConfig
 from policies.vipra.processor_vipra import Normalizer, tokenize
-from world_model.backbone.model import BackboneConfig, VideoBackbone
+from world_model.backbone.model import BackboneConfig, VideoBackbone, load_backbone
 from world_model.layers import Attention
 
 
@@ -128,6 +128,8 @@ class VipraPolicy(PreTrainedPolicy):
         # (**_: lerobot's make_policy also passes dataset_meta, which this policy does not need)
         super().__init__(config)
         config.validate_features()
+        # Loaded before the modules below are built, so their initial weights do not depend on it.
+        pretrained = load_backbone(config.pretrained_backbone) if config.pretrained_backbone else None
         self.state_norm = Normalizer(STATE_KEY, config.state_dim)
         self.action_norm = Normalizer(ACTION_KEY, config.action_dim)
         if config.context == "state":
@@ -139,6 +141,8 @@ class VipraPolicy(PreTrainedPolicy):
             self.backbone = VideoBackbone(BackboneConfig(**config.backbone))
             context_dim = self.backbone.cfg.dim
         self.decoder = ActionDecoder(config, context_dim, config.shortcut_levels)
+        if pretrained is not None:
+            self.backbone.load_state_dict(pretrained.state_dict())
         if dataset_stats is not None:
             self.set_stats(dataset_stats)
         self.reset()
@@ -276,6 +280,15 @@ class VipraPolicy(PreTrainedPolicy):
         return self._queue.popleft()
 
     # ------------------------------------------------------------------------------------------ loading
+    def _save_pretrained(self, save_directory: Path, state_dict: dict | None = None) -> None:
+        """The backbone's weights are in model.safetensors: the saved config does not send a later load
+        back to the run folder they came from."""
+        source, self.config.pretrained_backbone = self.config.pretrained_backbone, None
+        try:
+            super()._save_pretrained(save_directory, state_dict)
+        finally:
+            self.config.pretrained_backbone = source
+
     @classmethod
     def _load_as_safetensor(cls, model, model_file: str, map_location: str, strict: bool):
         """Strict loading with a clear error: a checkpoint of another config, or one without statistics."""

@@ -18,7 +18,7 @@ def test_ceiling_bench_runs_on_a_tiny_profile(tmp_path):
         "eval.num_envs=1",
         "train.policy.steps=4",
         "train.policy.batch_size=8",
-        "train.policy.lr_warmup=1",
+        "model.policy.scheduler_warmup_steps=1",
         "model.policy.dim=32",
         "model.policy.layers=1",
     ]

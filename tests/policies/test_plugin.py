@@ -80,3 +80,60 @@ def test_lerobot_train_on_a_dataset_without_actions_names_its_keys(datasets, tmp
     assert run.returncode != 0
     assert "the policy needs ['action'], which the dataset lacks" in run.stderr
     assert "its features are ['observation.images.image'" in run.stderr
+
+
+def test_lerobot_train_runs_the_optimizer_and_schedule_of_the_project_trainer():
+    """lerobot-train builds its optimizer and scheduler from the config's presets (make_optimizer_and_
+    scheduler); they are the project trainer's: AdamW over the same groups, warm-up then cosine."""
+    from types import SimpleNamespace
+
+    from lerobot.optim.factory import make_optimizer_and_scheduler
+
+    from policies.vipra import VipraPolicy
+    from tests.policies.tiny import STATS, tiny_config
+    from world_model.training.schedule import warmup_cosine
+
+    config = tiny_config(scheduler_warmup_steps=3, backbone_lr_scale=0.5)
+    policy = VipraPolicy(config, STATS)
+    steps = 10
+    presets = {"optimizer": config.get_optimizer_preset(), "scheduler": config.get_scheduler_preset()}
+    cfg = SimpleNamespace(**presets, steps=steps, use_policy_training_preset=True)
+    optimizer, scheduler = make_optimizer_and_scheduler(cfg, policy)
+    assert [len(g["params"]) for g in optimizer.param_groups] == [
+        len(g["params"]) for g in policy.get_optim_params()
+    ]
+    base = [config.optimizer_lr, config.optimizer_lr * 0.5]
+    for step in range(steps):
+        factor = warmup_cosine(step, steps, warmup=3, floor=config.scheduler_floor)
+        assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([b * factor for b in base])
+        optimizer.step()
+        scheduler.step()
+    assert cfg.optimizer.grad_clip_norm == config.optimizer_grad_clip_norm == 1.0
+
+
+def test_the_pretrained_backbone_is_a_config_field(tmp_path):
+    """VipraConfig.pretrained_backbone (lerobot-train --policy.pretrained_backbone=<run>): the backbone's
+    config and weights come from the run; a saved policy carries them and no longer needs the run."""
+    import shutil
+
+    from policies.vipra import VipraPolicy
+    from tests.policies.tiny import STATS, TINY_BACKBONE, tiny_config
+    from world_model.backbone.model import VideoBackbone
+    from world_model.training.checkpoint import save_checkpoint
+
+    backbone = VideoBackbone(TINY_BACKBONE)
+    optimizer = torch.optim.AdamW(backbone.parameters())
+    meta = {"model_config": TINY_BACKBONE.to_dict()}
+    save_checkpoint(tmp_path / "backbone", {"model": backbone}, optimizer, 1, torch.Generator(), meta)
+    config = tiny_config(backbone={}, pretrained_backbone=str(tmp_path / "backbone"))
+    assert config.backbone == TINY_BACKBONE.to_dict()
+    policy = VipraPolicy(config, STATS)
+    for k, v in backbone.state_dict().items():
+        assert torch.equal(policy.backbone.state_dict()[k], v), k
+    policy.save_pretrained(tmp_path / "policy")
+    shutil.rmtree(tmp_path / "backbone")
+    loaded = make_policy(tmp_path / "policy")
+    assert loaded.config.pretrained_backbone is None
+    assert torch.equal(
+        loaded.backbone.state_dict()["blocks.0.mlp.0.weight"], backbone.state_dict()["blocks.0.mlp.0.weight"]
+    )

@@ -91,7 +91,7 @@ def test_state_fm_trains_on_the_demos_with_a_weight_average_and_resumes(datasets
         "task.tasks=[stack_block,carrot_on_plate]",
         "train.policy.steps=3",
         "train.policy.batch_size=8",
-        "train.policy.lr_warmup=1",
+        "model.policy.scheduler_warmup_steps=1",
         "train.policy.ckpt_every=2",
         "train.policy.ema.decay=0.9",
         "model.policy.dim=32",

@@ -27,7 +27,7 @@ TINY_BACKBONE = ["model.backbone.dim=32", "model.backbone.heads=2", "model.backb
                  "train.backbone.lr_warmup=5"]  # fmt: skip
 TINY_POLICY = ["model.policy.chunk_size=6", "model.policy.n_action_steps=3", "model.policy.dim=32",
                "model.policy.heads=2", "model.policy.layers=1", "train.policy.batch_size=4",
-               "train.policy.lr_warmup=5"]  # fmt: skip
+               "model.policy.scheduler_warmup_steps=5"]  # fmt: skip
 STATE_FM = ["experiment=ceiling", "train.policy.batch_size=8", "train.policy.ema.decay=0.9"]
 TINY_NEURAL_SIM = ["task.image_size=32", "model.neural_sim.width=8", "model.neural_sim.levels=2",
                    "model.neural_sim.blocks=1", "model.neural_sim.cond_dim=16", "model.neural_sim.probe_width=8",

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from world_model.layers import SpaceTimeBlock, patchify, unpatchify
-from world_model.training.checkpoint import load_trained
+from world_model.training.checkpoint import load_trained, read_trained_meta
 
 
 @dataclass
@@ -165,6 +165,11 @@ def backbone_loss(
         action = accuracy = out.logits.sum() * 0
     loss = frame_weight * frame + action_weight * action
     return loss, {"frame_mse": frame, "action_ce": action, "action_acc": accuracy}
+
+
+def backbone_config_of(path: str | Path) -> dict:
+    """The config of the pretrained backbone in a run folder or its checkpoint folder (no weights read)."""
+    return BackboneConfig(**read_trained_meta(path, "backbone")["model_config"]).to_dict()
 
 
 def load_backbone(path: str | Path) -> VideoBackbone:

@@ -112,6 +112,20 @@ def load_checkpoint(
     return meta | {"loaded": loaded}
 
 
+def checkpoint_folder(path: str | Path, what: str) -> Path:
+    """The checkpoint folder of a run folder (or the folder itself); a missing one is an error naming `what`."""
+    path = Path(path)
+    ckpt = path / CKPT_DIR if (path / CKPT_DIR).is_dir() else path
+    if not (ckpt / "state.json").is_file():
+        raise FileNotFoundError(f"no {what} checkpoint at {path} (expected {CKPT_DIR}/state.json)")
+    return ckpt
+
+
+def read_trained_meta(path: str | Path, what: str) -> dict:
+    """The state.json of a trained run (its model config and metadata), without loading weights."""
+    return json.loads((checkpoint_folder(path, what) / "state.json").read_text())
+
+
 def load_trained(
     path: str | Path, what: str, build: Callable[[dict], dict[str, nn.Module]]
 ) -> tuple[dict[str, nn.Module], dict]:
@@ -119,10 +133,7 @@ def load_trained(
     `build(model_config)` makes them, and each reads its weights from <name>.safetensors, except the
     module a weight average followed (state.json's `ema_of`), which reads the average. Returns them and
     the checkpoint's state.json; a missing checkpoint is an error that names `what`."""
-    path = Path(path)
-    ckpt = path / CKPT_DIR if (path / CKPT_DIR).is_dir() else path
-    if not (ckpt / "state.json").is_file():
-        raise FileNotFoundError(f"no {what} checkpoint at {path} (expected {CKPT_DIR}/state.json)")
+    ckpt = checkpoint_folder(path, what)
     meta = json.loads((ckpt / "state.json").read_text())
     modules = build(meta["model_config"])
     for name, module in modules.items():

@@ -9,7 +9,8 @@ the run summary. A model supplies a `TrainTask`: its modules, how to draw a batc
 `objective` module, whose forward returns `(loss, terms)`), its evaluation and an `after_step` hook.
 
 Keys read from the train config (`cfg.train.<name>`): out_dir, resume, seed, device, precision,
-grad_accum, compile, threads, steps, lr_warmup, grad_clip, log_every, val_every, ckpt_every, ema.
+grad_accum, compile, threads, steps, lr_warmup, grad_clip, log_every, val_every, ckpt_every, ema
+(a task may bring its own optimizer, schedule and clip instead: the policy takes its config's presets).
 """
 
 import json
@@ -52,11 +53,15 @@ class TrainTask:
     lr: float  # the base rate of the optimizer's groups without their own
     weight_decay: float = 0.0
     lr_floor: float = 0.1  # the cosine ends at this fraction of the rate
+    grad_clip: float | None = None  # gradient norm clip; None: the train config's grad_clip
     progress_keys: tuple[str, ...] = ()  # terms shown on the progress bar
 
     def param_groups(self) -> list:
         """The optimizer's parameters or parameter groups (AdamW)."""
         return list(self.objective.parameters())
+
+    def make_optimizer(self, groups: list) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
 
     def total_steps(self, tcfg: DictConfig) -> int:
         return tcfg.steps
@@ -123,7 +128,7 @@ class Trainer:
         log = print if is_main else lambda *a, **k: None
         task = self.task = build(accelerator.device)
         groups = task.param_groups()
-        optimizer = torch.optim.AdamW(groups, lr=task.lr, weight_decay=task.weight_decay)
+        optimizer = task.make_optimizer(groups)
         base_lrs = [g["lr"] for g in optimizer.param_groups]
         gen = torch.Generator().manual_seed(tcfg.seed)
         average = self.make_average(task)
@@ -146,6 +151,7 @@ class Trainer:
         task.check_micro_batch(task.batch_size(start) // max(1, grad_accum * accelerator.num_processes))
         parallel = accelerator.prepare_model(task.objective)  # DDP (and autocast) with several processes
         milestones = task.milestones(tcfg)
+        grad_clip = task.grad_clip if task.grad_clip is not None else tcfg.grad_clip
         clock, samples, terms = time.perf_counter(), 0, {}
         progress = tqdm(
             range(start, total), initial=start, total=total, desc=self.name, unit="step", disable=not is_main
@@ -167,7 +173,7 @@ class Trainer:
                         f"good checkpoint in {out_dir / CKPT_DIR} is kept; lower train.{self.name}.lr and resume."
                     )
                 accelerator.backward(loss / grad_accum)
-            grad_norm = accelerator.clip_grad_norm_(parallel.parameters(), tcfg.grad_clip)
+            grad_norm = accelerator.clip_grad_norm_(parallel.parameters(), grad_clip)
             optimizer.step()
             samples += size
             if average:
