@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import sim  # noqa: F401  (sets MUJOCO_GL before mujoco loads)
 from bench.common import git_commit, write_atomic
+from data.chunks import Clips, EpisodeBank
 from data.clips import episode_columns, flow_targets, load_episode_frames, to_uint8_hwc
 from sim.env import TabletopEnv
 from sim.experts import ExpertController, PlayController
@@ -36,7 +37,7 @@ from sim.tasks import get_task
 from world_model.lam.label import label_frames
 from world_model.lam.model import LatentActionModel, load_lam
 from world_model.lam.quantize import code_stats
-from world_model.lam.train import ClipBank, train
+from world_model.lam.train import train
 from world_model.metrics import psnr
 
 MIN_MOVE = 0.03  # m: clips that move less have no direction to agree on
@@ -46,7 +47,7 @@ MAX_ANGLE_DEG = 60.0
 # ---------------------------------------------------------------------------------------------- video
 @torch.no_grad()
 def score_video(
-    model: LatentActionModel, bank: ClipBank, embodiment: torch.Tensor, batch_size: int = 64
+    model: LatentActionModel, bank: Clips, embodiment: torch.Tensor, batch_size: int = 64
 ) -> dict:
     """PSNR of the predicted last frame vs copying the first, per embodiment; code usage and perplexity."""
     pred_db, copy_db, codes = [], [], []
@@ -194,7 +195,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- picture
 @torch.no_grad()
 def grid_figure(
-    model: LatentActionModel, bank: ClipBank, embodiment: torch.Tensor, path: Path, per_embodiment: int = 3
+    model: LatentActionModel, bank: Clips, embodiment: torch.Tensor, path: Path, per_embodiment: int = 3
 ):
     """Rows: held-out clips of each embodiment; columns: frame t, real t+k, predicted t+k, DIS flow of
     the real pair, DIS flow of the predicted pair."""
@@ -255,14 +256,10 @@ def flow_image(flow: np.ndarray, max_px: float = 4.0) -> np.ndarray:
 def heldout_bank(model: LatentActionModel, out_dir: Path, image_key: str):
     state = json.loads((out_dir / "checkpoints/last/state.json").read_text())
     episodes = state["val_episodes"]
-    frames = load_episode_frames(state["dataset"], image_key, episodes)
-    bank = ClipBank.from_episodes(frames, model.cfg.clip_len)
-    cols = episode_columns(state["dataset"], ["embodiment"])
-    ep_embodiment = {
-        int(e): int(m) for e, m in zip(cols["episode_index"], cols["embodiment"].reshape(-1), strict=True)
-    }
-    clip_episode = np.repeat(episodes, [max(0, len(frames[e]) - model.cfg.clip_len + 1) for e in episodes])
-    return bank, torch.tensor([ep_embodiment[int(e)] for e in clip_episode])
+    bank = Clips.of(
+        EpisodeBank.load(state["dataset"], image_key, ["embodiment"], episodes), model.cfg.clip_len
+    )
+    return bank, bank.bank.columns["embodiment"][bank.starts].reshape(-1).long()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -1,5 +1,6 @@
-"""Chunk sampling from any LeRobotDataset v3, in memory: the context frames t-1 and t, the frame t+H and
-the H steps of per-frame columns (actions, latent-action codes) from t, for every frame t.
+"""The one in-memory loader of any LeRobotDataset v3 (`EpisodeBank`): chunks for the backbone, the
+policy and the neural simulator (the context frames t-1 and t, the frame t+H and the H steps of
+per-frame columns from t, for every frame t), and clips for the latent action model (`Clips`).
 
     bank = EpisodeBank.load("outputs/datasets/demos", "observation.images.image",
                             columns=["observation.state", "action"])
@@ -122,3 +123,45 @@ class EpisodeBank:
             chunk=torch.minimum(steps, end[:, None]),
             chunk_is_pad=steps > end[:, None],
         )
+
+
+@dataclass
+class Clips:
+    """Every window of `clip_len` consecutive frames inside one episode of a bank, for the latent action
+    model: a clip never straddles two episodes and never needs padding, so an episode shorter than the
+    window gives none.
+
+        clips = Clips.of(EpisodeBank.load("outputs/datasets/video", "observation.images.image", []), 8)
+        clips.clips(torch.tensor([0, 5]))   # (2, 8, 3, H, W) float in [0, 1]
+    """
+
+    bank: EpisodeBank
+    clip_len: int
+    starts: torch.Tensor  # (M,) bank row of each clip's first frame, in dataset order
+
+    @classmethod
+    def of(cls, bank: EpisodeBank, clip_len: int) -> "Clips":
+        if clip_len < 2:
+            raise ValueError(f"a clip needs clip_len >= 2 frames, got {clip_len}")
+        rows = torch.arange(len(bank))
+        starts = rows[rows + clip_len - 1 <= bank.episode_end]
+        if not len(starts):
+            raise ValueError(f"no episode has {clip_len} frames: no clip can be sampled")
+        return cls(bank, clip_len, starts)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @property
+    def episodes(self) -> list[int]:
+        return self.bank.episodes
+
+    @property
+    def clip_episode(self) -> torch.Tensor:
+        """(M,) the episode of each clip."""
+        return self.bank.episode_index[self.starts]
+
+    def clips(self, idx: torch.Tensor) -> torch.Tensor:
+        """(B,) clip indices -> (B, T, 3, H, W) float in [0, 1]"""
+        frame_idx = self.starts[idx][:, None] + torch.arange(self.clip_len)
+        return self.bank.frames[frame_idx].float() / 255

@@ -1,12 +1,6 @@
-"""Clip sampling from any LeRobotDataset v3, and optical-flow targets for the latent-action model.
-
-`ClipDataset` yields windows of `clip_len` consecutive frames that lie inside one episode: a clip
-never straddles two episodes and never needs padding, so an episode shorter than the window simply
-contributes no clip. Frames come through lerobot's `LeRobotDataset` with `delta_timestamps`.
-
-    clips = ClipDataset("outputs/datasets/video", image_key="observation.images.image", clip_len=8)
-    clips[0]["frames"]   # (T, 3, H, W) float in [0, 1]
-"""
+"""Reading a LeRobotDataset v3's frames and columns episode by episode (lerobot's own readers), random
+shifts, and the optical-flow targets of the latent action model. `data.chunks.EpisodeBank` holds them
+in memory for training."""
 
 import io
 from pathlib import Path
@@ -18,66 +12,8 @@ import torch
 from datasets import Image
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from lerobot.datasets.video_utils import decode_video_frames
-from torch.utils.data import Dataset
 
-from data.dataset import check_videos, load_dataset, load_metadata, warn_if_lossy
-
-
-class ClipDataset(Dataset):
-    def __init__(
-        self,
-        root: str | Path,
-        image_key: str = "observation.images.image",
-        clip_len: int = 8,
-        stride: int = 1,
-        image_size: int | None = None,
-        episodes: list[int] | None = None,
-    ):
-        """`stride`: frames between consecutive clip starts; `image_size`: the expected square size
-        (None accepts the dataset's own; frames of another size are an error, not a silent resize)."""
-        if clip_len < 2 or stride < 1:
-            raise ValueError(f"need clip_len >= 2 and stride >= 1, got clip_len={clip_len}, stride={stride}")
-        meta = load_metadata(root, required_keys=[image_key])
-        shape = tuple(meta.features[image_key]["shape"])  # (H, W, C) as LeRobot stores it
-        if len(shape) != 3 or shape[2] != 3:
-            raise ValueError(f"{image_key!r} in {root} must be an RGB image (H, W, 3), got shape {shape}")
-        if image_size is not None and shape[:2] != (image_size, image_size):
-            raise ValueError(
-                f"{image_key!r} in {root} is {shape[0]}x{shape[1]}, expected {image_size}x{image_size}; "
-                "regenerate the data at that size or set image_size to match"
-            )
-        window = {image_key: [k / meta.fps for k in range(clip_len)]}
-        self.dataset = load_dataset(root, [image_key], delta_timestamps=window, episodes=episodes)
-        self.image_key, self.clip_len = image_key, clip_len
-        self.starts = self._clip_starts(meta, episodes, clip_len, stride)
-        if len(self.starts) == 0:
-            raise ValueError(f"no episode in {root} has {clip_len} frames: no clip can be sampled")
-
-    @staticmethod
-    def _clip_starts(meta, episodes: list[int] | None, clip_len: int, stride: int) -> np.ndarray:
-        """Indices (into the loaded frames) at which a full clip starts, episode by episode.
-
-        With an episode selection, LeRobotDataset keeps only those episodes' frames, in order, so a
-        frame's index is the running count of selected frames before it.
-        """
-        wanted = None if episodes is None else set(episodes)
-        starts, offset = [], 0
-        for ep, length in zip(meta.episodes["episode_index"], meta.episodes["length"], strict=True):
-            if wanted is None or ep in wanted:
-                starts.extend(range(offset, offset + length - clip_len + 1, stride))
-                offset += length
-        return np.asarray(starts, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    def __getitem__(self, i: int) -> dict:
-        item = self.dataset[int(self.starts[i])]
-        frames = item[self.image_key]  # (T, C, H, W)
-        assert not item[f"{self.image_key}_is_pad"].any(), (
-            "clip starts are chosen so that no frame is padding"
-        )
-        return {"frames": frames, "task": item["task"], "episode_index": item["episode_index"]}
+from data.dataset import check_videos, load_metadata, warn_if_lossy
 
 
 def flow_targets(first: np.ndarray, second: np.ndarray) -> np.ndarray:

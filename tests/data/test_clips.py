@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from data.clips import ClipDataset, flow_targets, to_uint8_hwc
+from data.chunks import Clips, EpisodeBank
+from data.clips import flow_targets, to_uint8_hwc
 from data.dataset import load_dataset
 
 IMAGE = "observation.images.image"
@@ -12,40 +13,39 @@ def test_clips_are_consecutive_frames_inside_one_episode(datasets):
     root, _, _ = datasets
     frames = load_dataset(root / "demos", [IMAGE])
     lengths = frames.meta.episodes["length"]
-    clips = ClipDataset(root / "demos", IMAGE, clip_len=4, stride=1, image_size=64)
+    clips = Clips.of(EpisodeBank.load(root / "demos", IMAGE, []), clip_len=4)
     assert len(clips) == sum(n - 4 + 1 for n in lengths)
     last_of_first_episode = lengths[0] - 4  # the last clip that fits in episode 0
     for i in (0, last_of_first_episode, last_of_first_episode + 1):
-        clip = clips[i]
+        clip = clips.clips(torch.tensor([i]))[0]
         start = int(clips.starts[i])
-        assert clip["frames"].shape == (4, 3, 64, 64)
+        assert clip.shape == (4, 3, 64, 64)
         expected = torch.stack([frames[start + k][IMAGE] for k in range(4)])
-        torch.testing.assert_close(clip["frames"], expected)
-        assert {int(frames[start + k]["episode_index"]) for k in range(4)} == {int(clip["episode_index"])}
-    assert int(clips[last_of_first_episode + 1]["episode_index"]) == 1  # next clip starts the next episode
+        torch.testing.assert_close(clip, expected, atol=0.5 / 255, rtol=0)
+        assert {int(frames[start + k]["episode_index"]) for k in range(4)} == {int(clips.clip_episode[i])}
+    assert int(clips.clip_episode[last_of_first_episode + 1]) == 1  # the next clip starts the next episode
 
 
-def test_episode_selection_and_stride(datasets):
+def test_clips_of_an_episode_subset_are_that_episodes(datasets):
     root, _, _ = datasets
-    all_clips = ClipDataset(root / "video", IMAGE, clip_len=8, stride=8)
-    second = ClipDataset(root / "video", IMAGE, clip_len=8, stride=8, episodes=[1])
-    assert 0 < len(second) < len(all_clips)
-    length_0 = all_clips.dataset.meta.episodes["length"][0]
-    first_clip_of_episode_1 = length_0 // 8  # clips of episode 0 come first
-    torch.testing.assert_close(second[0]["frames"], all_clips[first_clip_of_episode_1]["frames"])
-    assert int(second[0]["episode_index"]) == 1
+    bank = EpisodeBank.load(root / "video", IMAGE, [])
+    every, second = Clips.of(bank, 8), Clips.of(bank.subset([1]), 8)
+    assert 0 < len(second) < len(every) and set(second.clip_episode.tolist()) == {1}
+    first_of_episode_1 = int((every.clip_episode < 1).sum())  # clips of episode 0 come first
+    torch.testing.assert_close(
+        second.clips(torch.tensor([0])), every.clips(torch.tensor([first_of_episode_1]))
+    )
 
 
 def test_bad_clip_requests_are_explained(datasets):
     root, _, _ = datasets
-    with pytest.raises(ValueError, match="no episode .* has 500 frames"):
-        ClipDataset(root / "demos", IMAGE, clip_len=500)
-    with pytest.raises(ValueError, match="is 64x64, expected 128x128"):
-        ClipDataset(root / "demos", IMAGE, clip_len=4, image_size=128)
-    with pytest.raises(KeyError, match="observation.images.wrist"):
-        ClipDataset(root / "demos", "observation.images.wrist")
+    bank = EpisodeBank.load(root / "demos", IMAGE, [])
+    with pytest.raises(ValueError, match="no episode has 500 frames"):
+        Clips.of(bank, clip_len=500)
     with pytest.raises(ValueError, match="clip_len >= 2"):
-        ClipDataset(root / "demos", IMAGE, clip_len=1)
+        Clips.of(bank, clip_len=1)
+    with pytest.raises(KeyError, match="observation.images.wrist"):
+        EpisodeBank.load(root / "demos", "observation.images.wrist", [])
 
 
 def test_dis_flow_recovers_a_known_shift():

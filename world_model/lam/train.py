@@ -11,15 +11,14 @@ renamed; a non-finite loss stops training with a message and leaves the last goo
 
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from data.chunks import split_episodes
-from data.clips import flow_targets, load_episode_frames, to_uint8_hwc
+from data.chunks import Clips, EpisodeBank, split_episodes
+from data.clips import flow_targets, to_uint8_hwc
 from world_model.lam.losses import FlowNet, ramp
 from world_model.lam.model import LAMConfig, LatentActionModel
 from world_model.lam.quantize import code_stats
@@ -30,47 +29,20 @@ from world_model.training.distributed import broadcast_from_main, is_main_proces
 
 
 # ---------------------------------------------------------------------------------------------- data
-@dataclass
-class ClipBank:
-    """Every frame of some episodes in memory, and the start of each full window inside an episode."""
-
-    frames: torch.Tensor  # (F, 3, H, W) uint8, episodes back to back
-    starts: torch.Tensor  # (M,) index into frames of each clip's first frame
-    clip_len: int
-    episodes: list[int]
-
-    @classmethod
-    def from_episodes(cls, episode_frames: dict[int, torch.Tensor], clip_len: int) -> "ClipBank":
-        starts, offset = [], 0
-        for frames in episode_frames.values():
-            starts.extend(range(offset, offset + len(frames) - clip_len + 1))
-            offset += len(frames)
-        if not starts:
-            raise ValueError(f"no episode has {clip_len} frames: no clip can be sampled")
-        frames = torch.cat(list(episode_frames.values()))
-        return cls(frames, torch.tensor(starts), clip_len, list(episode_frames))
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    def clips(self, idx: torch.Tensor) -> torch.Tensor:
-        """(B,) clip indices -> (B, T, 3, H, W) float in [0, 1]"""
-        frame_idx = self.starts[idx][:, None] + torch.arange(self.clip_len)
-        return self.frames[frame_idx].float() / 255
-
-
-def load_banks(cfg: DictConfig, image_key: str, clip_len: int, image_size: int):
-    frames = load_episode_frames(cfg.dataset, image_key)
-    size = next(iter(frames.values())).shape[-2:]
+def load_banks(cfg: DictConfig, image_key: str, clip_len: int, image_size: int) -> tuple[Clips, Clips]:
+    """The clips of the training and the held-out episodes."""
+    bank = EpisodeBank.load(cfg.dataset, image_key, columns=[])
+    size = bank.frames.shape[-2:]
     if tuple(size) != (image_size, image_size):
         raise ValueError(
             f"{image_key!r} in {cfg.dataset} is {size[0]}x{size[1]}, the model takes {image_size}x{image_size}; "
             "set task.image_size to match (or regenerate the data at that size)"
         )
-    train_eps, val_eps = split_episodes(len(frames), cfg.val_fraction, cfg.seed)
-    train = ClipBank.from_episodes({e: frames[e] for e in train_eps}, clip_len)
-    val = ClipBank.from_episodes({e: frames[e] for e in val_eps}, clip_len)
-    return train, val
+    train_eps, val_eps = split_episodes(len(bank.episodes), cfg.val_fraction, cfg.seed)
+    pick = bank.episodes
+    return Clips.of(bank.subset([pick[i] for i in train_eps]), clip_len), Clips.of(
+        bank.subset([pick[i] for i in val_eps]), clip_len
+    )
 
 
 # ---------------------------------------------------------------------------------------------- loss
@@ -134,7 +106,7 @@ class Objective(torch.nn.Module):
 
 # ---------------------------------------------------------------------------------------------- eval
 @torch.no_grad()
-def evaluate(model, bank: ClipBank, num_clips: int, batch_size: int = 32) -> dict:
+def evaluate(model, bank: Clips, num_clips: int, batch_size: int = 32) -> dict:
     """On held-out clips: PSNR of the last frame rolled out from the first and the latents vs copying
     the first; its loss when the latents come from another clip (latent_gain_db); code usage."""
     model.eval()
