@@ -17,10 +17,8 @@ same loop trains the decoder on the privileged object poses instead of frames; w
 `train.policy.ema.decay` the saved policy holds an exponential moving average of the weights.
 """
 
-import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import hydra
@@ -33,8 +31,8 @@ from data.clips import random_shift, shift_offsets
 from policies.vipra import VipraConfig, VipraPolicy
 from policies.vipra.configuration_vipra import ACTION_KEY, ENV_STATE_KEY, STATE_KEY
 from world_model.training import Trainer, TrainTask
-from world_model.training.distributed import is_main_process
 from world_model.training.schedule import warmup_cosine
+from world_model.training.trainer import millions, print_run
 
 PRETRAINED_DIR = "pretrained_model"
 
@@ -147,7 +145,7 @@ class PolicyTask(TrainTask):
         tcfg = self.tcfg
         origin = f"from {tcfg.backbone}" if tcfg.backbone else "from scratch"
         return (
-            f"policy: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters, backbone {origin}; "
+            f"policy: {millions(self.model)} parameters, backbone {origin}; "
             f"{len(self.bank)} frames of {len(self.bank.episodes)} demos"
         )
 
@@ -158,9 +156,6 @@ class PolicyTask(TrainTask):
                 f"micro-batches of {rows} rows leave no row for the shortcut loss (shortcut_fraction="
                 f"{fraction}, taken per micro-batch): raise batch_size or lower grad_accum"
             )
-
-    def batch_size(self, step: int) -> int:
-        return self.tcfg.batch_size
 
     def draw(self, step: int, gen: torch.Generator, size: int):
         rows = torch.randint(len(self.bank), (size,), generator=gen)
@@ -190,12 +185,7 @@ def train(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    summary = train(cfg)
-    if not is_main_process():
-        return
-    print(json.dumps(summary, indent=1))
-    print(f"policy: {Path(cfg.train.policy.out_dir) / PRETRAINED_DIR}")
-    print("command: python -m policies.train_policy " + " ".join(sys.argv[1:]))
+    print_run(train(cfg), "policy", Path(cfg.train.policy.out_dir) / PRETRAINED_DIR, "policies.train_policy")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ Held-out episodes measure what the backbone predicts against trivial answers: th
 copying frame t, the code accuracy against always naming the most common code.
 """
 
-import json
-import sys
 from pathlib import Path
 
 import hydra
@@ -26,7 +24,7 @@ from data.clips import random_shift, shift_offsets
 from world_model.backbone.model import BackboneConfig, VideoBackbone, backbone_loss, tokenize
 from world_model.training import Trainer, TrainTask
 from world_model.training.checkpoint import CKPT_DIR
-from world_model.training.distributed import is_main_process
+from world_model.training.trainer import millions, print_run
 
 EMBODIMENTS = {"robot": 0, "hand": 1}
 
@@ -139,13 +137,10 @@ class BackboneTask(TrainTask):
 
     def describe(self) -> str:
         return (
-            f"backbone: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters; "
+            f"backbone: {millions(self.model)} parameters; "
             f"{len(self.train_bank)} training frames ({len(self.train_bank.episodes)} episodes), "
             f"{len(self.val_bank)} held out"
         )
-
-    def batch_size(self, step: int) -> int:
-        return self.tcfg.batch_size
 
     def draw(self, step: int, gen: torch.Generator, size: int):
         rows = torch.randint(len(self.train_bank), (size,), generator=gen)
@@ -178,12 +173,9 @@ def train(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    summary = train(cfg)
-    if not is_main_process():
-        return
-    print(json.dumps(summary, indent=1))
-    print(f"checkpoint: {Path(cfg.train.backbone.out_dir) / CKPT_DIR}")
-    print("command: python -m world_model.backbone.train " + " ".join(sys.argv[1:]))
+    print_run(
+        train(cfg), "checkpoint", Path(cfg.train.backbone.out_dir) / CKPT_DIR, "world_model.backbone.train"
+    )
 
 
 if __name__ == "__main__":

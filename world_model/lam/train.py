@@ -9,8 +9,6 @@ and every random generator are saved). Checkpoints are safetensors written to a 
 renamed; a non-finite loss stops training with a message and leaves the last good checkpoint alone.
 """
 
-import json
-import sys
 from pathlib import Path
 
 import hydra
@@ -25,7 +23,8 @@ from world_model.lam.quantize import code_stats
 from world_model.metrics import psnr, ssim
 from world_model.training import Trainer, TrainTask
 from world_model.training.checkpoint import CKPT_DIR
-from world_model.training.distributed import broadcast_from_main, is_main_process
+from world_model.training.distributed import broadcast_from_main
+from world_model.training.trainer import millions, print_run
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -156,13 +155,10 @@ class LAMTask(TrainTask):
 
     def describe(self) -> str:
         return (
-            f"latent action model: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters; "
+            f"latent action model: {millions(self.model)} parameters; "
             f"{len(self.train_bank)} training clips, {len(self.val_bank)} held out "
             f"({len(self.val_bank.episodes)} episodes)"
         )
-
-    def batch_size(self, step: int) -> int:
-        return self.tcfg.batch_size
 
     def draw(self, step: int, gen: torch.Generator, size: int):
         rows = torch.randint(len(self.train_bank), (size,), generator=gen)
@@ -209,12 +205,7 @@ def revive_dead_codes(model, step: int, tcfg: DictConfig) -> int:
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    summary = train(cfg)
-    if not is_main_process():
-        return
-    print(json.dumps(summary, indent=1))
-    print(f"checkpoint: {Path(cfg.train.lam.out_dir) / CKPT_DIR}")
-    print("command: python -m world_model.lam.train " + " ".join(sys.argv[1:]))
+    print_run(train(cfg), "checkpoint", Path(cfg.train.lam.out_dir) / CKPT_DIR, "world_model.lam.train")
 
 
 if __name__ == "__main__":

@@ -15,9 +15,7 @@ Inputs are normalised with the dataset's statistics, kept in the checkpoint with
 model saw (the env clips outside it). Checkpoints are safetensors, resumable (world_model/checkpoint.py).
 """
 
-import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +52,7 @@ from world_model.training import Trainer, TrainTask
 from world_model.training.checkpoint import (
     CKPT_DIR,
 )
+from world_model.training.trainer import print_run
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -323,10 +322,12 @@ def validate(modules: dict, val_bank: EpisodeBank, stats: dict, tcfg: DictConfig
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    summary = train(cfg)
-    print(json.dumps(summary, indent=1))
-    print(f"checkpoint: {Path(cfg.train.neural_sim.out_dir) / CKPT_DIR}")
-    print("command: python -m world_model.neural_sim.train " + " ".join(sys.argv[1:]))
+    print_run(
+        train(cfg),
+        "checkpoint",
+        Path(cfg.train.neural_sim.out_dir) / CKPT_DIR,
+        "world_model.neural_sim.train",
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ grad_accum, compile, threads, steps, lr_warmup, grad_clip, log_every, val_every,
 """
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ from world_model.training.distributed import (
     accumulation,
     check_same_start,
     finite_everywhere,
+    is_main_process,
     make_accelerator,
     restore_on_main,
     seed_process,
@@ -74,7 +76,7 @@ class TrainTask:
         return {self.total_steps(tcfg)}
 
     def batch_size(self, step: int) -> int:
-        raise NotImplementedError
+        return self.tcfg.batch_size  # tasks keep their train config as self.tcfg
 
     def draw(self, step: int, gen: torch.Generator, size: int):
         """The global batch's random choices, drawn from `gen` only (the same on every process)."""
@@ -255,6 +257,20 @@ class Trainer:
             seed_process(tcfg.seed, accelerator, start)
         check_same_start(start, accelerator)
         return start
+
+
+def print_run(summary: dict, artefact: str, path: Path, module: str) -> None:
+    """What a training entry point prints when done (main process only): the summary, where the
+    trained model is, and the command that made it."""
+    if not is_main_process():
+        return
+    print(json.dumps(summary, indent=1))
+    print(f"{artefact}: {path}")
+    print(f"command: python -m {module} " + " ".join(sys.argv[1:]))
+
+
+def millions(module: nn.Module) -> str:
+    return f"{sum(p.numel() for p in module.parameters()) / 1e6:.2f}M"
 
 
 def scalars(terms: dict) -> dict[str, float]:
