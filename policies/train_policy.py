@@ -23,11 +23,13 @@ from pathlib import Path
 
 import hydra
 import torch
-from lerobot.configs import FeatureType, PolicyFeature
+from lerobot.configs import FeatureType
+from lerobot.utils.feature_utils import dataset_to_policy_features
 from omegaconf import DictConfig, OmegaConf
 
 from data.chunks import EpisodeBank
 from data.clips import random_shift, shift_offsets
+from data.dataset import load_metadata
 from policies.vipra import VipraConfig, VipraPolicy
 from policies.vipra.configuration_vipra import ACTION_KEY, ENV_STATE_KEY, STATE_KEY
 from world_model.training import Trainer, TrainTask
@@ -69,30 +71,25 @@ def reads_state_context(cfg: DictConfig) -> bool:
 
 
 def build_policy(cfg: DictConfig, bank: EpisodeBank) -> VipraPolicy:
-    """The policy for this run: features from the demos; the backbone's config and weights from the
-    pretrained run in `train.policy.backbone` (VipraConfig.pretrained_backbone), or random (null)."""
+    """The policy for this run: its features from the dataset, as lerobot-train takes them (the policy
+    keeps the camera `task.image_key`, the state and the action; state_fm the object poses instead of
+    the camera); the backbone's config and weights from the pretrained run in `train.policy.backbone`
+    (VipraConfig.pretrained_backbone), or random (null)."""
     pcfg = OmegaConf.to_container(cfg.model.policy, resolve=True)
-    size, state, action = bank.frames.shape[-1], bank.columns[STATE_KEY], bank.columns[ACTION_KEY]
-    inputs = {STATE_KEY: PolicyFeature(FeatureType.STATE, (state.shape[1],))}
-    if reads_state_context(cfg):  # state_fm: privileged object poses, no camera
-        inputs[ENV_STATE_KEY] = PolicyFeature(FeatureType.ENV, (bank.columns[ENV_STATE_KEY].shape[1],))
-        if cfg.train.policy.backbone:
-            raise ValueError(
-                f"the state context has no backbone: set train.policy.backbone=null (got {cfg.train.policy.backbone})"
-            )
-    else:
-        inputs[cfg.task.image_key] = PolicyFeature(FeatureType.VISUAL, (3, size, size))
-    features = {
-        "input_features": inputs,
-        "output_features": {ACTION_KEY: PolicyFeature(FeatureType.ACTION, (action.shape[1],))},
-    }
-    scratch = pcfg.pop("backbone_scratch")
+    features = dataset_to_policy_features(load_metadata(cfg.train.policy.dataset).features)
     backbone = cfg.train.policy.backbone
+    if reads_state_context(cfg) and backbone:
+        raise ValueError(
+            f"the state context has no backbone: set train.policy.backbone=null (got {backbone})"
+        )
+    scratch = pcfg.pop("backbone_scratch")
     if not backbone:
         pcfg["backbone_lr_scale"] = 1.0  # Scratch-FM: the whole network learns at the full rate
     config = VipraConfig(
         **pcfg,
-        **features,
+        input_features={k: f for k, f in features.items() if f.type is not FeatureType.ACTION},
+        output_features={k: f for k, f in features.items() if f.type is FeatureType.ACTION},
+        camera=None if reads_state_context(cfg) else cfg.task.image_key,
         backbone=scratch,  # replaced by the pretrained backbone's config, if any
         pretrained_backbone=str(backbone) if backbone else None,
         device=cfg.train.policy.device,

@@ -11,22 +11,10 @@ from torch.optim.lr_scheduler import LambdaLR
 from world_model.backbone.model import BackboneConfig, backbone_config_of
 from world_model.training.schedule import warmup_cosine
 
-IMAGE_KEY = "observation.images.image"
 STATE_KEY = "observation.state"
 ENV_STATE_KEY = "observation.environment_state"  # privileged object poses: only state_fm reads them
 ACTION_KEY = "action"
 CONTEXTS = ("video", "state")
-
-
-def default_input_features() -> dict[str, PolicyFeature]:
-    return {
-        IMAGE_KEY: PolicyFeature(FeatureType.VISUAL, (3, 64, 64)),
-        STATE_KEY: PolicyFeature(FeatureType.STATE, (7,)),
-    }
-
-
-def default_output_features() -> dict[str, PolicyFeature]:
-    return {ACTION_KEY: PolicyFeature(FeatureType.ACTION, (7,))}
 
 
 @LRSchedulerConfig.register_subclass("warmup_cosine")
@@ -48,9 +36,14 @@ class WarmupCosineSchedulerConfig(LRSchedulerConfig):
 @dataclass
 class VipraConfig(PreTrainedConfig):
     # Inputs: frames t-1 and t (n_obs_steps = 2) of one camera, the robot state at t, the instruction.
+    # The features start empty and come from the dataset (lerobot-train's make_policy and the project's
+    # trainer fill them as LeRobot's dataset_to_policy_features gives them); `validate_features` keeps
+    # what the policy reads: `camera` (or the dataset's only camera), observation.state and action, and
+    # for the state context observation.environment_state instead of a camera.
     n_obs_steps: int = 2
-    input_features: dict[str, PolicyFeature] | None = field(default_factory=default_input_features)
-    output_features: dict[str, PolicyFeature] | None = field(default_factory=default_output_features)
+    input_features: dict[str, PolicyFeature] = field(default_factory=dict)
+    output_features: dict[str, PolicyFeature] = field(default_factory=dict)
+    camera: str | None = None  # the camera key to read when the dataset has several
     device: str | None = "cpu"
     push_to_hub: bool = False
 
@@ -129,7 +122,9 @@ class VipraConfig(PreTrainedConfig):
     @property
     def image_key(self) -> str:
         keys = list(self.image_features)
-        return keys[0] if keys else IMAGE_KEY
+        if len(keys) != 1:
+            raise ValueError(f"the policy reads one camera; its input features have {keys}")
+        return keys[0]
 
     @property
     def action_dim(self) -> int:
@@ -156,35 +151,61 @@ class VipraConfig(PreTrainedConfig):
         )
 
     def validate_features(self) -> None:
+        """Keep the features the policy reads (from all the dataset has) and check them; with a backbone
+        trained from scratch, its image size becomes the camera's."""
+        have = [*self.input_features, *self.output_features]
+        if ACTION_KEY not in self.output_features:
+            raise ValueError(
+                f"the policy needs {[ACTION_KEY]}, which the dataset lacks; its features are {have}"
+            )
+        self.output_features = {ACTION_KEY: self.output_features[ACTION_KEY]}
         if self.context == "state":
             needed = [k for k in (STATE_KEY, ENV_STATE_KEY) if k not in self.input_features]
-            needed += [ACTION_KEY] if ACTION_KEY not in self.output_features else []
             if needed:
-                have = [*self.input_features, *self.output_features]
                 raise ValueError(f"the state context needs {needed}, which the dataset lacks; it has {have}")
+            self.input_features = {k: self.input_features[k] for k in (STATE_KEY, ENV_STATE_KEY)}
             self._check_binary_dims()
             return
-        if ENV_STATE_KEY in self.input_features:
-            raise ValueError(
-                f"an image policy never reads {ENV_STATE_KEY!r} (privileged object poses): drop it from "
-                "input_features, or set context='state' for the privileged state_fm"
-            )
-        images = self.image_features
-        missing = ["a camera (observation.images.*)"] if not images else []
-        missing += [STATE_KEY] if STATE_KEY not in self.input_features else []
-        missing += [ACTION_KEY] if ACTION_KEY not in self.output_features else []
+        camera = self._chosen_camera(have)
+        missing = [STATE_KEY] if STATE_KEY not in self.input_features else []
         if missing:
-            have = [*self.input_features, *self.output_features]
             raise ValueError(f"the policy needs {missing}, which the dataset lacks; its features are {have}")
-        if len(images) != 1:
-            raise ValueError(f"the policy reads exactly one camera; input features have {list(images)}")
-        size = BackboneConfig(**self.backbone).image_size
-        shape = tuple(next(iter(images.values())).shape)
-        if shape != (3, size, size):
-            raise ValueError(
-                f"camera {self.image_key!r} has shape {shape}, the backbone takes (3, {size}, {size})"
-            )
+        # Never observation.environment_state (privileged object poses), even where the dataset has it.
+        self.input_features = {k: self.input_features[k] for k in (camera, STATE_KEY)}
+        self._fit_backbone_to(camera, tuple(self.input_features[camera].shape))
         self._check_binary_dims()
+
+    def _chosen_camera(self, have: list[str]) -> str:
+        cameras = [k for k, f in self.input_features.items() if f.type is FeatureType.VISUAL]
+        if not cameras:
+            raise ValueError(
+                f"the policy needs a camera (observation.images.*), which the dataset lacks; its features are {have}"
+            )
+        if self.camera is not None:
+            if self.camera not in cameras:
+                raise ValueError(f"camera {self.camera!r} is not among the dataset's cameras {cameras}")
+            return self.camera
+        if len(cameras) > 1:
+            raise ValueError(
+                f"the dataset has cameras {cameras} and the policy reads one: name it with `camera`"
+            )
+        return cameras[0]
+
+    def _fit_backbone_to(self, camera: str, shape: tuple) -> None:
+        """A backbone from scratch takes the camera's size; a pretrained one must already have it."""
+        if len(shape) != 3 or shape[0] != 3 or shape[1] != shape[2]:
+            raise ValueError(
+                f"camera {camera!r} has shape {shape}; the backbone reads square RGB frames (3, H, H)"
+            )
+        size = BackboneConfig(**self.backbone).image_size
+        if shape[1] == size:
+            return
+        if self.pretrained_backbone:
+            raise ValueError(
+                f"camera {camera!r} is {shape[1]}x{shape[2]}, the pretrained backbone {self.pretrained_backbone} "
+                f"takes {size}x{size}: record the dataset at {size}x{size} or pretrain a backbone at its size"
+            )
+        self.backbone = BackboneConfig(**(self.backbone | {"image_size": shape[1]})).to_dict()
 
     def _check_binary_dims(self) -> None:
         bad = [d for d in self.binary_action_dims if not 0 <= d < self.action_dim]

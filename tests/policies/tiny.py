@@ -15,6 +15,7 @@ def tiny_config(**kw) -> VipraConfig:
             "observation.images.image": PolicyFeature(FeatureType.VISUAL, (3, 32, 32)),
             "observation.state": PolicyFeature(FeatureType.STATE, (7,)),
         },
+        output_features={"action": PolicyFeature(FeatureType.ACTION, (7,))},
         chunk_size=6,
         n_action_steps=3,
         backbone=TINY_BACKBONE.to_dict(),
