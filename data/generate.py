@@ -85,7 +85,9 @@ def generate_demos(cfg: DictConfig, task_cfg: DictConfig, root: Path) -> dict:
     attempts = kept = 0
     features = demo_features(
         task_cfg.image_size,
-        _metaworld().FEATURE_NAMES if _is_metaworld(task_cfg) else None,
+        _metaworld().feature_names(task_cfg.get("env", {}).get("state", "hand_gripper"))
+        if _is_metaworld(task_cfg)
+        else None,
         lossless=cfg.get("lossless_images", True),
     )
     robot_type = "sawyer_metaworld" if _is_metaworld(task_cfg) else "widowx_sim"
@@ -215,9 +217,10 @@ _ENVS: dict[tuple, TabletopEnv] = {}
 def _env(task: str, protocol: str, task_cfg: DictConfig, robot: str) -> TabletopEnv:
     """One env per (task, protocol, robot), reused: compiling a model and a renderer costs ~50 ms.
     The dataset's fps is the env's control rate."""
-    key = (task, protocol, task_cfg.image_size, task_cfg.fps, robot)
+    options = dict(task_cfg.get("env", {}))  # the suite's own (Meta-World: camera, state)
+    key = (task, protocol, task_cfg.image_size, task_cfg.fps, robot, tuple(sorted(options.items())))
     if key not in _ENVS and _is_metaworld(task_cfg):
-        _ENVS[key] = _metaworld().MetaWorldEnv(task, protocol, image_size=task_cfg.image_size)
+        _ENVS[key] = _metaworld().MetaWorldEnv(task, protocol, image_size=task_cfg.image_size, **options)
     elif key not in _ENVS:
         _ENVS[key] = TabletopEnv(
             task, protocol, image_size=task_cfg.image_size, robot=robot, control_hz=task_cfg.fps

@@ -33,6 +33,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from sim.env import TabletopEnv
+from sim.features import FeatureMap
 from sim.metrics import wilson_interval
 from sim.reporting import git_commit, write_atomic
 from sim.tasks import PROTOCOLS, get_task
@@ -74,9 +75,17 @@ def make_vector_env(
     robot: str = "widowx",
     control_hz: float = 5.0,
     suite: str = "tabletop",
+    env_kwargs: dict | None = None,
 ) -> gym.vector.VectorEnv:
+    """`env_kwargs`: the suite's own options (task.env: Meta-World's camera and state)."""
     make = functools.partial(
-        suite_env(suite), task, protocol, image_size=image_size, robot=robot, control_hz=control_hz
+        suite_env(suite),
+        task,
+        protocol,
+        image_size=image_size,
+        robot=robot,
+        control_hz=control_hz,
+        **(env_kwargs or {}),
     )
     # Episodes are reset explicitly, with seeds, in waves. Autoreset must be off: gymnasium 1.4's async
     # worker without shared memory never clears its autoreset flag on reset(), so the first step of
@@ -128,10 +137,14 @@ def run_episodes(
     for start in range(0, episodes, n):
         obs, _ = envs.reset(seed=[seed + start + i for i in range(n)])
         policy.reset()
+        if start == 0:  # the policy's keys for the env's camera and state, checked once
+            match = FeatureMap(
+                policy, obs_to_batch(obs), hint=f" (policy {policy_name!r}: set task.image_size)"
+            )
         frames = [obs["pixels"]["image"][0]] if (video_path is not None and start == 0) else None
         for _ in range(max_steps):
             with torch.inference_mode():
-                action = policy.select_action(obs_to_batch(obs))
+                action = policy.select_action(match(obs_to_batch(obs)))
             obs, _, _, _, info = envs.step(_actions_to_numpy(action, envs, policy_name))
             if frames is not None:
                 frames.append(obs["pixels"]["image"][0])
@@ -195,6 +208,7 @@ def evaluate(
     control_hz: float = 5.0,
     shard: tuple[int, int] = (0, 1),
     suite: str = "tabletop",
+    env_kwargs: dict | None = None,
 ) -> dict:
     """Evaluate each policy on each task and protocol; returns the results dict written to results.json.
     With `shard=(index, count)`, only that shard's episodes run (`shard_range`)."""
@@ -220,7 +234,13 @@ def evaluate(
         for task in tasks:
             # One set of workers per task; the protocol is an attribute read at reset.
             envs = make_vector_env(
-                task, protocols[0], min(num_envs, len(mine)), image_size, control_hz=control_hz, suite=suite
+                task,
+                protocols[0],
+                min(num_envs, len(mine)),
+                image_size,
+                control_hz=control_hz,
+                suite=suite,
+                env_kwargs=env_kwargs,
             )
             try:
                 for protocol in protocols:
@@ -344,6 +364,7 @@ def main(cfg: DictConfig) -> None:
         control_hz=cfg.task.fps,
         shard=shard,
         suite=cfg.task.get("suite", "tabletop"),
+        env_kwargs=dict(cfg.task.get("env") or {}),
     )
     print(write_report(results, out_dir, "python -m sim.evaluate " + " ".join(sys.argv[1:])))
     print(f"wrote {out_dir / 'results.json'} and {out_dir / 'results.md'}")

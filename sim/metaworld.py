@@ -5,9 +5,10 @@
 
 `MetaWorldEnv(task)` wraps one Meta-World environment: each reset picks one of the task's 50 training
 variations (object and goal positions) from the seed, so seeds name scenes as in the tabletop suite.
-Observations are the tabletop's keys: a 64x64 camera image, `agent_pos` (hand xyz and gripper opening)
-and, as privileged `environment_state`, Meta-World's 39-dim state vector (what its scripted policies
-read). `info["is_success"]` is Meta-World's own success flag, latched: Meta-World counts an episode as
+Observations are the tabletop's keys: a camera image (`camera`: corner by default, any of CAMERAS),
+`agent_pos` (`state`: hand xyz and gripper opening, 4-d, or the whole 39-dim observation) and, as
+privileged `environment_state`, Meta-World's 39-dim state vector (what its scripted policies read).
+Any Meta-World v3 task with a scripted policy runs, not only MT10. `info["is_success"]` is Meta-World's own success flag, latched: Meta-World counts an episode as
 solved once the flag is raised (its evaluations stop there), and the harness reads the last step. Frames come from our own offscreen
 renderer, sized to the image, without shadows or reflections, and created on the first reset.
 """
@@ -51,12 +52,24 @@ FEATURE_NAMES = {  # per-dimension names for the LeRobotDataset features
     "environment_state": [f"mw_{i}" for i in range(ENV_STATE_DIM)],
     "action": ["dx", "dy", "dz", "gripper"],
 }
-CAMERA = "corner"
+CAMERA = "corner"  # the default view; any camera of the Meta-World model can be chosen (task.env.camera)
+CAMERAS = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
+STATES = {"hand_gripper": STATE_DIM, "full": ENV_STATE_DIM}  # what observation.state holds (task.env.state)
+
+
+def feature_names(state: str = "hand_gripper") -> dict:
+    """The per-dimension names of a dataset recorded with this `state` option."""
+    if state not in STATES:
+        raise ValueError(f"unknown Meta-World state {state!r}; expected one of {list(STATES)}")
+    return FEATURE_NAMES | ({"state": FEATURE_NAMES["environment_state"]} if state == "full" else {})
 
 
 def check_task(task: str) -> None:
     if task not in metaworld.policies.ENV_POLICY_MAP:
-        raise ValueError(f"unknown Meta-World task {task!r}; MT10 is {list(MT10)}")
+        raise ValueError(
+            f"unknown Meta-World task {task!r}: any v3 task with a scripted policy runs "
+            f"({len(metaworld.policies.ENV_POLICY_MAP)} of them, e.g. {sorted(metaworld.policies.ENV_POLICY_MAP)[:4]}); MT10 is {list(MT10)}"
+        )
 
 
 def max_steps(task: str) -> int:
@@ -76,11 +89,21 @@ class MetaWorldEnv(gym.Env):
         image_size: int = 64,
         max_episode_steps: int | None = None,
         render_mode: str = "rgb_array",
+        camera: str = CAMERA,
+        state: str = "hand_gripper",
         **_ignored,  # the tabletop's robot / control_hz: the sawyer runs at Meta-World's own 80 Hz
     ):
         check_task(task)
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r} for Meta-World; expected one of {PROTOCOLS}")
+        if camera not in CAMERAS:
+            raise ValueError(f"unknown Meta-World camera {camera!r}; expected one of {list(CAMERAS)}")
+        if state not in STATES:
+            raise ValueError(
+                f"unknown Meta-World state {state!r}; expected one of {list(STATES)} "
+                "(hand xyz and gripper opening, or Meta-World's whole 39-dim observation)"
+            )
+        self.camera, self.state = camera, state
         self.task, self.protocol, self.image_size, self.render_mode = task, protocol, image_size, render_mode
         self.task_description = INSTRUCTIONS.get(task, task.removesuffix("-v3").replace("-", " "))
         self.max_episode_steps = max_episode_steps or MAX_STEPS
@@ -93,7 +116,7 @@ class MetaWorldEnv(gym.Env):
         self.observation_space = gym.spaces.Dict(
             {
                 "pixels": gym.spaces.Dict({"image": gym.spaces.Box(0, 255, (s, s, 3), np.uint8)}),
-                "agent_pos": gym.spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32),
+                "agent_pos": gym.spaces.Box(-np.inf, np.inf, (STATES[state],), np.float32),
                 "environment_state": gym.spaces.Box(-np.inf, np.inf, (ENV_STATE_DIM,), np.float32),
                 "task": gym.spaces.Text(max_length=128, min_length=1),
             }
@@ -130,8 +153,10 @@ class MetaWorldEnv(gym.Env):
         return self._observation(raw), float(reward), False, self._steps >= self.max_episode_steps, info
 
     def render(self) -> np.ndarray:
-        self._renderer.update_scene(self._env.data, camera=CAMERA)
-        return np.ascontiguousarray(np.flipud(self._renderer.render()))  # the corner cameras are upside down
+        self._renderer.update_scene(self._env.data, camera=self.camera)
+        return np.ascontiguousarray(
+            np.flipud(self._renderer.render())
+        )  # Meta-World's cameras are upside down
 
     def close(self) -> None:
         if self._renderer is not None:
@@ -152,7 +177,7 @@ class MetaWorldEnv(gym.Env):
     def _observation(self, raw: np.ndarray) -> dict:
         return {
             "pixels": {"image": self.render()},
-            "agent_pos": raw[:STATE_DIM].astype(np.float32),
+            "agent_pos": raw[: STATES[self.state]].astype(np.float32),
             "environment_state": raw.astype(np.float32),
             "task": self.task_description,
         }
