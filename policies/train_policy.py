@@ -32,6 +32,7 @@ from data.clips import random_shift, shift_offsets
 from data.dataset import load_metadata
 from policies.vipra import VipraConfig, VipraPolicy
 from policies.vipra.configuration_vipra import ACTION_KEY, ENV_STATE_KEY, STATE_KEY
+from policies.vipra.processor_vipra import make_vipra_pre_post_processors
 from world_model.training import Trainer, TrainTask
 from world_model.training.schedule import warmup_cosine
 from world_model.training.trainer import millions, print_run
@@ -98,9 +99,13 @@ def build_policy(cfg: DictConfig, bank: EpisodeBank) -> VipraPolicy:
 
 
 def save_pretrained_atomic(policy: VipraPolicy, out: Path) -> None:
+    """`save_pretrained` and the processor pair beside it (policy_preprocessor.json, ...), as lerobot-train
+    writes them, so LeRobot's tools (make_pre_post_processors, lerobot-eval) load the folder."""
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     policy.save_pretrained(tmp)
+    for processor in make_vipra_pre_post_processors(policy.config):
+        processor.save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
 
