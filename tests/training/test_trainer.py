@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from omegaconf import open_dict
 from safetensors.torch import load_file
 
 from tests.training.runs import (
@@ -123,3 +124,13 @@ def test_the_weight_average_is_available_to_every_model_and_loaded_for_inference
     key = "idm.readout.weight"
     assert not torch.equal(raw[key], ema[key])
     assert torch.equal(load_lam(tmp_path).state_dict()[key], ema[key])
+
+
+def test_a_weight_average_of_a_model_of_several_modules_is_refused(inputs, tmp_path):
+    cfg = run_cfg("neural_sim", inputs, tmp_path, steps=4)
+    with open_dict(cfg):
+        cfg.train.neural_sim.ema = {"decay": 0.9}
+    with pytest.raises(
+        ValueError, match="train.neural_sim.ema: the weight average follows the one checkpointed"
+    ):
+        train_function("neural_sim")(cfg)

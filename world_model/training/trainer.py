@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from sim.reporting import write_atomic
 from world_model.training.checkpoint import CKPT_DIR, has_checkpoint, load_checkpoint, save_checkpoint
 from world_model.training.distributed import (
     accumulation,
@@ -214,7 +215,7 @@ class Trainer:
             writer.close()
             summary |= task.summary(terms)
             task.export(out_dir, average.averaged() if average else task.model)
-            (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+            write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
         accelerator.wait_for_everyone()
         return summary
 
@@ -226,6 +227,11 @@ class Trainer:
         ema = self.tcfg.get("ema") or {}
         if not ema.get("decay"):
             return None
+        if not any(m is task.model for m in task.modules.values()):
+            raise ValueError(
+                f"train.{self.name}.ema: the weight average follows the one checkpointed module inference "
+                f"loads; this model trains {list(task.modules)} together, so set ema.decay=null"
+            )
         return WeightAverage(task.model, ema.decay, ema.get("power", 0.75))
 
     def checkpoint_meta(self, task: TrainTask, average: WeightAverage | None) -> dict:
