@@ -122,101 +122,126 @@ class Trainer:
 
     def fit(self, build: Callable[[torch.device], TrainTask]) -> dict:
         """Train (or resume) the task `build(device)` makes; returns the run summary."""
-        tcfg, out_dir = self.tcfg, self.out_dir
+        tcfg = self.tcfg
         if tcfg.get("threads"):
             torch.set_num_threads(tcfg.threads)
-        accelerator = self.accelerator = make_accelerator(tcfg)
-        seed_process(tcfg.seed, accelerator)
-        is_main = accelerator.is_main_process
-        log = print if is_main else lambda *a, **k: None
-        task = self.task = build(accelerator.device)
-        groups = task.param_groups()
-        optimizer = task.make_optimizer(groups)
-        base_lrs = [g["lr"] for g in optimizer.param_groups]
-        gen = torch.Generator().manual_seed(tcfg.seed)
-        average = self.make_average(task)
-        modules = task.modules | ({EMA_MODULE: average.model} if average else {})
-
-        start = self.start = self.resume(modules, optimizer, gen, average)
+        self.accelerator = make_accelerator(tcfg)
+        seed_process(tcfg.seed, self.accelerator)
+        self.is_main = self.accelerator.is_main_process
+        task = self.task = build(self.accelerator.device)  # after seeding: initial weights follow the seed
+        self.optimizer = task.make_optimizer(task.param_groups())
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.gen = torch.Generator().manual_seed(tcfg.seed)  # every batch's random choices
+        self.average = self.make_average(task)
+        self.modules = task.modules | ({EMA_MODULE: self.average.model} if self.average else {})
+        start = self.start = self.resume(self.modules, self.optimizer, self.gen, self.average)
+        self.prepare()
         total = task.total_steps(tcfg)
-        if is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            if self.full_cfg is not None:
-                (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.full_cfg, resolve=True))
-        log(
-            f"{task.describe()}; {accelerator.num_processes} process(es) x {tcfg.get('grad_accum', 1)} "
-            f"micro-batch(es) per step"
-        )
-        writer = SummaryWriter(str(out_dir / "tb"), purge_step=start) if is_main else None
-        if tcfg.get("compile"):
-            task.model.compile()  # in place: state_dict keys and checkpoints are unchanged
-        grad_accum = tcfg.get("grad_accum", 1)
-        task.check_micro_batch(task.batch_size(start) // max(1, grad_accum * accelerator.num_processes))
-        parallel = accelerator.prepare_model(task.objective)  # DDP (and autocast) with several processes
-        milestones = task.milestones(tcfg)
-        grad_clip = task.grad_clip if task.grad_clip is not None else tcfg.grad_clip
         clock, samples, terms = time.perf_counter(), 0, {}
         progress = tqdm(
-            range(start, total), initial=start, total=total, desc=self.name, unit="step", disable=not is_main
+            range(start, total),
+            initial=start,
+            total=total,
+            desc=self.name,
+            unit="step",
+            disable=not self.is_main,
         )
         for step in progress:
-            factor = task.lr_factor(step, tcfg)
-            for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
-                group["lr"] = lr * factor
             size = task.batch_size(step)
-            draw = task.draw(step, gen, size)
-            optimizer.zero_grad(set_to_none=True)
-            for mine in accumulation(
-                accelerator, parallel, shard_rows(torch.arange(size), accelerator, grad_accum)
-            ):
-                loss, terms = self.forward(parallel, task.micro_batch(draw, mine, step), step)
-                if not finite_everywhere(loss, accelerator):
-                    raise FloatingPointError(
-                        f"loss is {loss.item()} at step {step} (terms {scalars(terms)}); stopped. The last "
-                        f"good checkpoint in {out_dir / CKPT_DIR} is kept; lower train.{self.name}.lr and resume."
-                    )
-                accelerator.backward(loss / grad_accum)
-            grad_norm = accelerator.clip_grad_norm_(parallel.parameters(), grad_clip)
-            optimizer.step()
+            loss, terms, grad_norm = self.step(step, size)
             samples += size
-            if average:
-                average.step(task.model)
+            if self.average:
+                self.average.step(task.model)
             logged = task.after_step(step, self)
-            done = step + 1
-            if is_main and (done % tcfg.log_every == 0 or logged):
+            if self.is_main and ((step + 1) % tcfg.log_every == 0 or logged):
                 rate = samples / (time.perf_counter() - clock)
-                log_scalars(
-                    writer, done, loss, terms, grad_norm, optimizer.param_groups[0]["lr"], rate, logged
-                )
-                shown = {"loss": loss} | {k: terms[k] for k in task.progress_keys if k in terms}
-                progress.set_postfix({k: f"{v:.4f}" for k, v in scalars(shown).items()})
-            if is_main and (done in milestones or (tcfg.get("val_every") and done % tcfg.val_every == 0)):
-                for k, v in task.validate(step).items():
-                    writer.add_scalar(f"val/{k}", v, done)
-            if done % tcfg.ckpt_every == 0 or done in milestones:
-                if is_main:
-                    if average:
-                        average.averaged()  # into modules["ema"]
-                    save_checkpoint(
-                        out_dir, modules, optimizer, done, gen, self.checkpoint_meta(task, average)
-                    )
-                accelerator.wait_for_everyone()
+                self.log(progress, step + 1, loss, terms, grad_norm, rate, logged)
+            self.validate_and_save(step)
         progress.close()
         minutes = (time.perf_counter() - clock) / 60
+        return self.finish(start, total, minutes, samples, terms)
+
+    def prepare(self) -> None:
+        """Write the run's config, open TensorBoard, compile and wrap the objective (DDP, autocast)."""
+        tcfg, task = self.tcfg, self.task
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if self.full_cfg is not None:
+                (self.out_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.full_cfg, resolve=True))
+            print(
+                f"{task.describe()}; {self.accelerator.num_processes} process(es) x "
+                f"{tcfg.get('grad_accum', 1)} micro-batch(es) per step"
+            )
+        self.writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=self.start) if self.is_main else None
+        if tcfg.get("compile"):
+            task.model.compile()  # in place: state_dict keys and checkpoints are unchanged
+        self.grad_accum = tcfg.get("grad_accum", 1)
+        task.check_micro_batch(
+            task.batch_size(self.start) // max(1, self.grad_accum * self.accelerator.num_processes)
+        )
+        self.parallel = self.accelerator.prepare_model(task.objective)
+        self.milestones = task.milestones(tcfg)
+        self.grad_clip = task.grad_clip if task.grad_clip is not None else tcfg.grad_clip
+
+    def step(self, step: int, size: int) -> tuple[torch.Tensor, dict, torch.Tensor]:
+        """One gradient step on a global batch of `size` rows: (loss and terms of the last micro-batch,
+        the gradient norm before clipping)."""
+        accelerator, optimizer, task = self.accelerator, self.optimizer, self.task
+        factor = task.lr_factor(step, self.tcfg)
+        for group, lr in zip(optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = lr * factor
+        draw = task.draw(step, self.gen, size)
+        optimizer.zero_grad(set_to_none=True)
+        shares = shard_rows(torch.arange(size), accelerator, self.grad_accum)
+        for mine in accumulation(accelerator, self.parallel, shares):
+            loss, terms = self.forward(self.parallel, task.micro_batch(draw, mine, step), step)
+            if not finite_everywhere(loss, accelerator):
+                raise FloatingPointError(
+                    f"loss is {loss.item()} at step {step} (terms {scalars(terms)}); stopped. The last good "
+                    f"checkpoint in {self.out_dir / CKPT_DIR} is kept; lower train.{self.name}.lr and resume."
+                )
+            accelerator.backward(loss / self.grad_accum)
+        grad_norm = accelerator.clip_grad_norm_(self.parallel.parameters(), self.grad_clip)
+        optimizer.step()
+        return loss, terms, grad_norm
+
+    def log(self, progress, done: int, loss, terms: dict, grad_norm, rate: float, extra: dict) -> None:
+        lr = self.optimizer.param_groups[0]["lr"]
+        log_scalars(self.writer, done, loss, terms, grad_norm, lr, rate, extra)
+        shown = {"loss": loss} | {k: terms[k] for k in self.task.progress_keys if k in terms}
+        progress.set_postfix({k: f"{v:.4f}" for k, v in scalars(shown).items()})
+
+    def validate_and_save(self, step: int) -> None:
+        """Validate (main process) and checkpoint at their cadence and at the task's milestones."""
+        tcfg, done = self.tcfg, step + 1
+        due = done in self.milestones
+        if self.is_main and (due or (tcfg.get("val_every") and done % tcfg.val_every == 0)):
+            for k, v in self.task.validate(step).items():
+                self.writer.add_scalar(f"val/{k}", v, done)
+        if due or done % tcfg.ckpt_every == 0:
+            if self.is_main:
+                if self.average:
+                    self.average.averaged()  # into modules["ema"]
+                meta = self.checkpoint_meta(self.task, self.average)
+                save_checkpoint(self.out_dir, self.modules, self.optimizer, done, self.gen, meta)
+            self.accelerator.wait_for_everyone()
+
+    def finish(self, start: int, total: int, minutes: float, samples: int, terms: dict) -> dict:
+        """The run summary; the main process adds the task's part, exports the model, writes summary.json."""
         summary = {
             "steps": total,
             "resumed_at": start,
             "minutes": minutes,
             "samples_per_s": samples / max(60 * minutes, 1e-9),  # global samples
-            "processes": accelerator.num_processes,
-            "grad_accum": grad_accum,
+            "processes": self.accelerator.num_processes,
+            "grad_accum": self.grad_accum,
         }
-        if is_main:
-            writer.close()
-            summary |= task.summary(terms)
-            task.export(out_dir, average.averaged() if average else task.model)
-            write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
-        accelerator.wait_for_everyone()
+        if self.is_main:
+            self.writer.close()
+            summary |= self.task.summary(terms)
+            self.task.export(self.out_dir, self.average.averaged() if self.average else self.task.model)
+            write_atomic(self.out_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+        self.accelerator.wait_for_everyone()
         return summary
 
     def forward(self, parallel: nn.Module, micro_batch: tuple, step: int) -> tuple[torch.Tensor, dict]:
