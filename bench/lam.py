@@ -2,7 +2,7 @@
 and the picture reports/figures/lam_grid.png.
 
     python -m bench.lam                 # ~20 min here; needs python -m data.generate first
-    python -m bench.lam bench_lam.retrain=false   # score the model already in bench.out_dir
+    python -m bench.lam bench_lam.retrain=false   # score the model already in bench_lam.out_dir
 
 - psnr_pred / psnr_copy_last: the last frame of held-out video clips rolled out from the first frame
   and the latents (each step from the previous prediction), against copying the first frame;

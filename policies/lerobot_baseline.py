@@ -8,7 +8,7 @@ only: `observation.environment_state` (object poses) is privileged and left out 
     path = train_act("outputs/datasets/demos", "outputs/act", steps=20_000)
     # -> outputs/act/checkpoints/last/pretrained_model (weights, config, processors with their stats)
 
-Evaluate it with a node under `policies:` in conf/config.yaml (or the same as `+policies.act={...}`
+Evaluate it with a node under `policies:` (conf/entry/policies.yaml) (or the same as `+policies.act={...}`
 on the `python -m sim.evaluate` command line):
 
     act:

@@ -33,9 +33,8 @@ from data.dataset import load_metadata
 from policies.vipra import VipraConfig, VipraPolicy
 from policies.vipra.configuration_vipra import ACTION_KEY, ENV_STATE_KEY, STATE_KEY
 from policies.vipra.processor_vipra import make_vipra_pre_post_processors
-from world_model.training import Trainer, TrainTask
 from world_model.training.schedule import warmup_cosine
-from world_model.training.trainer import millions, print_run
+from world_model.training.trainer import Trainer, TrainTask, millions, print_run
 
 PRETRAINED_DIR = "pretrained_model"
 
@@ -171,7 +170,7 @@ class PolicyTask(TrainTask):
         )
         return ({k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()},)
 
-    def summary(self, last_terms: dict) -> dict:
+    def summary(self, last_terms: dict, model: VipraPolicy) -> dict:
         if not last_terms:  # nothing left to train
             return {}
         return {"final_fm_loss": last_terms["fm_loss"], "final_shortcut_loss": last_terms["shortcut_loss"]}

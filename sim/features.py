@@ -1,4 +1,5 @@
-"""Matching an env's observations to the features a policy reads, for the harness and the control loop.
+"""Matching an env's observations to the features a policy reads, for the evaluation harness (the
+control loop does the same for a robot's observations in policies/control/runtime.py).
 
 A LeRobot policy names its inputs in `config.input_features` (from the dataset it was trained on):
 its camera key, `observation.state` and, for state_fm only, `observation.environment_state`. An env

@@ -19,9 +19,9 @@ from tests.training.runs import (
     overrides,
     train_function,
 )
-from world_model.training import Trainer
 from world_model.training.checkpoint import CKPT_DIR
 from world_model.training.schedule import warmup_cosine
+from world_model.training.trainer import Trainer
 
 STEPS, KILLED_AT = 6, 3  # checkpoints every 3 steps; a killed run dies during step 3 (0-based)
 
@@ -134,3 +134,24 @@ def test_a_weight_average_of_a_model_of_several_modules_is_refused(inputs, tmp_p
         ValueError, match="train.neural_sim.ema: the weight average follows the one checkpointed"
     ):
         train_function("neural_sim")(cfg)
+
+
+def test_inference_modules_do_not_load_a_training_module():
+    """Loading a model for inference (the LAM and its labeller, the backbone, the neural simulator and
+    its env, the policy) never imports a trainer or a training entry point."""
+    import subprocess
+    import sys
+
+    inference = ["world_model.lam.model", "world_model.lam.label", "world_model.backbone.model",
+                 "world_model.neural_sim.simulator", "world_model.neural_sim.env", "policies.vipra"]  # fmt: skip
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in inference)
+        + "ours = [m for m in sys.modules if m.split('.')[0] in ('world_model', 'policies', 'data', 'sim')]\n"
+        "bad = sorted(m for m in ours if m.endswith(('.train', 'train_policy', '.trainer')))\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout

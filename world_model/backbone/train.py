@@ -22,9 +22,8 @@ from safetensors.torch import load_file
 from data.chunks import EpisodeBank, split_episodes
 from data.clips import random_shift, shift_offsets
 from world_model.backbone.model import BackboneConfig, VideoBackbone, backbone_loss, tokenize
-from world_model.training import Trainer, TrainTask
 from world_model.training.checkpoint import CKPT_DIR
-from world_model.training.trainer import millions, print_run
+from world_model.training.trainer import Trainer, TrainTask, millions, print_run
 
 EMBODIMENTS = {"robot": 0, "hand": 1}
 
@@ -159,11 +158,11 @@ class BackboneTask(TrainTask):
         )
         return tuple(t.to(self.device) for t in batch)
 
-    def validate(self, step: int) -> dict[str, float]:
-        return evaluate(self.model, self.val_bank, self.majority)
+    def validate(self, step: int, model: VideoBackbone) -> dict[str, float]:
+        return evaluate(model, self.val_bank, self.majority)
 
-    def summary(self, last_terms: dict) -> dict:
-        return evaluate(self.model, self.val_bank, self.majority)
+    def summary(self, last_terms: dict, model: VideoBackbone) -> dict:
+        return evaluate(model, self.val_bank, self.majority)
 
 
 def train(cfg: DictConfig) -> dict:

@@ -21,10 +21,9 @@ from world_model.lam.losses import FlowNet, ramp
 from world_model.lam.model import LAMConfig, LatentActionModel
 from world_model.lam.quantize import code_stats
 from world_model.metrics import psnr, ssim
-from world_model.training import Trainer, TrainTask
 from world_model.training.checkpoint import CKPT_DIR
 from world_model.training.distributed import broadcast_from_main
-from world_model.training.trainer import millions, print_run
+from world_model.training.trainer import Trainer, TrainTask, millions, print_run
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -176,11 +175,11 @@ class LAMTask(TrainTask):
             broadcast_from_main(self.model.quantizer, trainer.accelerator)
         return {"train/dead_codes_replaced": replaced} if replaced else {}
 
-    def validate(self, step: int) -> dict[str, float]:
-        return evaluate(self.model, self.val_bank, self.tcfg.val_clips)
+    def validate(self, step: int, model: LatentActionModel) -> dict[str, float]:
+        return evaluate(model, self.val_bank, self.tcfg.val_clips)
 
-    def summary(self, last_terms: dict) -> dict:
-        return evaluate(self.model, self.val_bank, self.tcfg.val_clips)
+    def summary(self, last_terms: dict, model: LatentActionModel) -> dict:
+        return evaluate(model, self.val_bank, self.tcfg.val_clips)
 
 
 def train(cfg: DictConfig) -> dict:

@@ -11,7 +11,7 @@ physics and a video model that draws it, and the judges that read success off th
 StateDynamics is an MLP over the robot state and the object poses (the privileged `environment_state`
 the scripted experts read): given the action and the one before, it predicts their change, with the
 carry built in (a held object moves with the hand), so grasps, carries and drops live in a compact state
-that does not blur; train_neural_sim.state_step turns its outputs into the next state.
+that does not blur; world_model.neural_sim.dynamics.state_step turns its outputs into the next state.
 `geometry_features` hands it what contacts depend on (object to hand, target to object, grasp angle)
 and the object yaws as angles. NeuralDynamics draws frame t+1 from frames t-1
 and t, conditioned on the states before and after the step and the action, as a warp of frame t by a

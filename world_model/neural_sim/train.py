@@ -1,4 +1,4 @@
-"""Train the neural simulator (world_model/neural_sim.py) on labelled robot rollouts.
+"""Train the neural simulator (world_model/neural_sim/model.py) on labelled robot rollouts.
 
     python -m data.generate_rollouts                    # demos, noisy-expert and failing episodes
     python -m world_model.neural_sim.train              # -> outputs/neural_sim
@@ -12,7 +12,7 @@ with the real labels, so it reads imagined states as well as real ones. Then the
 probe (`steps`): from the real frames t-1, t the video model draws t+1 .. t+unroll autoregressively,
 conditioned on the real states and actions; the probe learns the states from real and drawn frames.
 Inputs are normalised with the dataset's statistics, kept in the checkpoint with the action range the
-model saw (the env clips outside it). Checkpoints are safetensors, resumable (world_model/checkpoint.py).
+model saw (the env clips outside it). Checkpoints are safetensors, resumable (world_model/training/checkpoint.py).
 """
 
 import math
@@ -48,11 +48,10 @@ from world_model.neural_sim.model import (
     build_modules,
     video_condition,
 )
-from world_model.training import Trainer, TrainTask
 from world_model.training.checkpoint import (
     CKPT_DIR,
 )
-from world_model.training.trainer import print_run
+from world_model.training.trainer import Trainer, TrainTask, print_run
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -293,10 +292,10 @@ class NeuralSimTask(TrainTask):
         seq = Sequence(*(None if t is None else t.to(self.device) for t in vars(seq).values()))
         return seq, phase, self.stats
 
-    def validate(self, step: int) -> dict[str, float]:
+    def validate(self, step: int, model: torch.nn.Module) -> dict[str, float]:
         return validate(self.modules, self.val_bank, self.stats, self.tcfg, self.phase(step)[0])
 
-    def summary(self, last_terms: dict) -> dict:
+    def summary(self, last_terms: dict, model: torch.nn.Module) -> dict:
         both = [validate(self.modules, self.val_bank, self.stats, self.tcfg, p) for p in ("states", "frames")]
         return both[0] | both[1]
 

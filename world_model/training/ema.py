@@ -6,6 +6,7 @@ the exported model can be the average."""
 
 import copy
 
+import torch
 from torch import nn
 
 
@@ -24,7 +25,12 @@ class WeightAverage:
     def step(self, model: nn.Module) -> None:
         self.ema.step(model.parameters())
 
-    def averaged(self) -> nn.Module:
-        """The copy, holding the current average."""
+    @torch.no_grad()
+    def averaged(self, model: nn.Module) -> nn.Module:
+        """The copy, holding the current average of `model`'s parameters and its current buffers (a
+        codebook's usage counts, normalization statistics: state, not weights to average)."""
         self.ema.copy_to(self.model.parameters())
+        for name, live in model.named_buffers():
+            owner, _, leaf = name.rpartition(".")
+            self.model.get_submodule(owner)._buffers[leaf] = live.detach().clone()  # shapes may change
         return self.model

@@ -52,7 +52,7 @@ class TrainTask:
     model: nn.Module  # what the weight average follows and torch.compile compiles
     objective: nn.Module  # forward(*micro_batch) -> (loss, terms); the module DDP wraps
     model_config: dict  # checked on resume: another config is refused
-    meta: dict = {}  # kept in the checkpoint's state.json beside model_config
+    meta: dict | None = None  # kept in the checkpoint's state.json beside model_config
     lr: float  # the base rate of the optimizer's groups without their own
     weight_decay: float = 0.0
     lr_floor: float = 0.1  # the cosine ends at this fraction of the rate
@@ -97,13 +97,14 @@ class TrainTask:
     def on_resume(self, meta: dict) -> None:
         """Take what the loss needs from the checkpoint's state.json (e.g. its statistics)."""
 
-    def validate(self, step: int) -> dict[str, float]:
-        """Held-out metrics after `step` steps (main process only)."""
+    def validate(self, step: int, model: nn.Module) -> dict[str, float]:
+        """Held-out metrics after `step` steps of `model` (the weight average when there is one: what
+        inference loads), on the main process."""
         return {}
 
-    def summary(self, last_terms: dict) -> dict:
+    def summary(self, last_terms: dict, model: nn.Module) -> dict:
         """The run summary's model-specific part, after training (main process only)."""
-        return self.validate(-1)
+        return {}
 
     def export(self, out_dir: Path, model: nn.Module) -> None:
         """Write the trained model for inference, if the job does more than its checkpoint (main only).
@@ -216,12 +217,11 @@ class Trainer:
         tcfg, done = self.tcfg, step + 1
         due = done in self.milestones
         if self.is_main and (due or (tcfg.get("val_every") and done % tcfg.val_every == 0)):
-            for k, v in self.task.validate(step).items():
+            for k, v in self.task.validate(step, self.evaluated_model()).items():
                 self.writer.add_scalar(f"val/{k}", v, done)
         if due or done % tcfg.ckpt_every == 0:
             if self.is_main:
-                if self.average:
-                    self.average.averaged()  # into modules["ema"]
+                self.evaluated_model()  # the average into modules["ema"]
                 meta = self.checkpoint_meta(self.task, self.average)
                 save_checkpoint(self.out_dir, self.modules, self.optimizer, done, self.gen, meta)
             self.accelerator.wait_for_everyone()
@@ -238,11 +238,15 @@ class Trainer:
         }
         if self.is_main:
             self.writer.close()
-            summary |= self.task.summary(terms)
-            self.task.export(self.out_dir, self.average.averaged() if self.average else self.task.model)
+            summary |= self.task.summary(terms, self.evaluated_model())
+            self.task.export(self.out_dir, self.evaluated_model())
             write_atomic(self.out_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
         self.accelerator.wait_for_everyone()
         return summary
+
+    def evaluated_model(self) -> nn.Module:
+        """What inference will load: the weight average (brought up to date), else the trained model."""
+        return self.average.averaged(self.task.model) if self.average else self.task.model
 
     def forward(self, parallel: nn.Module, micro_batch: tuple, step: int) -> tuple[torch.Tensor, dict]:
         """The objective on one micro-batch: (loss, terms)."""
@@ -260,7 +264,7 @@ class Trainer:
         return WeightAverage(task.model, ema.decay, ema.get("power", 0.75))
 
     def checkpoint_meta(self, task: TrainTask, average: WeightAverage | None) -> dict:
-        meta = {"model_config": task.model_config} | task.meta
+        meta = {"model_config": task.model_config} | (task.meta or {})
         if average:
             meta["ema_of"] = next(k for k, m in task.modules.items() if m is task.model)
         return meta
