@@ -16,6 +16,7 @@ from lerobot.configs import FeatureType, PolicyFeature
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 from policies.vipra import VipraConfig, VipraPolicy, make_policy
+from tests.policies.lerobot_cli import lerobot_eval_one_episode
 from tests.policies.tiny import STATS, tiny_config
 
 CAMERA, SIZE, DIM, FPS = "observation.images.corner2", 96, 4, 20
@@ -131,7 +132,6 @@ def test_a_policy_of_another_camera_size_is_refused_by_the_harness_naming_both(t
 def test_a_project_trained_policy_loads_in_lerobot_and_runs_in_lerobot_eval(datasets, tmp_path):
     """policies.train_policy on the suite's demos -> lerobot's make_policy from the folder -> lerobot-eval."""
     from lerobot.configs.policies import PreTrainedConfig
-    from lerobot.envs.utils import env_to_policy_features  # noqa: F401  (lerobot's env side is importable)
     from lerobot.policies.factory import make_policy as lerobot_make_policy
 
     from policies.train_policy import PRETRAINED_DIR, train
@@ -153,14 +153,7 @@ def test_a_project_trained_policy_loads_in_lerobot_and_runs_in_lerobot_eval(data
     config.pretrained_path = str(path)
     policy = lerobot_make_policy(config, env_cfg=TabletopEnvConfig(task="stack_block"))
     assert type(policy).__name__ == "VipraPolicy" and torch.isfinite(policy.action_norm.std).all()
-    out = tmp_path / "eval"
-    cmd = [
-        sys.executable, "-m", "lerobot.scripts.lerobot_eval", f"--policy.path={path}", "--env.type=tabletop",
-        "--env.task=stack_block", "--eval.n_episodes=1", "--eval.batch_size=1", f"--output_dir={out}",
-    ]  # fmt: skip
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert (out / "eval_info.json").is_file()
+    lerobot_eval_one_episode(path, tmp_path / "eval")
 
 
 # ---------------------------------------------------------------------------------------------- bad input

@@ -1,7 +1,6 @@
 """The LeRobot plugin: lerobot discovers the installed `lerobot_policy_vipra` and trains our policy with
 its own trainer (`lerobot-train --policy.type=vipra`), whose checkpoint then runs here."""
 
-import json
 import subprocess
 import sys
 
@@ -9,6 +8,7 @@ import pytest
 import torch
 
 from policies.vipra import make_policy
+from tests.policies.lerobot_cli import lerobot_eval_one_episode
 
 
 def test_lerobot_discovers_the_plugin():
@@ -56,15 +56,7 @@ def test_lerobot_train_trains_the_policy_from_a_dataset(trained):
 
 
 def test_lerobot_eval_runs_the_checkpoint_on_the_tabletop_env(trained, tmp_path):
-    out = tmp_path / "eval"
-    cmd = [
-        sys.executable, "-m", "lerobot.scripts.lerobot_eval", f"--policy.path={trained}", "--env.type=tabletop",
-        "--env.task=stack_block", "--eval.n_episodes=1", "--eval.batch_size=1", f"--output_dir={out}",
-    ]  # fmt: skip
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
-    assert run.returncode == 0, run.stderr[-3000:]
-    info = json.loads((out / "eval_info.json").read_text())
-    assert info["overall"]["n_episodes"] == 1 and 0.0 <= info["overall"]["pc_success"] <= 100.0
+    lerobot_eval_one_episode(trained, tmp_path / "eval")
 
 
 def test_lerobot_train_on_a_dataset_without_actions_names_its_keys(datasets, tmp_path):
