@@ -5,7 +5,7 @@
 
 - chunk_latency_ms: one chunk from the decoder alone (its context already computed), batch 1, per
   number of steps: 10 Euler steps and 1 or 2 shortcut steps; p50 and p99.
-- policy_step_ms: a full select_action that computes a new chunk (backbone + decoder), batch 1.
+- policy_step_ms: a full select_action that computes a new chunk (processors, backbone, decoder), batch 1.
 - success_k10 / success_few_step: average success of the policy with 10 Euler steps and with 2
   shortcut steps, read from the results table when it holds both (`ours`, `ours_few_step`), otherwise
   measured here with sim.evaluate (bench_policy.episodes per task and protocol).
@@ -27,7 +27,7 @@ from policies.vipra import make_policy
 
 
 def observation(policy, seed: int = 0) -> dict:
-    size = policy.backbone.cfg.image_size
+    size = policy.policy.backbone.cfg.image_size
     g = torch.Generator().manual_seed(seed)
     return {
         policy.config.image_key: torch.rand(1, 3, size, size, generator=g),
@@ -38,10 +38,12 @@ def observation(policy, seed: int = 0) -> dict:
 
 @torch.inference_mode()  # no autograd bookkeeping: about half the time of no_grad for these small ops
 def latency(policy, repeats: int) -> dict:
-    obs = observation(policy)
-    memory = policy._encode(obs)
+    """`policy` from make_policy: the chunk alone times the model's decoder, the full step the policy
+    with its processors, as the harness calls it."""
+    obs, model = observation(policy), policy.policy
+    memory = model._encode(policy.preprocessor(dict(obs)))
     noise = torch.randn(1, policy.config.chunk_size, policy.config.action_dim)
-    velocity = lambda x, t, d: policy.decoder(x, t, d, memory)  # noqa: E731
+    velocity = lambda x, t, d: model.decoder(x, t, d, memory)  # noqa: E731
     chunk = {}
     for steps, shortcut in ((10, False), (2, True), (1, True)):
         index = steps_to_index(steps, shortcut)

@@ -71,8 +71,8 @@ def chunk_mse(policy, bank: EpisodeBank, rows: torch.Tensor, image_key: str | No
         noise = torch.randn(
             len(chunk), H, policy.config.action_dim, generator=torch.Generator().manual_seed(0)
         )
-        target = policy.action_norm.normalize(b[ACTION_KEY][:, :n])
-        sampled = policy.action_norm.normalize(policy.predict_action_chunk(b, noise)[:, :n])
+        target = policy.normalize(ACTION_KEY, b[ACTION_KEY][:, :n])
+        sampled = policy.normalize(ACTION_KEY, policy.predict_action_chunk(b, noise=noise)[:, :n])
         keep = (~b["action_is_pad"][:, :n, None]).float()
         sums[0] += ((sampled - target) ** 2 * keep).sum((0, 1))
         sums[1] += (target**2 * keep).sum((0, 1))
@@ -109,9 +109,10 @@ def main(cfg: DictConfig) -> None:
             print(f"skipping {name}: no policy at {path}")
             continue
         policy = make_policy(path)
-        if policy.backbone is not None:
-            backbones[f"policy/{name}"] = policy.backbone
-        mse, constant = chunk_mse(policy, bank, score, key if policy.backbone is not None else None)
+        backbone = policy.policy.backbone
+        if backbone is not None:
+            backbones[f"policy/{name}"] = backbone
+        mse, constant = chunk_mse(policy, bank, score, key if backbone is not None else None)
         result["chunk_mse"][name] = float(mse.mean())
         result["chunk_mse_per_dim"][name] = mse.tolist()
         result["constant_mse_per_dim"] = constant.tolist()

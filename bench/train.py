@@ -119,11 +119,7 @@ def policy_step(cfg: DictConfig, device: torch.device) -> tuple[torch.nn.Module,
         "output_features": {ACTION_KEY: PolicyFeature(FeatureType.ACTION, (ACTION_DIM,))},
     }
     config = VipraConfig(**pcfg, **features, backbone=backbone, device=str(device))
-    stats = {
-        k: {"mean": torch.zeros(d), "std": torch.ones(d)}
-        for k, d in ((STATE_KEY, STATE_DIM), (ACTION_KEY, ACTION_DIM))
-    }
-    policy = VipraPolicy(config, stats).to(device).train()
+    policy = VipraPolicy(config).to(device).train()  # the batch below stands for a normalized one
     B, H = cfg.train.policy.batch_size, config.chunk_size
     batch = {
         cfg.task.image_key: torch.rand(B, 2, 3, size, size, device=device),

@@ -25,34 +25,25 @@ import data  # noqa: F401
 
 # isort: split
 import contextlib
-import json
 import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
 from lerobot.configs.default import DatasetConfig
-from lerobot.configs.policies import PreTrainedConfig
 from lerobot.configs.train import TrainPipelineConfig
 from lerobot.configs.types import FeatureType, PolicyFeature
-from lerobot.policies import make_pre_post_processors
 from lerobot.policies.act.configuration_act import ACTConfig
-from lerobot.policies.factory import get_policy_class
-from lerobot.processor import NormalizerProcessorStep, UnnormalizerProcessorStep
-from lerobot.utils.constants import POLICY_POSTPROCESSOR_DEFAULT_NAME, POLICY_PREPROCESSOR_DEFAULT_NAME
 from lerobot.utils.feature_utils import dataset_to_policy_features
 
 from data.dataset import check_videos, load_metadata
+from policies.runner import ProcessedPolicy, missing_files
 
 IMAGE_KEY = "observation.images.image"
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
 # Object poses from the simulator: the scripted experts and probes may read them, a learned policy may not.
 PRIVILEGED_KEYS = ("observation.environment_state",)
-
-MODEL_FILES = ("config.json", "model.safetensors")
-PROCESSOR_FILES = (f"{POLICY_PREPROCESSOR_DEFAULT_NAME}.json", f"{POLICY_POSTPROCESSOR_DEFAULT_NAME}.json")
 
 
 def policy_features(features: dict) -> tuple[dict[str, PolicyFeature], dict[str, PolicyFeature]]:
@@ -158,88 +149,16 @@ def train_act(
     return out_dir / "checkpoints" / "last" / "pretrained_model"
 
 
-def _missing_files(path: Path) -> list[str]:
-    """Files of a pretrained_model dir that are absent, the processors' stats files included."""
-    missing = [name for name in (*MODEL_FILES, *PROCESSOR_FILES) if not (path / name).is_file()]
-    for name in PROCESSOR_FILES:
-        if (path / name).is_file():
-            steps = json.loads((path / name).read_text()).get("steps", [])
-            missing += [
-                s["state_file"]
-                for s in steps
-                if s.get("state_file") and not (path / s["state_file"]).is_file()
-            ]
-    return missing
-
-
-def _check_stats(pipeline, step_type: type, keys: list[str], path: Path) -> None:
-    """LeRobot builds a normalizer with empty statistics, silently, when none were saved or passed;
-    the policy would then see unnormalized inputs or return normalized actions."""
-    steps = [s for s in pipeline.steps if isinstance(s, step_type)]
-    if not steps:
-        raise ValueError(f"{path}: the processor has no {step_type.__name__}")
-    stats = steps[0].stats or {}
-    empty = [k for k in keys if not stats.get(k)]
-    if empty:
-        raise ValueError(f"{path}: {step_type.__name__} has no statistics for {empty}")
-
-
-class LeRobotPolicyAdapter:
-    """A trained LeRobot policy with its saved pre/post-processors behind sim.evaluate's contract:
-    `reset()` and `select_action(batch) -> (B, action_dim)` actions in the env's units."""
-
-    def __init__(self, path: str | Path, device: str = "cpu"):
-        path = Path(path)
-        missing = _missing_files(path)
-        if missing:
-            raise FileNotFoundError(
-                f"{path} is not a complete lerobot pretrained_model dir: missing {missing} "
-                "(lerobot's trainer writes them under <out_dir>/checkpoints/<step>/pretrained_model)"
-            )
-        config = PreTrainedConfig.from_pretrained(path)
-        config.device = device  # the saved device is the training one
-        self.config = config
-        self.policy = get_policy_class(config.type).from_pretrained(path, config=config)
-        self.preprocessor, self.postprocessor = make_pre_post_processors(
-            config,
-            pretrained_path=str(path),
-            preprocessor_overrides={"device_processor": {"device": device}},
-        )
-        _check_stats(self.preprocessor, NormalizerProcessorStep, list(config.input_features), path)
-        _check_stats(self.postprocessor, UnnormalizerProcessorStep, list(config.output_features), path)
-        self.input_keys = list(config.input_features)
-
-    def reset(self) -> None:
-        self.policy.reset()  # empties ACT's action queue
-
-    def _inputs(self, batch: dict) -> dict:
-        # Only the keys the policy was trained on, so privileged ones never reach it.
-        obs = {k: batch[k] for k in self.input_keys}
-        if "task" in batch:
-            obs["task"] = batch["task"]
-        return self.preprocessor(obs)
-
-    def select_action(self, batch: dict) -> torch.Tensor:
-        action = self.policy.select_action(self._inputs(batch))
-        return self.postprocessor(action).cpu()
-
-    @torch.inference_mode()
-    def predict_action_chunk(self, batch: dict) -> torch.Tensor:
-        """(B, chunk_size, action_dim) in the env's units, for the control loop."""
-        return self.postprocessor(self.policy.predict_action_chunk(self._inputs(batch))).cpu()
-
-
-def load_lerobot_policy(
-    path: str | Path, task: str | None = None, device: str = "cpu"
-) -> LeRobotPolicyAdapter:
-    """Factory for sim.evaluate (`_partial_: true` with `path`); the harness passes `task`, which the
-    policy does not need: instructions come with every batch."""
-    return LeRobotPolicyAdapter(path, device=device)
+def load_lerobot_policy(path: str | Path, task: str | None = None, device: str = "cpu") -> ProcessedPolicy:
+    """Factory for sim.evaluate (`_partial_: true` with `path`): the trained policy with its saved
+    processors, in the env's units; the harness passes `task`, which the policy does not need:
+    instructions come with every batch."""
+    return ProcessedPolicy.from_pretrained(path, device=device)
 
 
 def _finished(out_dir: Path) -> Path | None:
     path = out_dir / "checkpoints" / "last" / "pretrained_model"
-    return path if not _missing_files(path) else None
+    return path if not missing_files(path) else None
 
 
 def main() -> None:

@@ -11,8 +11,8 @@ actions t .. t+H-1 (past the episode's end they repeat the last one and are mask
 calls. Images get a random shift of a few pixels. The backbone starts from the pretrained checkpoint
 and learns at `model.policy.backbone_lr_scale` x lr (0 freezes it); with `backbone: null` it starts
 from random weights and learns at the full rate (Scratch-FM). Writes `<out_dir>/pretrained_model`
-(`save_pretrained`: config.json + model.safetensors with the normalization statistics) and resumable
-training checkpoints in `<out_dir>/checkpoints/last`. With `model.policy.context=state` (state_fm) the
+(`save_pretrained`: config.json + model.safetensors, and the processor pair that normalizes with the
+demos' statistics, as lerobot-train writes it) and resumable training checkpoints in `<out_dir>/checkpoints/last`. With `model.policy.context=state` (state_fm) the
 same loop trains the decoder on the privileged object poses instead of frames; with
 `train.policy.ema.decay` the saved policy holds an exponential moving average of the weights.
 """
@@ -63,6 +63,7 @@ def make_batch(
 
 
 def dataset_stats(bank: EpisodeBank) -> dict:
+    """Mean and std of every loaded column over the demos' frames (LeRobot's stats layout)."""
     return {k: {"mean": v.mean(0), "std": v.std(0)} for k, v in bank.columns.items()}
 
 
@@ -94,16 +95,17 @@ def build_policy(cfg: DictConfig, bank: EpisodeBank) -> VipraPolicy:
         pretrained_backbone=str(backbone) if backbone else None,
         device=cfg.train.policy.device,
     )
-    return VipraPolicy(config, dataset_stats(bank))
+    return VipraPolicy(config)
 
 
-def save_pretrained_atomic(policy: VipraPolicy, out: Path) -> None:
-    """`save_pretrained` and the processor pair beside it (policy_preprocessor.json, ...), as lerobot-train
-    writes them, so LeRobot's tools (make_pre_post_processors, lerobot-eval) load the folder."""
+def save_pretrained_atomic(policy: VipraPolicy, processors: tuple, out: Path) -> None:
+    """`save_pretrained` and the processor pair beside it (policy_preprocessor.json + the statistics'
+    safetensors, ...), as lerobot-train writes them, so LeRobot's tools (make_pre_post_processors,
+    lerobot-eval) load the folder."""
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     policy.save_pretrained(tmp)
-    for processor in make_vipra_pre_post_processors(policy.config):
+    for processor in processors:
         processor.save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
@@ -123,6 +125,9 @@ class PolicyTask(TrainTask):
         )
         policy = self.model = self.objective = build_policy(cfg, self.bank).to(device)
         policy.train()
+        # The policy learns in normalized units: batches pass through the preprocessor lerobot-train
+        # would run, and the pair is saved beside the weights.
+        self.processors = make_vipra_pre_post_processors(policy.config, dataset_stats(self.bank))
         self.modules = {"policy": policy}
         self.grad_clip = policy.config.optimizer_grad_clip_norm
         self.device = device
@@ -168,7 +173,8 @@ class PolicyTask(TrainTask):
         batch = make_batch(
             self.bank, rows[positions], horizon, self.image_key, self.tcfg.shift, offsets[:, positions]
         )
-        return ({k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()},)
+        batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        return (self.processors[0](batch),)
 
     def summary(self, last_terms: dict, model: VipraPolicy) -> dict:
         if not last_terms:  # nothing left to train
@@ -176,7 +182,7 @@ class PolicyTask(TrainTask):
         return {"final_fm_loss": last_terms["fm_loss"], "final_shortcut_loss": last_terms["shortcut_loss"]}
 
     def export(self, out_dir: Path, model: VipraPolicy) -> None:
-        save_pretrained_atomic(model, out_dir / PRETRAINED_DIR)
+        save_pretrained_atomic(model, self.processors, out_dir / PRETRAINED_DIR)
 
 
 def train(cfg: DictConfig) -> dict:

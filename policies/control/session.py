@@ -49,8 +49,8 @@ def _register_lerobot_devices() -> None:
 
 
 def load_policy(path: str | Path, device: str = "cpu", overrides: dict | None = None):
-    """A policy with `predict_action_chunk` from a checkpoint folder: ours (type vipra), or any LeRobot
-    policy with its saved processors (policies.lerobot_baseline's adapter)."""
+    """A policy with `predict_action_chunk` from a checkpoint folder, with its saved processors: ours
+    (type vipra, whose config takes `overrides`), or any LeRobot policy."""
     path = Path(path)
     config_file = path / "config.json"
     if not config_file.is_file():
@@ -64,9 +64,9 @@ def load_policy(path: str | Path, device: str = "cpu", overrides: dict | None = 
         return make_policy(path, device=device, **(overrides or {}))
     if overrides:
         raise ValueError(f"overrides {overrides} apply to vipra policies only; {path} is a {kind!r} policy")
-    from policies.lerobot_baseline import LeRobotPolicyAdapter
+    from policies.runner import ProcessedPolicy
 
-    return LeRobotPolicyAdapter(path, device=device)
+    return ProcessedPolicy.from_pretrained(path, device=device)
 
 
 @dataclass

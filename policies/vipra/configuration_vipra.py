@@ -3,7 +3,7 @@ action decoder (LeRobot's `PreTrainedConfig`, registered as type "vipra")."""
 
 from dataclasses import dataclass, field
 
-from lerobot.configs import FeatureType, PolicyFeature, PreTrainedConfig
+from lerobot.configs import FeatureType, NormalizationMode, PolicyFeature, PreTrainedConfig
 from lerobot.optim import AdamWConfig
 from lerobot.optim.schedulers import LRSchedulerConfig
 from torch.optim.lr_scheduler import LambdaLR
@@ -44,6 +44,15 @@ class VipraConfig(PreTrainedConfig):
     input_features: dict[str, PolicyFeature] = field(default_factory=dict)
     output_features: dict[str, PolicyFeature] = field(default_factory=dict)
     camera: str | None = None  # the camera key to read when the dataset has several
+    # Normalized by the processors (processor_vipra) with the dataset's statistics; frames stay in [0, 1].
+    normalization_mapping: dict[str, NormalizationMode] = field(
+        default_factory=lambda: {
+            "VISUAL": NormalizationMode.IDENTITY,
+            "STATE": NormalizationMode.MEAN_STD,
+            "ENV": NormalizationMode.MEAN_STD,
+            "ACTION": NormalizationMode.MEAN_STD,
+        }
+    )
     device: str | None = "cpu"
     push_to_hub: bool = False
 
@@ -71,9 +80,9 @@ class VipraConfig(PreTrainedConfig):
     layers: int = 3
     mlp_ratio: float = 4.0
 
-    # Action dimensions whose command is binary, 0 or 1 (the tabletop's gripper: conf/task), snapped to
-    # the nearer of the two after sampling: a sampled 0.7 would squeeze with part of the force and drop
-    # what it holds.
+    # Action dimensions whose command is binary, 0 or 1 (the tabletop's gripper: conf/task), snapped by
+    # the postprocessor to the nearer of the two: a sampled 0.7 would squeeze with part of the force and
+    # drop what it holds.
     binary_action_dims: list[int] = field(default_factory=list)
 
     # Flow matching: time ~ Beta(time_alpha, 1) (pi0 / ViPRA: 1.5); K Euler steps at inference.

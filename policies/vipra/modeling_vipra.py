@@ -3,9 +3,13 @@ flow-matching decoder turns its context (pooled patches, instruction, predicted 
 robot state into H actions. LeRobot's `PreTrainedPolicy` contract. With `context="state"` (state_fm,
 the privileged ceiling) the same decoder reads an MLP of the robot state and object poses instead.
 
+The policy works in normalized units, as LeRobot's policies do: its preprocessor normalizes the state
+and the action, its postprocessor maps sampled actions back to the dataset's units and snaps the
+gripper (processor_vipra). `make_policy` loads both with the weights.
+
     batch: observation.images.image (B, 2, 3, H, W) in [0, 1] (frames t-1, t; or (B, 3, H, W) at
            inference, where the policy keeps the previous frame), observation.state (B, S), task [str] * B,
-           and for training action (B, H, A), action_is_pad (B, H)
+           and for training action (B, H, A), action_is_pad (B, H); state and action normalized
     forward(batch) -> (loss, {"fm_loss", "shortcut_loss"})
     predict_action_chunk(batch) -> (B, H, A)      select_action(batch) -> (B, A), replanning every n steps
 """
@@ -28,8 +32,9 @@ from policies.flow_matching import (
     steps_to_index,
     target_velocity,
 )
+from policies.runner import ProcessedPolicy
 from policies.vipra.configuration_vipra import ACTION_KEY, ENV_STATE_KEY, STATE_KEY, VipraConfig
-from policies.vipra.processor_vipra import Normalizer, tokenize
+from policies.vipra.processor_vipra import tokenize
 from world_model.backbone.model import BackboneConfig, VideoBackbone, load_backbone
 from world_model.layers import Attention
 
@@ -124,18 +129,15 @@ class VipraPolicy(PreTrainedPolicy):
     config_class = VipraConfig
     name = "vipra"
 
-    def __init__(self, config: VipraConfig, dataset_stats: dict | None = None, **_):
-        # (**_: lerobot's make_policy also passes dataset_meta, which this policy does not need)
+    def __init__(self, config: VipraConfig, **_):
+        # (**_: lerobot's make_policy also passes dataset_meta / dataset_stats, which the processors use)
         super().__init__(config)
         config.validate_features()
         # Loaded before the modules below are built, so their initial weights do not depend on it.
         pretrained = load_backbone(config.pretrained_backbone) if config.pretrained_backbone else None
-        self.state_norm = Normalizer(STATE_KEY, config.state_dim)
-        self.action_norm = Normalizer(ACTION_KEY, config.action_dim)
         if config.context == "state":
             self.backbone = None
             self.state_context = StateContext(config)
-            self.env_state_norm = Normalizer(ENV_STATE_KEY, config.env_state_dim)
             context_dim = config.dim
         else:
             self.backbone = VideoBackbone(BackboneConfig(**config.backbone))
@@ -143,28 +145,9 @@ class VipraPolicy(PreTrainedPolicy):
         self.decoder = ActionDecoder(config, context_dim, config.shortcut_levels)
         if pretrained is not None:
             self.backbone.load_state_dict(pretrained.state_dict())
-        if dataset_stats is not None:
-            self.set_stats(dataset_stats)
         self.reset()
 
     # ------------------------------------------------------------------------------------------ setup
-    @property
-    def normalizers(self) -> list[Normalizer]:
-        extra = [self.env_state_norm] if self.config.context == "state" else []
-        return [self.state_norm, self.action_norm, *extra]
-
-    def set_stats(self, stats: dict) -> None:
-        """stats[key] = {"mean": ..., "std": ...} for the state, action (and for the state context, the
-        environment state) keys, LeRobot's stats layout."""
-        for norm in self.normalizers:
-            if norm.name not in stats or not {"mean", "std"} <= set(stats[norm.name]):
-                raise ValueError(f"dataset stats need mean and std of {norm.name!r}; got keys {list(stats)}")
-            norm.set_stats(stats[norm.name]["mean"], stats[norm.name]["std"])
-
-    def check_stats(self) -> None:
-        for norm in self.normalizers:
-            norm.check()
-
     def get_optim_params(self) -> list[dict]:
         scale = self.config.backbone_lr_scale
         groups = [{"params": [p for n, p in self.named_parameters() if not n.startswith("backbone.")]}]
@@ -194,19 +177,21 @@ class VipraPolicy(PreTrainedPolicy):
             prev = frames  # an episode's first step: no motion yet, as in training
         return torch.stack([prev, frames], dim=1)
 
-    def _state(self, batch: dict) -> torch.Tensor:
-        state = batch[STATE_KEY]
-        state = state[:, -1] if state.ndim == 3 else state  # (B, n_obs_steps, S) from LeRobot's loader
-        return self.state_norm.normalize(state)
+    def _vector(self, batch: dict, key: str) -> torch.Tensor:
+        """(B, D) at step t of a (normalized) state-like feature, its size checked against the config."""
+        x = batch[key]
+        x = x[:, -1] if x.ndim == 3 else x  # (B, n_obs_steps, D) from LeRobot's loader
+        dim = self.config.input_features[key].shape[0]
+        if x.ndim != 2 or x.shape[-1] != dim:
+            raise ValueError(f"{key!r} must be (B, {dim}) for this policy, got {tuple(x.shape)}")
+        return x
 
     def _encode(self, batch: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The decoder's memory for a batch: backbone (or privileged state) context + state."""
-        state = self._state(batch)
+        state = self._vector(batch, STATE_KEY)
         if self.backbone is None:
-            env_state = batch[ENV_STATE_KEY]
-            env_state = env_state[:, -1] if env_state.ndim == 3 else env_state
             words = tokenize(list(batch["task"]), self.config.vocab_size).to(state.device)
-            context = self.state_context(state, self.env_state_norm.normalize(env_state), words)
+            context = self.state_context(state, self._vector(batch, ENV_STATE_KEY), words)
             return self.decoder.memory(context, state)
         frames = self._context_frames(batch)
         words = tokenize(list(batch["task"]), self.backbone.cfg.vocab_size).to(frames.device)
@@ -216,13 +201,11 @@ class VipraPolicy(PreTrainedPolicy):
     # ------------------------------------------------------------------------------------------ training
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
         cfg = self.config
-        self.check_stats()
-        actions = batch[ACTION_KEY]
+        actions = batch[ACTION_KEY]  # normalized by the preprocessor
         if actions.ndim != 3 or actions.shape[1:] != (cfg.chunk_size, cfg.action_dim):
             raise ValueError(
                 f"{ACTION_KEY!r} must be (B, {cfg.chunk_size}, {cfg.action_dim}), got {tuple(actions.shape)}"
             )
-        actions = self.action_norm.normalize(actions)
         keep = (
             ~batch["action_is_pad"]
             if "action_is_pad" in batch
@@ -253,20 +236,16 @@ class VipraPolicy(PreTrainedPolicy):
     # ------------------------------------------------------------------------------------------ inference
     @torch.inference_mode()  # cheaper than no_grad per op, which matters at batch 1
     def predict_action_chunk(self, batch: dict, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, H, A) actions in the dataset's units; `noise` (B, H, A) fixes the sample."""
+        """(B, H, A) normalized actions (the postprocessor maps them to the dataset's units); `noise`
+        (B, H, A) fixes the sample."""
         cfg = self.config
-        self.check_stats()
         memory = self._encode(batch)
         B = memory[0][0].shape[0]
         if noise is None:
             noise = torch.randn(B, cfg.chunk_size, cfg.action_dim, device=memory[0][0].device)
         steps = cfg.num_few_steps if cfg.few_step else cfg.num_inference_steps
         d_index = steps_to_index(steps, cfg.few_step)
-        actions = euler_sample(lambda x, t, d: self.decoder(x, t, d, memory), noise, steps, d_index)
-        actions = self.action_norm.unnormalize(actions)
-        binary = cfg.binary_action_dims
-        actions[..., binary] = (actions[..., binary] > 0.5).to(actions.dtype)
-        return actions
+        return euler_sample(lambda x, t, d: self.decoder(x, t, d, memory), noise, steps, d_index)
 
     @torch.inference_mode()
     def select_action(self, batch: dict, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -291,7 +270,7 @@ class VipraPolicy(PreTrainedPolicy):
 
     @classmethod
     def _load_as_safetensor(cls, model, model_file: str, map_location: str, strict: bool):
-        """Strict loading with a clear error: a checkpoint of another config, or one without statistics."""
+        """Strict loading with a clear error naming what differs: a checkpoint of another config."""
         state = load_file(model_file, device="cpu")
         own = model.state_dict()
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
@@ -302,13 +281,15 @@ class VipraPolicy(PreTrainedPolicy):
                 f"{unexpected[:5]}, shapes differ for {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in wrong[:5]]}"
             )
         model.load_state_dict(state)
-        model.check_stats()
         return model
 
 
-def make_policy(path: str | Path, task: str | None = None, device: str = "cpu", **overrides) -> VipraPolicy:
+def make_policy(
+    path: str | Path, task: str | None = None, device: str = "cpu", **overrides
+) -> ProcessedPolicy:
     """Factory for the evaluation harness (`_target_: policies.vipra.make_policy`, `_partial_: true`):
-    a trained policy from `save_pretrained`'s folder; `overrides` set config fields (e.g. few_step=true)."""
+    a trained policy from its folder (save_pretrained's files and the processor pair beside them), which
+    takes and returns the dataset's units; `overrides` set config fields (e.g. few_step=true)."""
     path = Path(path)
     if not (path / "model.safetensors").is_file():
         raise FileNotFoundError(
@@ -319,5 +300,4 @@ def make_policy(path: str | Path, task: str | None = None, device: str = "cpu", 
         if not hasattr(config, key):
             raise ValueError(f"VipraConfig has no field {key!r}")
         setattr(config, key, value)
-    config.device = device
-    return VipraPolicy.from_pretrained(path, config=config)
+    return ProcessedPolicy.from_pretrained(path, device=device, config=config)

@@ -342,10 +342,10 @@ class NextPollWorker(DelayedWorker):
 def test_a_learned_policy_drives_the_mujoco_robot_in_fake_time():
     from policies.vipra import VipraPolicy
     from sim.realtime import MujocoRobot, MujocoRobotConfig
-    from tests.policies.tiny import STATS, tiny_config
+    from tests.policies.tiny import processed, tiny_config
 
     torch.manual_seed(0)
-    policy = VipraPolicy(tiny_config(), STATS).eval()
+    policy = processed(VipraPolicy(tiny_config()).eval())
     clock = FakeClock()
     robot = MujocoRobot(MujocoRobotConfig(task="carrot_on_plate", image_size=32), clock=clock.now)
     safety = SafetyConfig(
@@ -374,9 +374,9 @@ def test_a_learned_policy_drives_the_mujoco_robot_in_fake_time():
 
 def test_the_entry_point_runs_a_checkpoint_on_the_mujoco_robot(tmp_path):
     from policies.vipra import VipraPolicy
-    from tests.policies.tiny import STATS, tiny_config
+    from tests.policies.tiny import save_trained, tiny_config
 
-    VipraPolicy(tiny_config(), STATS).save_pretrained(tmp_path / "policy")
+    save_trained(VipraPolicy(tiny_config()), tmp_path / "policy")
     out = tmp_path / "run"
     cmd = [
         sys.executable,

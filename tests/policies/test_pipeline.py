@@ -76,7 +76,7 @@ def test_finetuned_policy_runs_in_the_harness(pipeline_runs, datasets):
     policy = make_policy(path)
     # The backbone was initialised from the pretrained one, then tuned at a tenth of the rate.
     pretrained = load_backbone(run_dir / "backbone")
-    assert policy.backbone.cfg == pretrained.cfg
+    assert policy.policy.backbone.cfg == pretrained.cfg
     assert policy.config.backbone_lr_scale == pytest.approx(0.1)
     results = evaluate(
         {"ours": lambda task: make_policy(path)}, ["stack_block"], ["visual_matching"], episodes=1, num_envs=1

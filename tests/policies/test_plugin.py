@@ -42,11 +42,20 @@ def trained(datasets, tmp_path_factory):
     return out / "checkpoints" / "last" / "pretrained_model"
 
 
-def test_lerobot_train_trains_the_policy_from_a_dataset(trained):
+def test_lerobot_train_trains_the_policy_from_a_dataset(trained, datasets):
     policy = make_policy(trained)
-    # The dataset's statistics reached the policy's own buffers (lerobot passes them at construction).
-    assert torch.isfinite(policy.action_norm.mean).all() and policy.action_norm.std.min() > 0
-    size = policy.backbone.cfg.image_size
+    # The dataset's statistics reached the processors lerobot-train saved beside the weights.
+    from lerobot.datasets import LeRobotDatasetMetadata
+
+    from policies.vipra.processor_vipra import MIN_STD
+
+    meta = LeRobotDatasetMetadata("local/demos", root=datasets[0] / "demos")
+    action_mean = torch.as_tensor(meta.stats["action"]["mean"], dtype=torch.float32)
+    torch.testing.assert_close(policy.normalize("action", action_mean), torch.zeros(7))
+    normalizer = policy.preprocessor.steps[-1]
+    assert sorted(normalizer.stats) == ["action", "observation.state"]  # not the privileged poses
+    assert min(float(s["std"].min()) for s in normalizer._tensor_stats.values()) >= MIN_STD
+    size = policy.policy.backbone.cfg.image_size
     batch = {
         "observation.images.image": torch.rand(1, 3, size, size),
         "observation.state": torch.zeros(1, 7),
@@ -82,11 +91,11 @@ def test_lerobot_train_runs_the_optimizer_and_schedule_of_the_project_trainer():
     from lerobot.optim.factory import make_optimizer_and_scheduler
 
     from policies.vipra import VipraPolicy
-    from tests.policies.tiny import STATS, tiny_config
+    from tests.policies.tiny import tiny_config
     from world_model.training.schedule import warmup_cosine
 
     config = tiny_config(scheduler_warmup_steps=3, backbone_lr_scale=0.5)
-    policy = VipraPolicy(config, STATS)
+    policy = VipraPolicy(config)
     steps = 10
     presets = {"optimizer": config.get_optimizer_preset(), "scheduler": config.get_scheduler_preset()}
     cfg = SimpleNamespace(**presets, steps=steps, use_policy_training_preset=True)
@@ -109,7 +118,7 @@ def test_the_pretrained_backbone_is_a_config_field(tmp_path):
     import shutil
 
     from policies.vipra import VipraPolicy
-    from tests.policies.tiny import STATS, TINY_BACKBONE, tiny_config
+    from tests.policies.tiny import TINY_BACKBONE, save_trained, tiny_config
     from world_model.backbone.model import VideoBackbone
     from world_model.training.checkpoint import save_checkpoint
 
@@ -119,13 +128,14 @@ def test_the_pretrained_backbone_is_a_config_field(tmp_path):
     save_checkpoint(tmp_path / "backbone", {"model": backbone}, optimizer, 1, torch.Generator(), meta)
     config = tiny_config(backbone={}, pretrained_backbone=str(tmp_path / "backbone"))
     assert config.backbone == TINY_BACKBONE.to_dict()
-    policy = VipraPolicy(config, STATS)
+    policy = VipraPolicy(config)
     for k, v in backbone.state_dict().items():
         assert torch.equal(policy.backbone.state_dict()[k], v), k
-    policy.save_pretrained(tmp_path / "policy")
+    save_trained(policy, tmp_path / "policy")
     shutil.rmtree(tmp_path / "backbone")
     loaded = make_policy(tmp_path / "policy")
     assert loaded.config.pretrained_backbone is None
     assert torch.equal(
-        loaded.backbone.state_dict()["blocks.0.mlp.0.weight"], backbone.state_dict()["blocks.0.mlp.0.weight"]
+        loaded.policy.backbone.state_dict()["blocks.0.mlp.0.weight"],
+        backbone.state_dict()["blocks.0.mlp.0.weight"],
     )

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from policies.vipra import VipraPolicy, make_policy
-from tests.policies.tiny import STATE_STATS, tiny_config, tiny_state_config
+from policies.vipra.processor_vipra import make_vipra_pre_post_processors
+from tests.policies.tiny import STATE_STATS, processed, save_trained, tiny_config, tiny_state_config
 
 
 def state_batch(B=2, H=6, seed=0) -> dict:
@@ -22,39 +23,45 @@ def test_state_fm_overfits_one_chunk_from_object_poses_alone():
     """Two samples that differ only in their object poses: the sampler must reproduce each one's chunk,
     so the chunk is read from the privileged state (there is no camera)."""
     torch.manual_seed(0)
-    policy = VipraPolicy(tiny_state_config(shortcut_fraction=0.0), STATE_STATS)
+    policy = VipraPolicy(tiny_state_config(shortcut_fraction=0.0))
     assert policy.backbone is None and "observation.images.image" not in policy.config.input_features
+    runner = processed(policy, STATE_STATS)
     batch = state_batch()
     batch["observation.state"][1] = batch["observation.state"][0]
     batch["task"] = ["put carrot on plate"] * 2
+    normalized = runner.preprocessor(dict(batch))
     opt = torch.optim.AdamW(policy.get_optim_params(), lr=3e-3)
     for _ in range(600):
-        loss, _ = policy.forward(batch)
+        loss, _ = policy.forward(normalized)
         opt.zero_grad()
         loss.backward()
         opt.step()
     policy.eval()
     noise = torch.randn(2, 6, 7, generator=torch.Generator().manual_seed(1))
-    sampled = policy.predict_action_chunk(batch, noise=noise)
+    sampled = runner.predict_action_chunk(batch, noise=noise)
     error = ((sampled - batch["action"]) / 0.5).pow(2).mean().item()  # normalized units; chance ~2
     assert error < 0.1, error
 
 
 def test_state_fm_saves_and_loads_identical_actions(tmp_path):
     torch.manual_seed(0)
-    policy = VipraPolicy(tiny_state_config(), STATE_STATS).eval()
-    policy.save_pretrained(tmp_path)
+    policy = VipraPolicy(tiny_state_config()).eval()
+    save_trained(policy, tmp_path, STATE_STATS)
     loaded = make_policy(tmp_path)
     assert loaded.config.context == "state"
     batch = state_batch()
     noise = torch.randn(2, 6, 7, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(
-        loaded.predict_action_chunk(batch, noise), policy.predict_action_chunk(batch, noise), rtol=0, atol=0
+        loaded.predict_action_chunk(batch, noise=noise),
+        processed(policy, STATE_STATS).predict_action_chunk(batch, noise=noise),
+        rtol=0,
+        atol=0,
     )
     closed_loop = make_policy(tmp_path, n_action_steps=1)
     calls = []
-    real = closed_loop.predict_action_chunk
-    closed_loop.predict_action_chunk = lambda b, noise=None: calls.append(1) or real(b, noise)
+    model = closed_loop.policy
+    real = model.predict_action_chunk
+    model.predict_action_chunk = lambda b, noise=None: calls.append(1) or real(b, noise)
     obs = {k: batch[k] for k in ("observation.state", "observation.environment_state", "task")}
     for _ in range(3):
         assert closed_loop.select_action(obs).shape == (2, 7)
@@ -65,14 +72,20 @@ def test_state_fm_refusals():
     with pytest.raises(
         ValueError, match="dataset stats need mean and std of 'observation.environment_state'"
     ):
-        VipraPolicy(tiny_state_config(), {k: v for k, v in STATE_STATS.items() if "environment" not in k})
+        config = VipraPolicy(tiny_state_config()).config
+        make_vipra_pre_post_processors(
+            config, {k: v for k, v in STATE_STATS.items() if "environment" not in k}
+        )
     with pytest.raises(ValueError, match=r"state context needs \['observation.environment_state'\]"):
         only_state = {"observation.state": tiny_config().input_features["observation.state"]}
-        VipraPolicy(tiny_state_config(input_features=only_state), STATE_STATS)
-    # An image policy built from a dataset that has the object poses keeps only its camera and state.
+        VipraPolicy(tiny_state_config(input_features=only_state))
+    # An image policy built from a dataset that has the object poses keeps only its camera and state,
+    # and its processors normalize only those.
     features = tiny_config().input_features | tiny_state_config().input_features
-    image_policy = VipraPolicy(tiny_config(input_features=features), STATE_STATS)
+    image_policy = VipraPolicy(tiny_config(input_features=features))
     assert list(image_policy.config.input_features) == ["observation.images.image", "observation.state"]
+    normalizer = processed(image_policy, STATE_STATS).preprocessor.steps[-1]
+    assert sorted(normalizer.stats) == ["action", "observation.state"]
     with pytest.raises(ValueError, match="context must be one of"):
         tiny_config(context="lidar")
 
@@ -108,7 +121,7 @@ def test_state_fm_trains_on_the_demos_with_a_weight_average_and_resumes(datasets
     torch.testing.assert_close(saved[key], ema[key], rtol=0, atol=0)
     assert not torch.equal(saved[key], raw[key])  # the average lags the trained weights
     policy = make_policy(tmp_path / "pretrained_model")
-    assert policy.config.context == "state" and policy.backbone is None
+    assert policy.config.context == "state" and policy.policy.backbone is None
     cfg.train.policy.steps = 4
     assert train(cfg)["resumed_at"] == 3
     resumed = load_file(tmp_path / "pretrained_model/model.safetensors")
@@ -116,15 +129,16 @@ def test_state_fm_trains_on_the_demos_with_a_weight_average_and_resumes(datasets
 
 
 def test_binary_action_dims_are_snapped_to_zero_or_one():
+    """By the postprocessor, in the dataset's units (after unnormalizing)."""
     torch.manual_seed(0)
-    policy = VipraPolicy(tiny_state_config(binary_action_dims=[6]), STATE_STATS).eval()
+    policy = processed(VipraPolicy(tiny_state_config(binary_action_dims=[6])).eval(), STATE_STATS)
     noise = torch.randn(2, 6, 7, generator=torch.Generator().manual_seed(3))
-    chunk = policy.predict_action_chunk(state_batch(), noise)
+    chunk = policy.predict_action_chunk(state_batch(), noise=noise)
     assert set(chunk[..., 6].unique().tolist()) <= {0.0, 1.0}
-    free = VipraPolicy(tiny_state_config(), STATE_STATS).eval()
-    free.load_state_dict(policy.state_dict())
-    raw = free.predict_action_chunk(state_batch(), noise)
+    free = VipraPolicy(tiny_state_config()).eval()
+    free.load_state_dict(policy.policy.state_dict())
+    raw = processed(free, STATE_STATS).predict_action_chunk(state_batch(), noise=noise)
     torch.testing.assert_close(chunk[..., :6], raw[..., :6], rtol=0, atol=0)  # the other dims untouched
     torch.testing.assert_close(chunk[..., 6], (raw[..., 6] > 0.5).float(), rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"binary_action_dims \[7\] are not action dimensions \(0..6\)"):
-        VipraPolicy(tiny_state_config(binary_action_dims=[7]), STATE_STATS)
+        VipraPolicy(tiny_state_config(binary_action_dims=[7]))

@@ -1,4 +1,5 @@
-"""The ViPRA-style policy: LeRobot's contract, overfitting one chunk, save/load, refusals."""
+"""The ViPRA-style policy: LeRobot's contract, overfitting one chunk, save/load with its processors,
+refusals."""
 
 import json
 from collections import deque
@@ -7,9 +8,11 @@ import pytest
 import torch
 from lerobot.configs.policies import PreTrainedConfig
 from lerobot.policies.pretrained import PreTrainedPolicy
+from safetensors.torch import load_file
 
 from policies.vipra import VipraConfig, VipraPolicy, make_policy
-from tests.policies.tiny import STATS, tiny_config
+from policies.vipra.processor_vipra import MIN_STD, make_vipra_pre_post_processors
+from tests.policies.tiny import STATS, processed, save_trained, tiny_config
 
 
 def make_batch(B=2, H=6, seed=0) -> dict:
@@ -25,7 +28,7 @@ def make_batch(B=2, H=6, seed=0) -> dict:
 
 def test_policy_follows_the_lerobot_contract():
     torch.manual_seed(0)
-    policy = VipraPolicy(tiny_config(), STATS)
+    policy = VipraPolicy(tiny_config())
     assert isinstance(policy, PreTrainedPolicy) and policy.name == "vipra" and policy.config.type == "vipra"
     assert policy.config.observation_delta_indices == [-1, 0]
     assert policy.config.action_delta_indices == list(range(6))
@@ -53,7 +56,7 @@ def test_policy_follows_the_lerobot_contract():
 
 
 def test_select_action_executes_the_chunk_in_order():
-    policy = VipraPolicy(tiny_config(), STATS).eval()
+    policy = VipraPolicy(tiny_config()).eval()
     obs = {
         "observation.images.image": torch.rand(1, 3, 32, 32),
         "observation.state": torch.zeros(1, 7),
@@ -67,20 +70,25 @@ def test_select_action_executes_the_chunk_in_order():
 
 
 def test_overfits_one_chunk():
-    """Two samples with different images and instructions: the sampler must reproduce each one's chunk."""
+    """Two samples with different images and instructions: the sampler must reproduce each one's chunk.
+    Trained on the preprocessor's batches, sampled through the postprocessor, as the trainers and the
+    harness do."""
     torch.manual_seed(0)
-    policy = VipraPolicy(tiny_config(shortcut_fraction=0.0), STATS)
+    policy = VipraPolicy(tiny_config(shortcut_fraction=0.0))
+    runner = processed(policy)
     batch = make_batch(B=2)
+    normalized = runner.preprocessor(dict(batch))
+    torch.testing.assert_close(normalized["action"], (batch["action"] - 0.1) / 0.5)  # STATS' action
     opt = torch.optim.AdamW(policy.get_optim_params(), lr=3e-3)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 800)
     for _ in range(800):
-        loss, _ = policy.forward(batch)
+        loss, _ = policy.forward(normalized)
         opt.zero_grad()
         loss.backward()
         opt.step()
         schedule.step()
     policy.eval()
-    sampled = policy.predict_action_chunk(
+    sampled = runner.predict_action_chunk(
         batch, noise=torch.randn(2, 6, 7, generator=torch.Generator().manual_seed(1))
     )
     error = ((sampled - batch["action"]) / 0.5).pow(2).mean().item()  # in normalized units; chance is ~2
@@ -88,44 +96,84 @@ def test_overfits_one_chunk():
 
 
 def test_save_and_load_give_identical_actions(tmp_path):
+    """The folder holds LeRobot's files (config, weights, the processor pair and its statistics); the
+    loaded policy samples bit for bit what the trained one does, in the dataset's units."""
     torch.manual_seed(0)
-    policy = VipraPolicy(tiny_config(), STATS).eval()
-    policy.save_pretrained(tmp_path)
-    assert (tmp_path / "model.safetensors").is_file() and json.loads((tmp_path / "config.json").read_text())[
-        "type"
-    ] == "vipra"
+    policy = VipraPolicy(tiny_config(binary_action_dims=[6])).eval()
+    save_trained(policy, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["type"] == "vipra"
+    assert not [
+        k for k in load_file(tmp_path / "model.safetensors") if k.endswith((".mean", ".std"))
+    ]  # stats: not in the weights
+    saved = {p.name for p in tmp_path.iterdir()}
+    assert {"model.safetensors", "policy_preprocessor.json", "policy_postprocessor.json"} <= saved
+    assert any(n.startswith("policy_preprocessor_step_") and n.endswith(".safetensors") for n in saved)
     assert isinstance(PreTrainedConfig.from_pretrained(tmp_path), VipraConfig)
     loaded = make_policy(tmp_path)
     batch = make_batch()
     noise = torch.randn(2, 6, 7, generator=torch.Generator().manual_seed(3))
+    chunk = loaded.predict_action_chunk(batch, noise=noise)
     torch.testing.assert_close(
-        loaded.predict_action_chunk(batch, noise), policy.predict_action_chunk(batch, noise), rtol=0, atol=0
+        chunk, processed(policy).predict_action_chunk(batch, noise=noise), rtol=0, atol=0
     )
-    torch.testing.assert_close(loaded.action_norm.mean, STATS["action"]["mean"])
+    assert set(chunk[..., 6].unique().tolist()) <= {0.0, 1.0}  # the saved postprocessor snaps the gripper
+    torch.testing.assert_close(loaded.normalize("action", STATS["action"]["mean"]), torch.zeros(7))
     few = make_policy(tmp_path, few_step=True)  # config overrides for evaluation
-    assert few.config.few_step and few.predict_action_chunk(batch, noise).shape == (2, 6, 7)
+    assert few.config.few_step and few.predict_action_chunk(batch, noise=noise).shape == (2, 6, 7)
 
 
-def test_missing_statistics_are_an_error(tmp_path):
-    policy = VipraPolicy(tiny_config())  # built without dataset statistics
-    with pytest.raises(RuntimeError, match="normalization statistics of 'observation.state' are missing"):
-        policy.forward(make_batch())
-    with pytest.raises(RuntimeError, match="missing"):
-        policy.predict_action_chunk(make_batch())
-    policy.save_pretrained(tmp_path)
-    with pytest.raises(RuntimeError, match="missing"):
-        make_policy(tmp_path)
-    with pytest.raises(ValueError, match="mean and std of 'action'"):
-        VipraPolicy(tiny_config(), {"observation.state": STATS["observation.state"]})
+def test_statistics_are_floored_checked_and_never_silently_missing(tmp_path):
+    config = VipraPolicy(tiny_config()).config
+    constant = STATS | {"observation.state": {"mean": torch.zeros(7), "std": torch.zeros(7)}}
+    runner = processed(VipraPolicy(tiny_config()), constant)  # the demos hold roll and pitch constant
+    state = runner.preprocessor({"observation.state": torch.full((1, 7), 1e-4)})["observation.state"]
+    torch.testing.assert_close(state, torch.full((1, 7), 1e-4 / MIN_STD))
+    with pytest.raises(ValueError, match="pass dataset_stats"):
+        make_vipra_pre_post_processors(config)
+    with pytest.raises(ValueError, match="dataset stats need mean and std of 'action'"):
+        make_vipra_pre_post_processors(config, {"observation.state": STATS["observation.state"]})
+    with pytest.raises(
+        ValueError, match=r"statistics of 'action' have shapes \(6,\) / \(7,\), expected \(7,\)"
+    ):
+        make_vipra_pre_post_processors(
+            config, STATS | {"action": {"mean": torch.zeros(6), "std": torch.ones(7)}}
+        )
+    # A folder without the processors, or whose processors lack the statistics, does not load.
+    policy = VipraPolicy(tiny_config())
+    policy.save_pretrained(tmp_path / "bare")
+    with pytest.raises(FileNotFoundError, match="missing.*policy_preprocessor.json"):
+        make_policy(tmp_path / "bare")
+    save_trained(policy, tmp_path / "no_stats")
+    for stats_file in (tmp_path / "no_stats").glob("policy_*processor_step_*.safetensors"):
+        stats_file.unlink()
+    with pytest.raises(FileNotFoundError, match="missing.*normalizer_processor.safetensors"):
+        make_policy(tmp_path / "no_stats")
+    from lerobot.processor import make_default_pre_post_processors
+
+    policy.save_pretrained(tmp_path / "empty")
+    for processor in make_default_pre_post_processors(policy.config, None):  # LeRobot's, built without stats
+        processor.save_pretrained(tmp_path / "empty")
+    with pytest.raises(
+        ValueError, match=r"NormalizerProcessorStep has no statistics for \['observation.state', 'action'\]"
+    ):
+        make_policy(tmp_path / "empty")
 
 
 def test_bad_inputs_are_refused(tmp_path):
-    policy = VipraPolicy(tiny_config(), STATS)
+    policy = VipraPolicy(tiny_config())
     batch = make_batch()
     with pytest.raises(ValueError, match=r"'action' must be \(B, 6, 7\)"):
         policy.forward(batch | {"action": batch["action"][..., :6]})
-    with pytest.raises(ValueError, match="6 dimensions, the policy was built for 7"):
+    with pytest.raises(
+        ValueError, match=r"'observation.state' must be \(B, 7\) for this policy, got \(2, 6\)"
+    ):
         policy.predict_action_chunk(batch | {"observation.state": batch["observation.state"][:, :6]})
+    with pytest.raises(
+        ValueError, match=r"'observation.state' has shape \(2, 6\); the policy was trained on \(7,\)"
+    ):
+        processed(policy).predict_action_chunk(
+            batch | {"observation.state": batch["observation.state"][:, :6]}
+        )
     with pytest.raises(ValueError, match="backbone takes 32x32"):
         policy.predict_action_chunk(batch | {"observation.images.image": torch.rand(2, 2, 3, 64, 64)})
     with pytest.raises(ValueError, match="horizon 6 must equal chunk_size 8"):

@@ -49,3 +49,19 @@ def tiny_state_config(**kw) -> VipraConfig:
 
 
 STATE_STATS = STATS | {"observation.environment_state": {"mean": torch.zeros(8), "std": torch.ones(8)}}
+
+
+def processed(policy, stats: dict = STATS):
+    """`policy` behind the processors of `stats`, as make_policy loads a trained one (the dataset's units)."""
+    from policies.runner import ProcessedPolicy
+    from policies.vipra.processor_vipra import make_vipra_pre_post_processors
+
+    return ProcessedPolicy(policy, *make_vipra_pre_post_processors(policy.config, stats))
+
+
+def save_trained(policy, path, stats: dict = STATS) -> None:
+    """The policy folder the trainers write: weights, config and the processor pair of `stats`."""
+    from policies.train_policy import save_pretrained_atomic
+    from policies.vipra.processor_vipra import make_vipra_pre_post_processors
+
+    save_pretrained_atomic(policy, make_vipra_pre_post_processors(policy.config, stats), path)
