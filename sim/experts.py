@@ -53,6 +53,9 @@ class ExpertController:
     gain: float = 1.0
     align_yaw: bool = True  # turn to the object's yaw before grasping; off shows that the grasp needs it
     episode_jitter: bool = True  # hidden per-episode gain and waypoint offset when noise > 0
+    # Held open at the grasp pose before closing, so that an open-loop chunk that arrives a step late
+    # still closes at the pose (calibration step I: stacked block 35% -> 65%).
+    settle_steps: int = 2
 
     def __post_init__(self):
         self.reset()
@@ -90,9 +93,10 @@ class ExpertController:
             if hand[2] - grasp[2] < 0.006 or hand[2] < 0.06:
                 self.phase, self.timer = Phase.CLOSE, 0
         elif self.phase == Phase.CLOSE:
-            goal, goal_yaw, grip = grasp, hold_yaw, 1.0
             self.timer += 1
-            if self.timer >= 3:
+            goal, goal_yaw = grasp, hold_yaw
+            grip = 1.0 if self.timer > self.settle_steps else 0.0
+            if self.timer >= self.settle_steps + 3:
                 self.phase = Phase.LIFT
         elif self.phase in (Phase.LIFT, Phase.CARRY, Phase.LOWER) and not self._holding(hand, src, closure):
             self.phase, grip = Phase.APPROACH, 0.0  # dropped or missed: open and try again

@@ -1,7 +1,9 @@
 """The training loop refactor changed no number: every trainer's first 20 losses at a fixed seed, on a tiny
 profile on CPU, equal those recorded before the loop was shared (`losses_before_refactor.json`, written by
 the four separate loops of commit cd2dce2 with `PYTHONPATH=. python tests/training/test_same_losses.py`; the shared
-loop reproduced them bit for bit).
+loop reproduced them bit for bit). When the demo expert changed the fixture data (its grasp settle, after 3274555),
+the shared loop re-recorded all but the neural simulator's, whose inputs did not change; from there on the file
+guards the shared loop against changes to its numbers.
 
 The losses are read where every loop hands them to autograd (`Tensor.backward`), so the check needs no
 hook in the trainer it checks."""
