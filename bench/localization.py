@@ -1,0 +1,187 @@
+"""How precisely can an encoder see the scene at 64x64, given the demos? (image policies' localization gate)
+
+    python -m bench.localization --dataset outputs/bench/ceiling/demos     # -> reports/bench/localization.json
+
+A supervised ceiling, not a policy. Each encoder, from random weights, is trained to regress the source
+and target objects' x, y (the privileged `observation.environment_state`) and the hand's x, y
+(`observation.state`) from frame t alone, on 70% of the demo episodes, and is scored on the other 30%:
+RMS error in cm per quantity, beside the constant predictor's (the training mean). An image policy's
+encoder learns position only through the action loss; if even direct supervision cannot place the
+objects within the tasks' ~2 cm, no policy built on that encoder will, and if it can, the policy's
+failure lies in what its loss teaches, not in what the pixels hold.
+
+Encoders: `vit`, the policies' backbone (world_model.backbone, patch tokens unpooled, a linear head on
+them all), and `cnn`, a small convolutional stem with spatial-softmax keypoints (robomimic's and
+Diffusion Policy's choice for low-resolution control).
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from bench.common import stamp, write_report
+from data.chunks import EpisodeBank, split_episodes
+from policies.vipra.configuration_vipra import ENV_STATE_KEY, STATE_KEY
+from world_model.backbone.model import BackboneConfig, VideoBackbone, tokenize
+from world_model.training.schedule import warmup_cosine
+
+QUANTITIES = ("source_xy", "target_xy", "hand_xy")
+IMAGE_KEY = "observation.images.image"
+
+
+def targets_of(bank: EpisodeBank) -> torch.Tensor:
+    """(F, 6) metres: source x, y, target x, y (environment_state 0:2, 4:6) and hand x, y (state 0:2)."""
+    env, state = bank.columns[ENV_STATE_KEY], bank.columns[STATE_KEY]
+    return torch.cat([env[:, 0:2], env[:, 4:6], state[:, 0:2]], dim=1).float()
+
+
+class SpatialSoftmax(nn.Module):
+    """(B, C, h, w) feature maps -> (B, 2C) expected x, y of each channel's softmax over positions."""
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        B, C, h, w = maps.shape
+        ys, xs = torch.meshgrid(
+            torch.linspace(-1, 1, h, device=maps.device),
+            torch.linspace(-1, 1, w, device=maps.device),
+            indexing="ij",
+        )
+        weights = maps.flatten(2).softmax(-1)  # (B, C, h*w)
+        return torch.cat([weights @ xs.flatten(), weights @ ys.flatten()], dim=1)
+
+
+class ConvKeypoints(nn.Module):
+    """64x64 frame -> 6 positions: conv stem to a 16x16 map, 32 spatial-softmax keypoints, an MLP."""
+
+    def __init__(self, channels: int = 64, keypoints: int = 32):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, channels // 2, 5, stride=2, padding=2), nn.GELU(),
+            nn.Conv2d(channels // 2, channels, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(channels, channels, 3, padding=1), nn.GELU(),
+            nn.Conv2d(channels, keypoints, 1),
+        )  # fmt: skip
+        self.keypoints = SpatialSoftmax()
+        self.head = nn.Sequential(
+            nn.Linear(2 * keypoints, 256), nn.GELU(), nn.Linear(256, len(QUANTITIES) * 2)
+        )
+
+    def forward(self, frames: torch.Tensor, tasks: list[str]) -> torch.Tensor:
+        return self.head(self.keypoints(self.stem(frames * 2 - 1)))
+
+
+class BackboneRegressor(nn.Module):
+    """The policies' backbone on frame t (no motion: t-1 = t) and the instruction, a linear head on its
+    unpooled patch tokens."""
+
+    def __init__(self, image_size: int):
+        super().__init__()
+        self.backbone = VideoBackbone(BackboneConfig(image_size=image_size, pool=1))
+        cfg = self.backbone.cfg
+        self.head = nn.Linear(cfg.num_patches * cfg.dim, len(QUANTITIES) * 2)
+
+    def forward(self, frames: torch.Tensor, tasks: list[str]) -> torch.Tensor:
+        cfg = self.backbone.cfg
+        words = tokenize(tasks, cfg.vocab_size).to(frames.device)
+        out = self.backbone(torch.stack([frames, frames], dim=1), words)
+        return self.head(out.hidden[:, : cfg.num_patches].flatten(1))
+
+
+ENCODERS = {"cnn": lambda size: ConvKeypoints(), "vit": BackboneRegressor}
+
+
+def rms_cm(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """Per quantity, the RMS of the x-y distance, in cm."""
+    err = ((pred - target) ** 2).view(len(pred), len(QUANTITIES), 2).sum(-1).mean(0).sqrt() * 100
+    return {q: round(float(e), 2) for q, e in zip(QUANTITIES, err, strict=True)}
+
+
+def fit_encoder(name: str, train: EpisodeBank, held: EpisodeBank, steps: int, batch: int, seed: int) -> dict:
+    """Train encoder `name` on `train`'s frames, score it on `held`'s; returns RMS in cm and minutes."""
+    torch.manual_seed(seed)
+    y_train, y_held = targets_of(train), targets_of(held)
+    mean, std = y_train.mean(0), y_train.std(0).clamp_min(1e-3)
+    model = ENCODERS[name](train.frames.shape[-1])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: warmup_cosine(k, steps, warmup, 0.1))
+    gen, clock, losses = torch.Generator().manual_seed(seed), time.perf_counter(), []
+    model.train()
+    for _ in tqdm(range(steps), desc=f"localization {name}", mininterval=5):
+        rows = torch.randint(len(train), (batch,), generator=gen)
+        frames = train.frames[rows].float() / 255
+        pred = model(frames, [train.tasks[i] for i in rows.tolist()])
+        loss = F.mse_loss(pred, (y_train[rows] - mean) / std)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat(
+            [
+                model(held.frames[rows].float() / 255, [held.tasks[i] for i in rows.tolist()])
+                for rows in torch.arange(len(held)).split(256)
+            ]
+        )
+    tail = losses[-max(1, steps // 10) :]
+    return {
+        "rms_cm": rms_cm(pred * std + mean, y_held),
+        "final_train_loss": sum(tail) / len(tail),  # normalized units, mean over the last tenth of steps
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "minutes": (time.perf_counter() - clock) / 60,
+    }
+
+
+def run(dataset: str, encoders: list[str], steps: int, batch: int, held_fraction: float, seed: int) -> dict:
+    unknown = sorted(set(encoders) - set(ENCODERS))
+    if unknown:
+        raise ValueError(f"unknown encoders {unknown}; expected some of {sorted(ENCODERS)}")
+    bank = EpisodeBank.load(dataset, IMAGE_KEY, columns=[STATE_KEY, ENV_STATE_KEY])
+    episodes = bank.episodes
+    train_pos, held_pos = split_episodes(len(episodes), held_fraction, seed)
+    train, held = bank.subset([episodes[i] for i in train_pos]), bank.subset([episodes[i] for i in held_pos])
+    y_train, y_held = targets_of(train), targets_of(held)
+    report = {
+        "constant_rms_cm": rms_cm(y_train.mean(0).expand_as(y_held), y_held),
+        "encoders": {name: fit_encoder(name, train, held, steps, batch, seed) for name in encoders},
+        "train_frames": len(train),
+        "held_out_frames": len(held),
+        "held_out_episodes": len(held_pos),
+        "steps": steps,
+        "batch_size": batch,
+        "dataset": dataset,
+    }
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", default="outputs/bench/ceiling/demos", help="a demo LeRobotDataset")
+    parser.add_argument("--encoders", default="cnn,vit", help="comma-separated, from: " + ", ".join(ENCODERS))
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--held-fraction", type=float, default=0.3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="reports/bench/localization.json")
+    args = parser.parse_args(argv)
+    if not (Path(args.dataset) / "meta" / "info.json").is_file():
+        raise FileNotFoundError(f"no LeRobotDataset at {args.dataset} (make bench-ceiling writes one)")
+    report = run(
+        args.dataset, args.encoders.split(","), args.steps, args.batch_size, args.held_fraction, args.seed
+    )
+    report |= stamp("python -m bench.localization " + " ".join(sys.argv[1:] if argv is None else argv))
+    write_report(Path(args.out), report)
+    print(json.dumps({k: report[k] for k in ("constant_rms_cm", "encoders")}, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()
