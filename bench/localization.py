@@ -30,6 +30,7 @@ from bench.common import stamp, write_report
 from data.chunks import EpisodeBank, split_episodes
 from policies.vipra.configuration_vipra import ENV_STATE_KEY, STATE_KEY
 from world_model.backbone.model import BackboneConfig, VideoBackbone, tokenize
+from world_model.layers import SpatialSoftmax
 from world_model.training.schedule import warmup_cosine
 
 QUANTITIES = ("source_xy", "target_xy", "hand_xy")
@@ -40,20 +41,6 @@ def targets_of(bank: EpisodeBank) -> torch.Tensor:
     """(F, 6) metres: source x, y, target x, y (environment_state 0:2, 4:6) and hand x, y (state 0:2)."""
     env, state = bank.columns[ENV_STATE_KEY], bank.columns[STATE_KEY]
     return torch.cat([env[:, 0:2], env[:, 4:6], state[:, 0:2]], dim=1).float()
-
-
-class SpatialSoftmax(nn.Module):
-    """(B, C, h, w) feature maps -> (B, 2C) expected x, y of each channel's softmax over positions."""
-
-    def forward(self, maps: torch.Tensor) -> torch.Tensor:
-        B, C, h, w = maps.shape
-        ys, xs = torch.meshgrid(
-            torch.linspace(-1, 1, h, device=maps.device),
-            torch.linspace(-1, 1, w, device=maps.device),
-            indexing="ij",
-        )
-        weights = maps.flatten(2).softmax(-1)  # (B, C, h*w)
-        return torch.cat([weights @ xs.flatten(), weights @ ys.flatten()], dim=1)
 
 
 class ConvKeypoints(nn.Module):

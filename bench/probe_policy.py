@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 
 from bench.lam import apply_ridge, fit_ridge, r2_score
 from data.chunks import EpisodeBank
-from policies.train_policy import make_batch
+from policies.train_policy import chunk_skill, make_batch
 from policies.vipra import make_policy
 from policies.vipra.configuration_vipra import ACTION_KEY, STATE_KEY
 from world_model.backbone.model import BackboneConfig, VideoBackbone, load_backbone, tokenize
@@ -55,9 +55,6 @@ def object_r2(backbone: VideoBackbone, bank: EpisodeBank, fit: torch.Tensor, sco
     return r2_score(y[score.numpy()], apply_ridge(w, context_features(backbone, bank, score)))
 
 
-CONSTANT_MSE_FLOOR = 1e-3  # dimensions the constant predictor already gets right are not scored
-
-
 @torch.no_grad()
 def chunk_mse(policy, bank: EpisodeBank, rows: torch.Tensor, image_key: str | None, batch: int = 128):
     """Per action dimension, in the policy's normalized units over the first n_action_steps of each
@@ -78,13 +75,6 @@ def chunk_mse(policy, bank: EpisodeBank, rows: torch.Tensor, image_key: str | No
         sums[1] += (target**2 * keep).sum((0, 1))
         count += keep.sum()
     return sums[0] / count, sums[1] / count
-
-
-def chunk_skill(mse: torch.Tensor, constant: torch.Tensor) -> float:
-    """1 - error / the constant predictor's, averaged over the dimensions it does not get right
-    (1: perfect, 0: no better than the mean action, < 0: worse)."""
-    scored = constant > CONSTANT_MSE_FLOOR
-    return float((1 - mse[scored] / constant[scored]).mean())
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

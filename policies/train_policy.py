@@ -27,7 +27,7 @@ from lerobot.configs import FeatureType
 from lerobot.utils.feature_utils import dataset_to_policy_features
 from omegaconf import DictConfig, OmegaConf
 
-from data.chunks import EpisodeBank
+from data.chunks import EpisodeBank, split_episodes
 from data.clips import random_shift, shift_offsets
 from data.dataset import load_metadata
 from policies.vipra import VipraConfig, VipraPolicy
@@ -60,6 +60,48 @@ def make_batch(
         return batch | {ENV_STATE_KEY: bank.columns[ENV_STATE_KEY][rows]}
     frames = random_shift(bank.frames[w.context].float() / 255, shift, offsets=offsets)  # (B, 2, 3, H, W)
     return batch | {image_key: frames}
+
+
+CONSTANT_MSE_FLOOR = 1e-3  # dimensions the constant predictor already gets right are not scored
+
+
+def chunk_skill(mse: torch.Tensor, constant: torch.Tensor) -> float:
+    """1 - error / the constant predictor's, averaged over the dimensions it does not get right
+    (1: perfect, 0: no better than the mean action, < 0: worse)."""
+    scored = constant > CONSTANT_MSE_FLOOR
+    return float((1 - mse[scored] / constant[scored]).mean())
+
+
+def held_out_rows(bank: EpisodeBank, count: int, seed: int) -> torch.Tensor:
+    """A fixed sample of `count` frame rows (all of them if fewer), the same at every validation."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(len(bank), generator=gen)[:count].sort().values
+
+
+@torch.no_grad()
+def held_out_scores(policy: VipraPolicy, batch: dict) -> dict[str, float]:
+    """On a preprocessed batch (normalized units) with fixed noise: the flow-matching loss, and the
+    sampled chunk's error over its first n_action_steps against the constant predictor's (the demos'
+    mean action, 0 in these units), per dimension and as `chunk_skill`."""
+    cfg, gen = policy.config, torch.Generator().manual_seed(0)
+    actions = batch[ACTION_KEY]
+    noise = torch.randn(actions.shape, generator=gen).to(actions.device)
+    state = torch.get_rng_state()
+    torch.manual_seed(0)  # the loss's time and noise draws: the same every validation
+    fm_loss = policy.forward(batch)[1]["fm_loss"]
+    torch.set_rng_state(state)
+    n = cfg.n_action_steps
+    sampled, target = policy.predict_action_chunk(batch, noise=noise)[:, :n], actions[:, :n]
+    keep = (~batch["action_is_pad"][:, :n, None]).float()
+    count = keep.sum((0, 1))
+    mse = ((sampled - target) ** 2 * keep).sum((0, 1)) / count
+    constant = (target**2 * keep).sum((0, 1)) / count
+    scores = {"fm_loss": fm_loss, "chunk_skill": chunk_skill(mse, constant)}
+    return scores | {
+        f"chunk_error_ratio_{d}": float(mse[d] / constant[d])
+        for d in range(len(mse))
+        if constant[d] > CONSTANT_MSE_FLOOR
+    }
 
 
 def dataset_stats(bank: EpisodeBank) -> dict:
@@ -120,9 +162,16 @@ class PolicyTask(TrainTask):
         tcfg = self.tcfg = cfg.train.policy
         self.state_context = reads_state_context(cfg)
         columns = [STATE_KEY, ACTION_KEY] + ([ENV_STATE_KEY] if self.state_context else [])
-        self.bank = EpisodeBank.load(
+        bank = EpisodeBank.load(
             tcfg.dataset, cfg.task.image_key, columns, expect_lossless=cfg.task.get("lossless_images", True)
         )
+        # A share of the demos held out (whole episodes: unseen scenes) to score what the policy
+        # generalizes, not what it memorized; 0 trains on every demo.
+        self.bank, self.held_out = bank, None
+        if tcfg.get("val_fraction", 0):
+            train_eps, held_eps = split_episodes(len(bank.episodes), tcfg.val_fraction, tcfg.seed)
+            self.bank = bank.subset([bank.episodes[i] for i in train_eps])
+            self.held_out = bank.subset([bank.episodes[i] for i in held_eps])
         policy = self.model = self.objective = build_policy(cfg, self.bank).to(device)
         policy.train()
         # The policy learns in normalized units: batches pass through the preprocessor lerobot-train
@@ -150,10 +199,21 @@ class PolicyTask(TrainTask):
     def describe(self) -> str:
         tcfg = self.tcfg
         origin = f"from {tcfg.backbone}" if tcfg.backbone else "from scratch"
+        held = f", {len(self.held_out.episodes)} held out" if self.held_out is not None else ""
         return (
             f"policy: {millions(self.model)} parameters, backbone {origin}; "
-            f"{len(self.bank)} frames of {len(self.bank.episodes)} demos"
+            f"{len(self.bank)} frames of {len(self.bank.episodes)} demos{held}"
         )
+
+    def validate(self, step: int, model: VipraPolicy) -> dict[str, float]:
+        if self.held_out is None:
+            return {}
+        rows = held_out_rows(self.held_out, self.tcfg.get("val_frames", 512), self.tcfg.seed)
+        batch = make_batch(self.held_out, rows, model.config.chunk_size, self.image_key, shift=0)
+        batch = self.processors[0](
+            {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        )
+        return held_out_scores(model, batch)
 
     def check_micro_batch(self, rows: int) -> None:
         fraction = self.model.config.shortcut_fraction
@@ -179,7 +239,8 @@ class PolicyTask(TrainTask):
     def summary(self, last_terms: dict, model: VipraPolicy) -> dict:
         if not last_terms:  # nothing left to train
             return {}
-        return {"final_fm_loss": last_terms["fm_loss"], "final_shortcut_loss": last_terms["shortcut_loss"]}
+        final = {"final_fm_loss": last_terms["fm_loss"], "final_shortcut_loss": last_terms["shortcut_loss"]}
+        return final | {f"held_out_{k}": v for k, v in self.validate(-1, model).items()}
 
     def export(self, out_dir: Path, model: VipraPolicy) -> None:
         save_pretrained_atomic(model, self.processors, out_dir / PRETRAINED_DIR)

@@ -1,6 +1,6 @@
-"""Network pieces shared by the models: attention, the space-time transformer block, patches and a
-backward warp by optical flow. The latent action model, the backbone, the neural simulator and the
-policy's decoder build on them."""
+"""Network pieces shared by the models: attention, the space-time transformer block, patches, a
+backward warp by optical flow and spatial-softmax keypoints. The latent action model, the backbone,
+the neural simulator and the policy's decoder build on them."""
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,21 @@ class SpaceTimeBlock(nn.Module):
             xt = self.norm_time(x).transpose(1, 2).reshape(B * L, T, C)
             x = x + self.time(xt, causal=True).view(B, L, T, C).transpose(1, 2)
         return x + self.mlp(self.norm_mlp(x))
+
+
+class SpatialSoftmax(nn.Module):
+    """(B, C, h, w) feature maps -> (B, 2C): the expected x (first C) and y (last C) in [-1, 1] of each
+    channel's softmax over positions (Levine et al. 2016's keypoints, as robomimic uses them)."""
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        B, C, h, w = maps.shape
+        ys, xs = torch.meshgrid(
+            torch.linspace(-1, 1, h, device=maps.device, dtype=maps.dtype),
+            torch.linspace(-1, 1, w, device=maps.device, dtype=maps.dtype),
+            indexing="ij",
+        )
+        weights = maps.flatten(2).softmax(-1)  # (B, C, h*w)
+        return torch.cat([weights @ xs.flatten(), weights @ ys.flatten()], dim=1)
 
 
 def patchify(frames: torch.Tensor, p: int) -> torch.Tensor:

@@ -5,6 +5,7 @@ import torch
 
 from data.chunks import EpisodeBank
 from world_model.backbone.model import BackboneConfig, VideoBackbone, backbone_loss, tokenize
+from world_model.layers import SpatialSoftmax
 
 TINY = BackboneConfig(
     image_size=32, patch_size=8, horizon=5, tokens_per_step=2, num_codes=8, dim=32, heads=2, layers=1
@@ -22,6 +23,28 @@ def test_shapes_and_context_tokens():
     )
     # Zero-initialised pixel head: the untrained prediction is frame t itself.
     torch.testing.assert_close(out.frame, frames[:, 1])
+
+
+def test_conv_stem_keypoints_follow_what_moves():
+    """The conv stem gives the same token grid; its keypoint token is one more context token, and the
+    spatial softmax's x, y follow a bright square across the frame."""
+    cfg = BackboneConfig(**(TINY.to_dict() | {"stem": "conv", "stem_channels": 8, "keypoints": 4}))
+    model = VideoBackbone(cfg)
+    out = model(torch.rand(3, 2, 3, 32, 32), tokenize(["stack the cube"] * 3, cfg.vocab_size))
+    assert out.hidden.shape == (3, 16 + 1 + 10, 32) and out.keypoints.shape == (3, 8)
+    assert (
+        model.features(out).shape == (3, cfg.num_context_tokens, 32)
+        and cfg.num_context_tokens == 4 + 1 + 5 + 1
+    )
+
+    maps = torch.full((2, 1, 8, 8), -10.0)
+    maps[0, 0, 1, 6] = maps[1, 0, 6, 1] = 10.0  # one hot cell: row 1 col 6, and row 6 col 1
+    x, y = SpatialSoftmax()(maps).T
+    assert x[0] > 0.6 and y[0] < -0.6 and x[1] < -0.6 and y[1] > 0.6
+    with pytest.raises(ValueError, match="stem must be 'conv'"):
+        BackboneConfig(keypoints=4)
+    with pytest.raises(ValueError, match="stem must be one of"):
+        BackboneConfig(stem="resnet")
 
 
 def test_loss_ignores_codes_past_the_episode_end():

@@ -2,7 +2,8 @@
 ahead and the H latent actions in between (ViPRA's pretraining task, at CPU scale).
 
     frames t-1, t (B, 2, 3, H, W) in [0, 1], instruction token ids (B, W)
-      └─ tokens: 64 patches of frame t, each with its difference from t-1 (motion so far)
+      └─ tokens: 64 patches of frame t, each with its difference from t-1 (motion so far), embedded
+                 linearly (stem "patch") or by a small CNN (stem "conv", optionally with keypoints)
                  + 1 instruction token (bag of hashed words) + H*N latent-action queries
       └─ transformer (bidirectional over all tokens)
            ├─ patch tokens  -> frame t+H as frame t plus a predicted change      (MSE)
@@ -11,7 +12,8 @@ ahead and the H latent actions in between (ViPRA's pretraining task, at CPU scal
 Latent actions are the frozen latent action model's discrete codes, so the targets are ViPRA's
 discrete tokens trained with cross-entropy. `features` returns what the action decoder reads:
 pooled patch tokens, the instruction token and one token per future step carrying the predicted
-latent actions (their hidden state plus the expected code embedding).
+latent actions (their hidden state plus the expected code embedding), and with `keypoints` one token
+of the conv stem's spatial-softmax keypoints (where things are: the image policies' spatial prior).
 """
 
 import re
@@ -23,8 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from world_model.layers import SpaceTimeBlock, patchify, unpatchify
+from world_model.layers import SpaceTimeBlock, SpatialSoftmax, patchify, unpatchify
 from world_model.training.checkpoint import load_trained, read_trained_meta
+
+STEMS = ("patch", "conv")
 
 
 @dataclass
@@ -40,6 +44,14 @@ class BackboneConfig:
     layers: int = 4
     mlp_ratio: float = 4.0
     pool: int = 2  # patch tokens are average-pooled pool x pool into the decoder's context
+    # "patch": each patch is embedded linearly (a ViT). "conv": a small strided CNN embeds the frames to a
+    # map at a quarter of the image size, whose cells become the patch tokens: a spatial prior that
+    # places things at 64x64 where a linear patch embedding learns position slowly (bench.localization).
+    stem: str = "patch"
+    stem_channels: int = 64
+    # > 0 (conv stem only): that many spatial-softmax keypoints of the stem's map, an MLP of their x, y
+    # as one more context token: where things are, in image coordinates (robomimic's encoder).
+    keypoints: int = 0
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
@@ -52,6 +64,16 @@ class BackboneConfig:
             )
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not a multiple of heads {self.heads}")
+        if self.stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
+        if self.stem == "conv" and self.patch_size % 4:
+            raise ValueError(
+                f"the conv stem works at a quarter of the image: patch_size {self.patch_size} must be a multiple of 4"
+            )
+        if self.keypoints and self.stem != "conv":
+            raise ValueError(
+                f"keypoints come from the conv stem's map: stem must be 'conv' (got {self.stem!r})"
+            )
 
     @property
     def grid(self) -> int:
@@ -63,8 +85,8 @@ class BackboneConfig:
 
     @property
     def num_context_tokens(self) -> int:
-        """Tokens `features` returns: pooled patches + instruction + one per future step."""
-        return (self.grid // self.pool) ** 2 + 1 + self.horizon
+        """Tokens `features` returns: pooled patches + instruction + one per future step (+ keypoints)."""
+        return (self.grid // self.pool) ** 2 + 1 + self.horizon + (1 if self.keypoints else 0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,6 +109,26 @@ class BackboneOutput:
     hidden: torch.Tensor  # (B, P + 1 + H*N, C) final tokens: patches, instruction, action queries
     frame: torch.Tensor  # (B, 3, H, W) predicted frame t+H (unclamped)
     logits: torch.Tensor  # (B, H, N, K) latent-action code logits per future step
+    keypoints: torch.Tensor | None = None  # (B, 2 * keypoints) x then y in [-1, 1] (conv stem), else None
+
+
+class ConvStem(nn.Module):
+    """(B, 6, S, S) frame t and its change -> (B, P, C) tokens of an S/p grid and the (B, c, S/4, S/4) map
+    they come from: two stride-2 convolutions and one at S/4, then a p/4-strided one to the token grid."""
+
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        c, k = cfg.stem_channels, cfg.patch_size // 4
+        self.body = nn.Sequential(
+            nn.Conv2d(6, c // 2, 5, stride=2, padding=2), nn.GELU(),
+            nn.Conv2d(c // 2, c, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(c, c, 3, padding=1), nn.GELU(),
+        )  # fmt: skip
+        self.to_tokens = nn.Conv2d(c, cfg.dim, k, stride=k)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fmap = self.body(x)  # (B, c, S/4, S/4)
+        return self.to_tokens(fmap).flatten(2).transpose(1, 2), fmap
 
 
 class VideoBackbone(nn.Module):
@@ -94,7 +136,16 @@ class VideoBackbone(nn.Module):
         super().__init__()
         self.cfg = cfg
         P, C, Q = cfg.num_patches, cfg.dim, cfg.horizon * cfg.tokens_per_step
-        self.patch_embed = nn.Linear(6 * cfg.patch_size**2, C)
+        if cfg.stem == "conv":
+            self.stem = ConvStem(cfg)
+        else:
+            self.patch_embed = nn.Linear(6 * cfg.patch_size**2, C)
+        if cfg.keypoints:
+            self.to_keypoint_maps = nn.Conv2d(cfg.stem_channels, cfg.keypoints, 1)
+            self.spatial_softmax = SpatialSoftmax()
+            self.keypoint_embed = nn.Sequential(
+                nn.Linear(2 * cfg.keypoints, 4 * C), nn.GELU(), nn.Linear(4 * C, C)
+            )  # an MLP, so the decoder reads offsets between keypoints (hand to object), not only each one
         self.word_embed = nn.EmbeddingBag(cfg.vocab_size, C, mode="mean", padding_idx=0)
         self.queries = nn.Parameter(torch.randn(1, Q, C) * 0.02)
         self.pos = nn.Parameter(torch.randn(1, P + 1 + Q, C) * 0.02)
@@ -125,8 +176,14 @@ class VideoBackbone(nn.Module):
         self.check_inputs(frames, words)
         cfg, B = self.cfg, len(frames)
         now, diff = frames[:, 1], frames[:, 1] - frames[:, 0]
-        x = torch.cat([now * 2 - 1, 4 * diff], dim=1)[:, None]  # (B, 1, 6, H, W); differences are small
-        patches = self.patch_embed(patchify(x, cfg.patch_size)[:, 0])  # (B, P, C)
+        x = torch.cat([now * 2 - 1, 4 * diff], dim=1)  # (B, 6, H, W); differences are small
+        keypoints = None
+        if cfg.stem == "conv":
+            patches, fmap = self.stem(x)  # (B, P, C), (B, c, H/4, W/4)
+            if cfg.keypoints:
+                keypoints = self.spatial_softmax(self.to_keypoint_maps(fmap))  # (B, 2K)
+        else:
+            patches = self.patch_embed(patchify(x[:, None], cfg.patch_size)[:, 0])  # (B, P, C)
         instruction = self.word_embed(words)[:, None]  # (B, 1, C)
         x = torch.cat([patches, instruction, self.queries.expand(B, -1, -1)], dim=1) + self.pos
         x = x[:, None]  # SpaceTimeBlock works on (B, T, L, C); here T = 1
@@ -136,17 +193,20 @@ class VideoBackbone(nn.Module):
         P = cfg.num_patches
         change = unpatchify(self.to_pixels(hidden[:, None, :P]), cfg.patch_size, cfg.image_size)[:, 0]
         logits = self.to_logits(hidden[:, P + 1 :]).view(B, cfg.horizon, cfg.tokens_per_step, cfg.num_codes)
-        return BackboneOutput(hidden, now + change, logits)
+        return BackboneOutput(hidden, now + change, logits, keypoints)
 
     def features(self, out: BackboneOutput) -> torch.Tensor:
-        """Context for the action decoder: (B, (grid/pool)^2 + 1 + H, C)."""
+        """Context for the action decoder: (B, cfg.num_context_tokens, C)."""
         cfg, B, C = self.cfg, len(out.hidden), self.cfg.dim
         P, g = cfg.num_patches, cfg.grid
         grid = out.hidden[:, :P].transpose(1, 2).reshape(B, C, g, g)
         pooled = F.avg_pool2d(grid, cfg.pool).flatten(2).transpose(1, 2)  # (B, (g/pool)^2, C)
         steps = out.hidden[:, P + 1 :].view(B, cfg.horizon, cfg.tokens_per_step, C).mean(2)  # (B, H, C)
         expected = self.code_embed(out.logits.softmax(-1).flatten(2))  # (B, H, C): the predicted latents
-        return torch.cat([pooled, out.hidden[:, P : P + 1], steps + expected], dim=1)
+        tokens = [pooled, out.hidden[:, P : P + 1], steps + expected]
+        if out.keypoints is not None:
+            tokens.append(self.keypoint_embed(out.keypoints)[:, None])  # (B, 1, C)
+        return torch.cat(tokens, dim=1)
 
 
 def backbone_loss(
