@@ -14,7 +14,9 @@ from random weights and learns at the full rate (Scratch-FM). Writes `<out_dir>/
 (`save_pretrained`: config.json + model.safetensors, and the processor pair that normalizes with the
 demos' statistics, as lerobot-train writes it) and resumable training checkpoints in `<out_dir>/checkpoints/last`. With `model.policy.context=state` (state_fm) the
 same loop trains the decoder on the privileged object poses instead of frames; with
-`train.policy.ema.decay` the saved policy holds an exponential moving average of the weights.
+`train.policy.ema.decay` the saved policy holds an exponential moving average of the weights. With
+`train.policy.val_fraction` > 0 that share of the demos is held out, and the held-out loss and sampled
+chunk error (against the constant action) are logged every `val_every` steps and in summary.json.
 """
 
 import os
