@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 
 from bench.lam import apply_ridge, fit_ridge, r2_score
 from data.chunks import EpisodeBank
-from policies.train_policy import chunk_skill, make_batch
+from policies.train_policy import chunk_error_sums, chunk_skill, make_batch
 from policies.vipra import make_policy
 from policies.vipra.configuration_vipra import ACTION_KEY, STATE_KEY
 from world_model.backbone.model import BackboneConfig, VideoBackbone, load_backbone, tokenize
@@ -70,10 +70,10 @@ def chunk_mse(policy, bank: EpisodeBank, rows: torch.Tensor, image_key: str | No
         )
         target = policy.normalize(ACTION_KEY, b[ACTION_KEY][:, :n])
         sampled = policy.normalize(ACTION_KEY, policy.predict_action_chunk(b, noise=noise)[:, :n])
-        keep = (~b["action_is_pad"][:, :n, None]).float()
-        sums[0] += ((sampled - target) ** 2 * keep).sum((0, 1))
-        sums[1] += (target**2 * keep).sum((0, 1))
-        count += keep.sum()
+        error, constant, steps = chunk_error_sums(sampled, target, b["action_is_pad"][:, :n])
+        sums[0] += error
+        sums[1] += constant
+        count += steps
     return sums[0] / count, sums[1] / count
 
 

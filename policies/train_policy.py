@@ -80,6 +80,16 @@ def held_out_rows(bank: EpisodeBank, count: int, seed: int) -> torch.Tensor:
     return torch.randperm(len(bank), generator=gen)[:count].sort().values
 
 
+def chunk_error_sums(
+    sampled: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normalized chunks (B, n, A) and their padding (B, n) -> per dimension, summed over the real
+    steps: the squared error (A,), the constant predictor's (the demos' mean action, 0 in these
+    units) (A,), and the number of steps."""
+    keep = (~is_pad[..., None]).float()
+    return ((sampled - target) ** 2 * keep).sum((0, 1)), (target**2 * keep).sum((0, 1)), keep.sum()
+
+
 @torch.no_grad()
 def held_out_scores(policy: VipraPolicy, batch: dict) -> dict[str, float]:
     """On a preprocessed batch (normalized units) with fixed noise: the flow-matching loss, and the
@@ -93,11 +103,9 @@ def held_out_scores(policy: VipraPolicy, batch: dict) -> dict[str, float]:
     fm_loss = policy.forward(batch)[1]["fm_loss"]
     torch.set_rng_state(state)
     n = cfg.n_action_steps
-    sampled, target = policy.predict_action_chunk(batch, noise=noise)[:, :n], actions[:, :n]
-    keep = (~batch["action_is_pad"][:, :n, None]).float()
-    count = keep.sum((0, 1))
-    mse = ((sampled - target) ** 2 * keep).sum((0, 1)) / count
-    constant = (target**2 * keep).sum((0, 1)) / count
+    sampled = policy.predict_action_chunk(batch, noise=noise)[:, :n]
+    error, constant, count = chunk_error_sums(sampled, actions[:, :n], batch["action_is_pad"][:, :n])
+    mse, constant = error / count, constant / count
     scores = {"fm_loss": fm_loss, "chunk_skill": chunk_skill(mse, constant)}
     return scores | {
         f"chunk_error_ratio_{d}": float(mse[d] / constant[d])

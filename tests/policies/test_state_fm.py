@@ -142,3 +142,35 @@ def test_binary_action_dims_are_snapped_to_zero_or_one():
     torch.testing.assert_close(chunk[..., 6], (raw[..., 6] > 0.5).float(), rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"binary_action_dims \[7\] are not action dimensions \(0..6\)"):
         VipraPolicy(tiny_state_config(binary_action_dims=[7]))
+
+
+def test_held_out_demos_are_whole_episodes_scored_the_same_every_time(datasets, tmp_path):
+    """train.policy.val_fraction: the held-out demos are whole episodes the policy never trains on, and
+    their scores are deterministic and reach summary.json."""
+    from hydra import compose, initialize
+
+    from data.dataset import load_metadata
+    from policies.train_policy import PolicyTask, train
+
+    overrides = [
+        "experiment=ceiling",
+        f"train.policy.dataset={datasets[0] / 'demos'}",
+        f"train.policy.out_dir={tmp_path}",
+        "task.tasks=[stack_block,carrot_on_plate]",
+        "train.policy.steps=2",
+        "train.policy.batch_size=8",
+        "train.policy.val_fraction=0.5",
+        "model.policy.scheduler_warmup_steps=1",
+        "model.policy.dim=32",
+        "model.policy.layers=1",
+    ]
+    with initialize(version_base="1.3", config_path="../../conf"):
+        cfg = compose("config", overrides=overrides)
+    task = PolicyTask(cfg, torch.device("cpu"))
+    trained, held = set(task.bank.episodes), set(task.held_out.episodes)
+    demos = load_metadata(datasets[0] / "demos").total_episodes
+    assert trained and held and not trained & held and len(trained | held) == demos
+    first, again = task.validate(0, task.model), task.validate(0, task.model)
+    assert first == again and first["chunk_skill"] <= 1 and first["fm_loss"] > 0
+    summary = train(cfg)
+    assert summary["held_out_fm_loss"] > 0 and "held_out_chunk_skill" in summary

@@ -25,9 +25,9 @@ def test_shapes_and_context_tokens():
     torch.testing.assert_close(out.frame, frames[:, 1])
 
 
-def test_conv_stem_keypoints_follow_what_moves():
+def test_conv_stem_and_keypoints():
     """The conv stem gives the same token grid; its keypoint token is one more context token, and the
-    spatial softmax's x, y follow a bright square across the frame."""
+    spatial softmax places a map's peak at its x, y in [-1, 1]."""
     cfg = BackboneConfig(**(TINY.to_dict() | {"stem": "conv", "stem_channels": 8, "keypoints": 4}))
     model = VideoBackbone(cfg)
     out = model(torch.rand(3, 2, 3, 32, 32), tokenize(["stack the cube"] * 3, cfg.vocab_size))
