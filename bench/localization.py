@@ -13,6 +13,13 @@ failure lies in what its loss teaches, not in what the pixels hold.
 Encoders: `vit`, the policies' backbone (world_model.backbone, patch tokens unpooled, a linear head on
 them all), and `cnn`, a small convolutional stem with spatial-softmax keypoints (robomimic's and
 Diffusion Policy's choice for low-resolution control).
+
+    python -m bench.localization --backbone outputs/backbone --encoders ""   # the feature probe
+
+With `--backbone`, the probe of pretrained features: the backbone (trained on actionless video only) is
+frozen; its keypoints (conv stem) or patch tokens on frames t-1, t of the demos feed an MLP probe with
+the instruction's task, fitted on the same 70% and scored on the same 30%; beside it the same probe on
+the same architecture with random weights, which tells what pretraining added.
 """
 
 import argparse
@@ -29,7 +36,7 @@ from tqdm import tqdm
 from bench.common import stamp, write_report
 from data.chunks import EpisodeBank, split_episodes
 from policies.vipra.configuration_vipra import ENV_STATE_KEY, STATE_KEY
-from world_model.backbone.model import BackboneConfig, VideoBackbone, tokenize
+from world_model.backbone.model import BackboneConfig, VideoBackbone, load_backbone, tokenize
 from world_model.layers import SpatialSoftmax
 from world_model.training.schedule import warmup_cosine
 
@@ -127,7 +134,81 @@ def fit_encoder(name: str, train: EpisodeBank, held: EpisodeBank, steps: int, ba
     }
 
 
-def run(dataset: str, encoders: list[str], steps: int, batch: int, held_fraction: float, seed: int) -> dict:
+@torch.no_grad()
+def frozen_features(backbone: VideoBackbone, bank: EpisodeBank) -> torch.Tensor:
+    """(F, D) per demo frame: the backbone's keypoints on frames t-1, t, or its patch tokens without."""
+    backbone.eval()
+    out = []
+    for rows in torch.arange(len(bank)).split(256):
+        frames = bank.frames[bank.window(rows, 1).context].float() / 255  # (B, 2, 3, H, W)
+        words = tokenize([bank.tasks[i] for i in rows.tolist()], backbone.cfg.vocab_size)
+        result = backbone(frames, words)
+        P = backbone.cfg.num_patches
+        out.append(result.keypoints if result.keypoints is not None else result.hidden[:, :P].flatten(1))
+    return torch.cat(out)
+
+
+def fit_probe(
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_held: torch.Tensor,
+    steps: int = 3000,
+    batch: int = 256,
+    seed: int = 0,
+) -> torch.Tensor:
+    """An MLP from frozen features (with the task one-hot in them) to the positions; its held-out output."""
+    torch.manual_seed(seed)
+    mu, sd = x_train.mean(0), x_train.std(0).clamp_min(1e-4)
+    y_mu, y_sd = y_train.mean(0), y_train.std(0).clamp_min(1e-3)
+    probe = nn.Sequential(
+        nn.Linear(x_train.shape[1], 256), nn.GELU(), nn.Linear(256, 256), nn.GELU(), nn.Linear(256, y_train.shape[1])
+    )  # fmt: skip
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: warmup_cosine(k, steps, 100, 0.05))
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        rows = torch.randint(len(x_train), (batch,), generator=gen)
+        loss = F.mse_loss(probe((x_train[rows] - mu) / sd), (y_train[rows] - y_mu) / y_sd)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    with torch.no_grad():
+        return probe((x_held - mu) / sd) * y_sd + y_mu
+
+
+def task_one_hot(bank: EpisodeBank, tasks: list[str]) -> torch.Tensor:
+    return torch.tensor([[float(t == name) for name in tasks] for t in bank.tasks])
+
+
+def probe_backbone(path: str, train: EpisodeBank, held: EpisodeBank, seed: int) -> dict:
+    """RMS cm of the MLP probe on the pretrained backbone's frozen features and on a random-weight twin."""
+    pretrained = load_backbone(path)
+    if pretrained.cfg.image_size != train.frames.shape[-1]:
+        raise ValueError(
+            f"the backbone at {path} takes {pretrained.cfg.image_size}x{pretrained.cfg.image_size} frames, "
+            f"the demos are {train.frames.shape[-1]}x{train.frames.shape[-1]}"
+        )
+    torch.manual_seed(seed)
+    backbones = {"pretrained": pretrained, "random_init": VideoBackbone(pretrained.cfg)}
+    tasks = sorted(set(train.tasks))
+    report = {"backbone": str(path), "features": "keypoints" if pretrained.cfg.keypoints else "patch tokens"}
+    for name, backbone in backbones.items():
+        x_train = torch.cat([frozen_features(backbone, train), task_one_hot(train, tasks)], dim=1)
+        x_held = torch.cat([frozen_features(backbone, held), task_one_hot(held, tasks)], dim=1)
+        report[name] = rms_cm(fit_probe(x_train, targets_of(train), x_held, seed=seed), targets_of(held))
+    return report
+
+
+def run(
+    dataset: str,
+    encoders: list[str],
+    steps: int,
+    batch: int,
+    held_fraction: float,
+    seed: int,
+    backbone: str | None = None,
+) -> dict:
     unknown = sorted(set(encoders) - set(ENCODERS))
     if unknown:
         raise ValueError(f"unknown encoders {unknown}; expected some of {sorted(ENCODERS)}")
@@ -139,6 +220,7 @@ def run(dataset: str, encoders: list[str], steps: int, batch: int, held_fraction
     report = {
         "constant_rms_cm": rms_cm(targets_of(train).mean(0).expand_as(y_held), y_held),
         "encoders": {name: fit_encoder(name, train, held, steps, batch, seed) for name in encoders},
+        **({"feature_probe": probe_backbone(backbone, train, held, seed)} if backbone else {}),
         "train_frames": len(train),
         "held_out_frames": len(held),
         "held_out_episodes": len(held_pos),
@@ -157,18 +239,21 @@ def main(argv: list[str] | None = None) -> dict:
         help="a demo LeRobotDataset (make bench-ceiling's)",
     )
     parser.add_argument("--encoders", default="cnn,vit", help="comma-separated, from: " + ", ".join(ENCODERS))
+    parser.add_argument("--backbone", default=None, help="a pretrained backbone run to probe (frozen)")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--held-fraction", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="reports/bench/localization.json")
     args = parser.parse_args(argv)  # (a folder that is no LeRobotDataset: load_metadata names it)
+    encoders = [name for name in args.encoders.split(",") if name]
     report = run(
-        args.dataset, args.encoders.split(","), args.steps, args.batch_size, args.held_fraction, args.seed
+        args.dataset, encoders, args.steps, args.batch_size, args.held_fraction, args.seed, args.backbone
     )
     report |= stamp("python -m bench.localization " + " ".join(sys.argv[1:] if argv is None else argv))
     write_report(Path(args.out), report)
-    print(json.dumps({k: report[k] for k in ("constant_rms_cm", "encoders")}, indent=1))
+    shown = ("constant_rms_cm", "encoders", "feature_probe")
+    print(json.dumps({k: report[k] for k in shown if k in report}, indent=1))
     return report
 
 

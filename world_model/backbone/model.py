@@ -131,6 +131,37 @@ class ConvStem(nn.Module):
         return self.to_tokens(fmap).flatten(2).transpose(1, 2), fmap
 
 
+class KeypointDecoder(nn.Module):
+    """Pretraining only: frame t drawn back from the keypoints alone (a bottleneck of 2K numbers), each
+    keypoint a Gaussian blob on the stem's grid, then a small upsampling CNN over them and a learned
+    background (Jakab et al. 2018's keypoint bottleneck). For the picture to come back the keypoints must
+    sit on what differs between scenes and moves within them, the objects and the hand: the localization
+    an image policy needs, learned from actionless video.
+
+        keypoints (B, 2K) x then y in [-1, 1] -> frame (B, 3, S, S) in [0, 1] (unclamped)
+    """
+
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        K, c, g = cfg.keypoints, cfg.stem_channels, cfg.image_size // 4
+        self.grid, self.sigma = g, 2.0 / g  # one cell of the grid, in [-1, 1] units
+        self.blobs_in = nn.Conv2d(K, c, 3, padding=1)
+        self.background = nn.Parameter(torch.zeros(1, c, g, g))  # the fixed camera's static scene
+        self.body = nn.Sequential(
+            nn.GELU(), nn.Conv2d(c, c, 3, padding=1), nn.GELU(),
+            nn.Upsample(scale_factor=2), nn.Conv2d(c, c // 2, 3, padding=1), nn.GELU(),
+            nn.Upsample(scale_factor=2), nn.Conv2d(c // 2, 3, 3, padding=1),
+        )  # fmt: skip
+
+    def forward(self, keypoints: torch.Tensor) -> torch.Tensor:
+        x, y = keypoints.chunk(2, dim=1)  # (B, K) each
+        line = torch.linspace(-1, 1, self.grid, device=keypoints.device, dtype=keypoints.dtype)
+        dx = (line - x[..., None]) ** 2  # (B, K, g): along the width
+        dy = (line - y[..., None]) ** 2  # (B, K, g): along the height
+        blobs = torch.exp(-(dy[..., :, None] + dx[..., None, :]) / (2 * self.sigma**2))  # (B, K, g, g)
+        return self.body(self.blobs_in(blobs) + self.background) + 0.5
+
+
 class VideoBackbone(nn.Module):
     def __init__(self, cfg: BackboneConfig):
         super().__init__()
@@ -146,6 +177,7 @@ class VideoBackbone(nn.Module):
             self.keypoint_embed = nn.Sequential(
                 nn.Linear(2 * cfg.keypoints, 4 * C), nn.GELU(), nn.Linear(4 * C, C)
             )  # an MLP, so the decoder reads offsets between keypoints (hand to object), not only each one
+            self.keypoint_decoder = KeypointDecoder(cfg)  # pretraining's keypoint loss; unused after
         self.word_embed = nn.EmbeddingBag(cfg.vocab_size, C, mode="mean", padding_idx=0)
         self.queries = nn.Parameter(torch.randn(1, Q, C) * 0.02)
         self.pos = nn.Parameter(torch.randn(1, P + 1 + Q, C) * 0.02)
@@ -210,9 +242,19 @@ class VideoBackbone(nn.Module):
 
 
 def backbone_loss(
-    out: BackboneOutput, future: torch.Tensor, codes: torch.Tensor, frame_weight: float, action_weight: float
+    out: BackboneOutput,
+    future: torch.Tensor,
+    codes: torch.Tensor,
+    frame_weight: float,
+    action_weight: float,
+    drawn: torch.Tensor | None = None,
+    now: torch.Tensor | None = None,
+    keypoint_weight: float = 0.0,
+    keypoint_detail: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """future (B, 3, H, W) in [0, 1]; codes (B, H, N) with -1 where no label exists (past an episode's end).
+    """future (B, 3, H, W) in [0, 1]; codes (B, H, N) with -1 where no label exists (past an episode's end
+    or a video without latent actions); `drawn` the keypoint decoder's frame t, scored against `now`,
+    each pixel weighted by `detail_weights(now, keypoint_detail)`.
 
     Returns the weighted loss and its terms (unweighted), with the top-1 accuracy of the code predictions.
     """
@@ -224,7 +266,21 @@ def backbone_loss(
     else:  # a batch entirely past episode ends: nothing to score
         action = accuracy = out.logits.sum() * 0
     loss = frame_weight * frame + action_weight * action
-    return loss, {"frame_mse": frame, "action_ce": action, "action_acc": accuracy}
+    terms = {"frame_mse": frame, "action_ce": action, "action_acc": accuracy}
+    if drawn is not None:
+        weights = detail_weights(now, keypoint_detail)
+        terms["keypoint_mse"] = F.mse_loss(drawn, now)
+        weighted = ((drawn - now) ** 2 * weights).mean() / weights.mean()
+        loss = loss + keypoint_weight * weighted
+    return loss, terms
+
+
+def detail_weights(frame: torch.Tensor, strength: float, size: int = 9) -> torch.Tensor:
+    """(B, 1, H, W) per-pixel loss weights 1 + strength x |frame - its local mean|: a 5-pixel object on a
+    plain table weighs little in a plain MSE (the arm and the big targets win the keypoints); its contrast
+    with its surroundings brings it back."""
+    local = F.avg_pool2d(frame, size, stride=1, padding=size // 2, count_include_pad=False)
+    return 1 + strength * (frame - local).abs().mean(1, keepdim=True)
 
 
 def backbone_config_of(path: str | Path) -> dict:

@@ -29,25 +29,38 @@ EMBODIMENTS = {"robot": 0, "hand": 1}
 
 
 # ---------------------------------------------------------------------------------------------- data
-def load_labelled_video(dataset: str | Path, labels: str | Path, image_key: str, embodiment: str | None):
-    """The video dataset in memory with its latent-action codes as the `codes` column (F, N)."""
-    labels = Path(labels)
-    if not labels.is_file():
-        raise FileNotFoundError(
-            f"no latent-action labels at {labels}; write them with "
-            f"`python -m world_model.lam.label label.dataset={dataset} label.out={labels}`"
-        )
-    label = load_file(labels)
+def load_labelled_video(
+    dataset: str | Path,
+    labels: str | Path | None,
+    image_key: str,
+    embodiment: str | None,
+    tokens_per_step: int = 4,
+    num_codes: int = 8,
+):
+    """The video dataset in memory with its latent-action codes as the `codes` column (F, N); with no
+    `labels`, codes of -1 (no latent action anywhere: pretraining on the frames alone). Returns the bank,
+    the codebook size and the tokens per step (the labels', or the given ones)."""
     bank = EpisodeBank.load(dataset, image_key, columns=["embodiment"] if embodiment else [])
-    if not torch.equal(label["episode_index"], bank.episode_index):
-        raise ValueError(f"labels {labels} do not match the frames of {dataset} (was it regenerated?)")
-    bank.columns["codes"] = label["codes"]
+    if labels is None:
+        bank.columns["codes"] = torch.full((len(bank), tokens_per_step), -1, dtype=torch.long)
+    else:
+        labels = Path(labels)
+        if not labels.is_file():
+            raise FileNotFoundError(
+                f"no latent-action labels at {labels}; write them with "
+                f"`python -m world_model.lam.label label.dataset={dataset} label.out={labels}`"
+            )
+        label = load_file(labels)
+        if not torch.equal(label["episode_index"], bank.episode_index):
+            raise ValueError(f"labels {labels} do not match the frames of {dataset} (was it regenerated?)")
+        bank.columns["codes"] = label["codes"]
+        num_codes, tokens_per_step = int(label["codebook"].shape[0]), int(label["codes"].shape[1])
     if embodiment is not None:
         if embodiment not in EMBODIMENTS:
             raise ValueError(f"embodiment must be one of {list(EMBODIMENTS)} or null, got {embodiment!r}")
         keep = bank.columns["embodiment"].flatten() == EMBODIMENTS[embodiment]
         bank = bank.subset(torch.unique(bank.episode_index[keep]).tolist())
-    return bank, int(label["codebook"].shape[0]), int(label["codes"].shape[1])
+    return bank, num_codes, tokens_per_step
 
 
 def make_batch(
@@ -79,13 +92,19 @@ def evaluate(model: VideoBackbone, bank: EpisodeBank, majority_code: int, num: i
     frames, words, future, codes = (t.to(device) for t in batch)
     out = model(frames, words)
     valid = codes >= 0
-    model.train()
-    return {
+    scores = {
         "frame_mse": torch.mean((out.frame.clamp(0, 1) - future) ** 2).item(),
         "copy_mse": torch.mean((frames[:, 1] - future) ** 2).item(),
-        "action_acc": (out.logits.argmax(-1)[valid] == codes[valid]).float().mean().item(),
-        "majority_acc": (codes[valid] == majority_code).float().mean().item(),
     }
+    if valid.any():  # (video without latent actions has no codes to score)
+        scores["action_acc"] = (out.logits.argmax(-1)[valid] == codes[valid]).float().mean().item()
+        scores["majority_acc"] = (codes[valid] == majority_code).float().mean().item()
+    if out.keypoints is not None:  # frame t drawn back from the keypoints, against its mean colour
+        drawn = model.keypoint_decoder(out.keypoints).clamp(0, 1)
+        scores["keypoint_mse"] = torch.mean((drawn - frames[:, 1]) ** 2).item()
+        scores["mean_frame_mse"] = torch.mean((frames[:, 1].mean(0) - frames[:, 1]) ** 2).item()
+    model.train()
+    return scores
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -97,8 +116,20 @@ class Objective(torch.nn.Module):
         self.model, self.loss_cfg = model, loss_cfg
 
     def forward(self, frames, words, future, codes):
+        out, weights = self.model(frames, words), self.loss_cfg
+        drawn = None
+        if weights.get("keypoints", 0) > 0:
+            drawn = self.model.keypoint_decoder(out.keypoints)
         return backbone_loss(
-            self.model(frames, words), future, codes, self.loss_cfg.frame, self.loss_cfg.action
+            out,
+            future,
+            codes,
+            weights.frame,
+            weights.action,
+            drawn,
+            frames[:, 1],
+            weights.get("keypoints", 0),
+            weights.get("keypoint_detail", 0),
         )
 
 
@@ -109,14 +140,27 @@ class BackboneTask(TrainTask):
 
     def __init__(self, cfg: DictConfig, device: torch.device):
         tcfg = self.tcfg = cfg.train.backbone
+        arch = OmegaConf.to_container(cfg.model.backbone, resolve=True)
+        if tcfg.labels is None and tcfg.loss.action > 0:
+            raise ValueError(
+                "train.backbone.labels is null (no latent actions) but train.backbone.loss.action is "
+                f"{tcfg.loss.action}: set the action loss to 0 or point labels at the latent-action labels"
+            )
+        if tcfg.loss.get("keypoints", 0) > 0 and not arch.get("keypoints"):
+            raise ValueError(
+                "train.backbone.loss.keypoints > 0 draws the frame back from the stem's keypoints: set "
+                "model.backbone.stem=conv and model.backbone.keypoints > 0"
+            )
+        defaults = BackboneConfig()
         bank, num_codes, tokens = load_labelled_video(
-            tcfg.dataset, tcfg.labels, cfg.task.image_key, tcfg.embodiment
+            tcfg.dataset,
+            tcfg.labels,
+            cfg.task.image_key,
+            tcfg.embodiment,
+            arch.pop("tokens_per_step", defaults.tokens_per_step),
+            arch.pop("num_codes", defaults.num_codes),
         )
-        model_cfg = BackboneConfig(
-            **OmegaConf.to_container(cfg.model.backbone, resolve=True),
-            num_codes=num_codes,
-            tokens_per_step=tokens,
-        )
+        model_cfg = BackboneConfig(**arch, num_codes=num_codes, tokens_per_step=tokens)
         if model_cfg.image_size != bank.frames.shape[-1]:
             raise ValueError(
                 f"{cfg.task.image_key!r} in {tcfg.dataset} is {bank.frames.shape[-1]} pixels wide, the backbone "
