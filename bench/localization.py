@@ -177,6 +177,40 @@ def fit_probe(
         return probe((x_held - mu) / sd) * y_sd + y_mu
 
 
+@torch.no_grad()
+def draw_keypoints(backbone: VideoBackbone, bank: EpisodeBank, path: Path, scenes: int = 8) -> None:
+    """A figure of what the keypoints track: demo frames with the keypoints over them, and under them the
+    frame the keypoint decoder draws back from those keypoints alone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    K = backbone.cfg.keypoints
+    starts = bank.episode_start.unique()
+    rows = starts[torch.linspace(0, len(starts) - 1, scenes).long()] + 20  # 20 steps in: the hand has moved
+    rows = torch.minimum(rows, bank.episode_end[rows])
+    frames = bank.frames[bank.window(rows, 1).context].float() / 255
+    out = backbone(frames, tokenize([bank.tasks[i] for i in rows.tolist()], backbone.cfg.vocab_size))
+    drawn = backbone.keypoint_decoder(out.keypoints).clamp(0, 1)
+    fig, axes = plt.subplots(2, scenes, figsize=(1.6 * scenes, 3.4))
+    size = frames.shape[-1] - 1
+    for j in range(scenes):
+        x, y = ((out.keypoints[j] + 1) / 2 * size).split(K)
+        axes[0, j].imshow(frames[j, 1].permute(1, 2, 0))
+        axes[0, j].scatter(x, y, c=range(K), cmap="tab20", s=6)
+        axes[1, j].imshow(drawn[j].permute(1, 2, 0))
+        for ax in axes[:, j]:
+            ax.axis("off")
+    axes[0, 0].set_title("keypoints", fontsize=8, loc="left")
+    axes[1, 0].set_title("drawn back from them", fontsize=8, loc="left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path.with_suffix(".tmp.png"), dpi=90)
+    plt.close(fig)
+    path.with_suffix(".tmp.png").replace(path)
+
+
 def task_one_hot(bank: EpisodeBank, tasks: list[str]) -> torch.Tensor:
     return torch.tensor([[float(t == name) for name in tasks] for t in bank.tasks])
 
@@ -240,6 +274,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--encoders", default="cnn,vit", help="comma-separated, from: " + ", ".join(ENCODERS))
     parser.add_argument("--backbone", default=None, help="a pretrained backbone run to probe (frozen)")
+    parser.add_argument(
+        "--figure", default=None, help="with --backbone (keypoints): draw what they track to this png"
+    )
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--held-fraction", type=float, default=0.3)
@@ -252,6 +289,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     report |= stamp("python -m bench.localization " + " ".join(sys.argv[1:] if argv is None else argv))
     write_report(Path(args.out), report)
+    if args.figure and args.backbone:
+        bank = EpisodeBank.load(args.dataset, IMAGE_KEY, columns=[])
+        draw_keypoints(load_backbone(args.backbone), bank, Path(args.figure))
     shown = ("constant_rms_cm", "encoders", "feature_probe")
     print(json.dumps({k: report[k] for k in shown if k in report}, indent=1))
     return report
