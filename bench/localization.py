@@ -192,7 +192,7 @@ def draw_keypoints(backbone: VideoBackbone, bank: EpisodeBank, path: Path, scene
     rows = torch.minimum(rows, bank.episode_end[rows])
     frames = bank.frames[bank.window(rows, 1).context].float() / 255
     out = backbone(frames, tokenize([bank.tasks[i] for i in rows.tolist()], backbone.cfg.vocab_size))
-    drawn = backbone.keypoint_decoder(out.keypoints).clamp(0, 1)
+    drawn = backbone.keypoint_decoder(out.keypoints, out.descriptors).clamp(0, 1)
     fig, axes = plt.subplots(2, scenes, figsize=(1.6 * scenes, 3.4))
     size = frames.shape[-1] - 1
     for j in range(scenes):

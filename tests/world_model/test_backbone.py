@@ -37,6 +37,13 @@ def test_conv_stem_and_keypoints():
         and cfg.num_context_tokens == 4 + 1 + 5 + 1
     )
 
+    described = VideoBackbone(BackboneConfig(**(cfg.to_dict() | {"keypoint_descriptor": 3})))
+    out = described(torch.rand(3, 2, 3, 32, 32), tokenize(["stack the cube"] * 3, cfg.vocab_size))
+    assert out.descriptors.shape == (3, 4, 3)
+    assert described.keypoint_decoder(out.keypoints, out.descriptors).shape == (3, 3, 32, 32)
+    with pytest.raises(ValueError, match="set keypoints > 0"):
+        BackboneConfig(stem="conv", keypoint_descriptor=3)
+
     maps = torch.full((2, 1, 8, 8), -10.0)
     maps[0, 0, 1, 6] = maps[1, 0, 6, 1] = 10.0  # one hot cell: row 1 col 6, and row 6 col 1
     x, y = SpatialSoftmax()(maps).T

@@ -52,6 +52,10 @@ class BackboneConfig:
     # > 0 (conv stem only): that many spatial-softmax keypoints of the stem's map, an MLP of their x, y
     # as one more context token: where things are, in image coordinates (robomimic's encoder).
     keypoints: int = 0
+    # > 0 (pretraining with the keypoint loss): each keypoint also carries that many numbers of what it
+    # sits on (the stem's map averaged under its softmax), painted into its blob by the keypoint decoder,
+    # so that one keypoint can follow "the object to pick", whichever it is, by its look.
+    keypoint_descriptor: int = 0
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
@@ -70,6 +74,8 @@ class BackboneConfig:
             raise ValueError(
                 f"the conv stem works at a quarter of the image: patch_size {self.patch_size} must be a multiple of 4"
             )
+        if self.keypoint_descriptor and not self.keypoints:
+            raise ValueError("keypoint_descriptor describes keypoints: set keypoints > 0")
         if self.keypoints and self.stem != "conv":
             raise ValueError(
                 f"keypoints come from the conv stem's map: stem must be 'conv' (got {self.stem!r})"
@@ -110,6 +116,7 @@ class BackboneOutput:
     frame: torch.Tensor  # (B, 3, H, W) predicted frame t+H (unclamped)
     logits: torch.Tensor  # (B, H, N, K) latent-action code logits per future step
     keypoints: torch.Tensor | None = None  # (B, 2 * keypoints) x then y in [-1, 1] (conv stem), else None
+    descriptors: torch.Tensor | None = None  # (B, keypoints, keypoint_descriptor) with keypoint_descriptor
 
 
 class ConvStem(nn.Module):
@@ -138,14 +145,15 @@ class KeypointDecoder(nn.Module):
     sit on what differs between scenes and moves within them, the objects and the hand: the localization
     an image policy needs, learned from actionless video.
 
-        keypoints (B, 2K) x then y in [-1, 1] -> frame (B, 3, S, S) in [0, 1] (unclamped)
+        keypoints (B, 2K) x then y in [-1, 1], descriptors (B, K, D) or None -> frame (B, 3, S, S) in [0, 1]
+        (unclamped); each blob carries its keypoint's descriptor (D more input maps) when there are some
     """
 
     def __init__(self, cfg: BackboneConfig):
         super().__init__()
         K, c, g = cfg.keypoints, cfg.stem_channels, cfg.image_size // 4
         self.grid, self.sigma = g, 2.0 / g  # one cell of the grid, in [-1, 1] units
-        self.blobs_in = nn.Conv2d(K, c, 3, padding=1)
+        self.blobs_in = nn.Conv2d(K + cfg.keypoint_descriptor, c, 3, padding=1)
         self.background = nn.Parameter(torch.zeros(1, c, g, g))  # the fixed camera's static scene
         self.body = nn.Sequential(
             nn.GELU(), nn.Conv2d(c, c, 3, padding=1), nn.GELU(),
@@ -153,12 +161,15 @@ class KeypointDecoder(nn.Module):
             nn.Upsample(scale_factor=2), nn.Conv2d(c // 2, 3, 3, padding=1),
         )  # fmt: skip
 
-    def forward(self, keypoints: torch.Tensor) -> torch.Tensor:
+    def forward(self, keypoints: torch.Tensor, descriptors: torch.Tensor | None = None) -> torch.Tensor:
         x, y = keypoints.chunk(2, dim=1)  # (B, K) each
         line = torch.linspace(-1, 1, self.grid, device=keypoints.device, dtype=keypoints.dtype)
         dx = (line - x[..., None]) ** 2  # (B, K, g): along the width
         dy = (line - y[..., None]) ** 2  # (B, K, g): along the height
         blobs = torch.exp(-(dy[..., :, None] + dx[..., None, :]) / (2 * self.sigma**2))  # (B, K, g, g)
+        if descriptors is not None:
+            painted = torch.einsum("bkhw,bkd->bdhw", blobs, descriptors)  # (B, D, g, g)
+            blobs = torch.cat([blobs, painted], dim=1)
         return self.body(self.blobs_in(blobs) + self.background) + 0.5
 
 
@@ -178,6 +189,8 @@ class VideoBackbone(nn.Module):
                 nn.Linear(2 * cfg.keypoints, 4 * C), nn.GELU(), nn.Linear(4 * C, C)
             )  # an MLP, so the decoder reads offsets between keypoints (hand to object), not only each one
             self.keypoint_decoder = KeypointDecoder(cfg)  # pretraining's keypoint loss; unused after
+            if cfg.keypoint_descriptor:
+                self.to_descriptor = nn.Linear(cfg.stem_channels, cfg.keypoint_descriptor)
         self.word_embed = nn.EmbeddingBag(cfg.vocab_size, C, mode="mean", padding_idx=0)
         self.queries = nn.Parameter(torch.randn(1, Q, C) * 0.02)
         self.pos = nn.Parameter(torch.randn(1, P + 1 + Q, C) * 0.02)
@@ -209,11 +222,15 @@ class VideoBackbone(nn.Module):
         cfg, B = self.cfg, len(frames)
         now, diff = frames[:, 1], frames[:, 1] - frames[:, 0]
         x = torch.cat([now * 2 - 1, 4 * diff], dim=1)  # (B, 6, H, W); differences are small
-        keypoints = None
+        keypoints = descriptors = None
         if cfg.stem == "conv":
             patches, fmap = self.stem(x)  # (B, P, C), (B, c, H/4, W/4)
             if cfg.keypoints:
-                keypoints = self.spatial_softmax(self.to_keypoint_maps(fmap))  # (B, 2K)
+                maps = self.to_keypoint_maps(fmap)  # (B, K, H/4, W/4)
+                keypoints = self.spatial_softmax(maps)  # (B, 2K)
+                if cfg.keypoint_descriptor:
+                    where = maps.flatten(2).softmax(-1)  # (B, K, h*w)
+                    descriptors = self.to_descriptor(where @ fmap.flatten(2).transpose(1, 2))  # (B, K, D)
         else:
             patches = self.patch_embed(patchify(x[:, None], cfg.patch_size)[:, 0])  # (B, P, C)
         instruction = self.word_embed(words)[:, None]  # (B, 1, C)
@@ -225,7 +242,7 @@ class VideoBackbone(nn.Module):
         P = cfg.num_patches
         change = unpatchify(self.to_pixels(hidden[:, None, :P]), cfg.patch_size, cfg.image_size)[:, 0]
         logits = self.to_logits(hidden[:, P + 1 :]).view(B, cfg.horizon, cfg.tokens_per_step, cfg.num_codes)
-        return BackboneOutput(hidden, now + change, logits, keypoints)
+        return BackboneOutput(hidden, now + change, logits, keypoints, descriptors)
 
     def features(self, out: BackboneOutput) -> torch.Tensor:
         """Context for the action decoder: (B, cfg.num_context_tokens, C)."""

@@ -100,7 +100,7 @@ def evaluate(model: VideoBackbone, bank: EpisodeBank, majority_code: int, num: i
         scores["action_acc"] = (out.logits.argmax(-1)[valid] == codes[valid]).float().mean().item()
         scores["majority_acc"] = (codes[valid] == majority_code).float().mean().item()
     if out.keypoints is not None:  # frame t drawn back from the keypoints, against its mean colour
-        drawn = model.keypoint_decoder(out.keypoints).clamp(0, 1)
+        drawn = model.keypoint_decoder(out.keypoints, out.descriptors).clamp(0, 1)
         scores["keypoint_mse"] = torch.mean((drawn - frames[:, 1]) ** 2).item()
         scores["mean_frame_mse"] = torch.mean((frames[:, 1].mean(0) - frames[:, 1]) ** 2).item()
     model.train()
@@ -119,7 +119,7 @@ class Objective(torch.nn.Module):
         out, weights = self.model(frames, words), self.loss_cfg
         drawn = None
         if weights.get("keypoints", 0) > 0:
-            drawn = self.model.keypoint_decoder(out.keypoints)
+            drawn = self.model.keypoint_decoder(out.keypoints, out.descriptors)
         return backbone_loss(
             out,
             future,
