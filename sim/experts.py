@@ -147,13 +147,33 @@ class ScriptedPolicy:
 
     name = "scripted"
 
-    def __init__(self, task: str, noise: float = 0.0, seed: int = 0, align_yaw: bool = True):
+    def __init__(
+        self,
+        task: str,
+        noise: float = 0.0,
+        seed: int = 0,
+        align_yaw: bool = True,
+        pose_noise: float = 0.0,
+        yaw_noise: float = 0.0,
+    ):
+        """`pose_noise` (m) and `yaw_noise` (rad): the standard deviation of an error in where the expert
+        believes the objects are (x, y of source and target) and how they are turned, drawn once per
+        episode: the expert as an image policy that localizes that well (the localization a task needs)."""
         self.task, self.noise, self.align_yaw = get_task(task), noise, align_yaw
+        self.pose_noise, self.yaw_noise = pose_noise, yaw_noise
         self.rng = np.random.default_rng(seed)
         self.controllers: list[ExpertController] = []
+        self.belief_errors: list[np.ndarray] = []
 
     def reset(self) -> None:
-        self.controllers = []
+        self.controllers, self.belief_errors = [], []
+
+    def _belief_error(self) -> np.ndarray:
+        """(8,) added to the environment state: source x, y, yaw and target x, y, yaw (never z)."""
+        error = np.zeros(8)
+        error[[0, 1, 4, 5]] = self.rng.normal(0, self.pose_noise, 4) if self.pose_noise else 0
+        error[[3, 7]] = self.rng.normal(0, self.yaw_noise, 2) if self.yaw_noise else 0
+        return error
 
     def select_action(self, batch: dict) -> torch.Tensor:
         if ENV_STATE_KEY not in batch:
@@ -161,6 +181,9 @@ class ScriptedPolicy:
                 f"the scripted expert needs {ENV_STATE_KEY!r} in the batch; got keys {sorted(batch)}"
             )
         state, env_state = _to_numpy(batch[STATE_KEY]), _to_numpy(batch[ENV_STATE_KEY])
+        while len(self.belief_errors) < len(state):
+            self.belief_errors.append(self._belief_error())
+        env_state = env_state + np.stack(self.belief_errors[: len(state)]).astype(env_state.dtype)
         while len(self.controllers) < len(state):
             self.controllers.append(
                 ExpertController(

@@ -63,3 +63,21 @@ def test_chunked_expert_plans_open_loop_chunks_that_succeed():
     assert np.linalg.norm(moved - src) < np.linalg.norm(hand - src)
     with pytest.raises(ValueError, match="n_action_steps"):
         ChunkedExpertPolicy("stack_block", chunk_size=4, n_action_steps=5)
+
+
+def test_belief_error_moves_where_the_expert_goes_once_per_episode():
+    """pose_noise shifts where the expert believes the objects are, by one error per episode (reset
+    draws a new one), never their height; without it the expert is unchanged."""
+    state = torch.tensor([[0.1, 0.05, 0.13, 0, 0, 0, 1.0]] * 2)  # the hand above the source: no clipping
+    env_state = torch.tensor([[0.1, 0.05, 0.02, 0.3, -0.1, 0.0, 0.01, 0.0]] * 2)
+    batch = {"observation.state": state, "observation.environment_state": env_state}
+    clean = ScriptedPolicy("stack_block").select_action(batch)
+    assert torch.equal(clean, ScriptedPolicy("stack_block", pose_noise=0.0).select_action(batch))
+    noisy = ScriptedPolicy("stack_block", pose_noise=0.01, yaw_noise=0.2, seed=1)
+    first = noisy.select_action(batch)
+    assert not torch.allclose(first[:, :2], clean[:, :2]) and not torch.allclose(first[0], first[1])
+    error = noisy.belief_errors[0]
+    assert error[[2, 6]].tolist() == [0, 0] and np.all(error[[0, 1, 3, 4, 5, 7]] != 0)
+    assert torch.equal(noisy.select_action(batch), first)  # the same error for the rest of the episode
+    noisy.reset()
+    assert not torch.equal(noisy.select_action(batch), first)
