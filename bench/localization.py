@@ -36,7 +36,7 @@ from tqdm import tqdm
 from bench.common import stamp, write_report
 from data.chunks import EpisodeBank, split_episodes
 from policies.vipra.configuration_vipra import ENV_STATE_KEY, STATE_KEY
-from world_model.backbone.model import BackboneConfig, VideoBackbone, load_backbone, tokenize
+from world_model.backbone.model import BackboneConfig, VideoBackbone, keypoint_vector, load_backbone, tokenize
 from world_model.layers import SpatialSoftmax
 from world_model.training.schedule import warmup_cosine
 
@@ -136,7 +136,8 @@ def fit_encoder(name: str, train: EpisodeBank, held: EpisodeBank, steps: int, ba
 
 @torch.no_grad()
 def frozen_features(backbone: VideoBackbone, bank: EpisodeBank) -> torch.Tensor:
-    """(F, D) per demo frame: the backbone's keypoints on frames t-1, t, or its patch tokens without."""
+    """(F, D) per demo frame: the backbone's keypoints (with their descriptors) on frames t-1, t, or its
+    patch tokens without keypoints."""
     backbone.eval()
     out = []
     for rows in torch.arange(len(bank)).split(256):
@@ -144,7 +145,9 @@ def frozen_features(backbone: VideoBackbone, bank: EpisodeBank) -> torch.Tensor:
         words = tokenize([bank.tasks[i] for i in rows.tolist()], backbone.cfg.vocab_size)
         result = backbone(frames, words)
         P = backbone.cfg.num_patches
-        out.append(result.keypoints if result.keypoints is not None else result.hidden[:, :P].flatten(1))
+        out.append(
+            keypoint_vector(result) if result.keypoints is not None else result.hidden[:, :P].flatten(1)
+        )
     return torch.cat(out)
 
 

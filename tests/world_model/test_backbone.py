@@ -40,6 +40,7 @@ def test_conv_stem_and_keypoints():
     described = VideoBackbone(BackboneConfig(**(cfg.to_dict() | {"keypoint_descriptor": 3})))
     out = described(torch.rand(3, 2, 3, 32, 32), tokenize(["stack the cube"] * 3, cfg.vocab_size))
     assert out.descriptors.shape == (3, 4, 3)
+    assert described.features(out).shape == (3, cfg.num_context_tokens, 32)  # the keypoint token reads them
     assert described.keypoint_decoder(out.keypoints, out.descriptors).shape == (3, 3, 32, 32)
     with pytest.raises(ValueError, match="set keypoints > 0"):
         BackboneConfig(stem="conv", keypoint_descriptor=3)

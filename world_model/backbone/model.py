@@ -186,7 +186,9 @@ class VideoBackbone(nn.Module):
             self.to_keypoint_maps = nn.Conv2d(cfg.stem_channels, cfg.keypoints, 1)
             self.spatial_softmax = SpatialSoftmax()
             self.keypoint_embed = nn.Sequential(
-                nn.Linear(2 * cfg.keypoints, 4 * C), nn.GELU(), nn.Linear(4 * C, C)
+                nn.Linear(cfg.keypoints * (2 + cfg.keypoint_descriptor), 4 * C),
+                nn.GELU(),
+                nn.Linear(4 * C, C),
             )  # an MLP, so the decoder reads offsets between keypoints (hand to object), not only each one
             self.keypoint_decoder = KeypointDecoder(cfg)  # pretraining's keypoint loss; unused after
             if cfg.keypoint_descriptor:
@@ -254,8 +256,15 @@ class VideoBackbone(nn.Module):
         expected = self.code_embed(out.logits.softmax(-1).flatten(2))  # (B, H, C): the predicted latents
         tokens = [pooled, out.hidden[:, P : P + 1], steps + expected]
         if out.keypoints is not None:
-            tokens.append(self.keypoint_embed(out.keypoints)[:, None])  # (B, 1, C)
+            tokens.append(self.keypoint_embed(keypoint_vector(out))[:, None])  # (B, 1, C)
         return torch.cat(tokens, dim=1)
+
+
+def keypoint_vector(out: BackboneOutput) -> torch.Tensor:
+    """(B, 2K) keypoints, or (B, K * (2 + D)) with their descriptors: where things are (and what they look like)."""
+    if out.descriptors is None:
+        return out.keypoints
+    return torch.cat([out.keypoints, out.descriptors.flatten(1)], dim=1)
 
 
 def backbone_loss(
