@@ -44,6 +44,16 @@ def test_conv_stem_and_keypoints():
     assert described.keypoint_decoder(out.keypoints, out.descriptors).shape == (3, 3, 32, 32)
     with pytest.raises(ValueError, match="set keypoints > 0"):
         BackboneConfig(stem="conv", keypoint_descriptor=3)
+    forecasting = VideoBackbone(BackboneConfig(**(cfg.to_dict() | {"keypoint_forecast": True})))
+    words = tokenize(["stack the cube"] * 3, cfg.vocab_size)
+    out = forecasting(torch.rand(3, 2, 3, 32, 32), words)
+    future = torch.rand(3, 3, 32, 32)
+    forecast = (forecasting.forecast_keypoints(out, words), forecasting.keypoints_of(future))
+    assert forecast[0].shape == forecast[1].shape == (3, 8)
+    _, terms = backbone_loss(
+        out, future, torch.full((3, 5, 2), -1), 1.0, 0.0, forecast=forecast, forecast_weight=1.0
+    )
+    torch.testing.assert_close(terms["forecast_mse"], ((forecast[0] - forecast[1]) ** 2).mean())
 
     maps = torch.full((2, 1, 8, 8), -10.0)
     maps[0, 0, 1, 6] = maps[1, 0, 6, 1] = 10.0  # one hot cell: row 1 col 6, and row 6 col 1

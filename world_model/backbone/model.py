@@ -56,6 +56,10 @@ class BackboneConfig:
     # sits on (the stem's map averaged under its softmax), painted into its blob by the keypoint decoder,
     # so that one keypoint can follow "the object to pick", whichever it is, by its look.
     keypoint_descriptor: int = 0
+    # Pretraining only: a small MLP that forecasts the keypoints of frame t+H from frame t's and the
+    # instruction (train.backbone.loss.keypoint_forecast). Where the hand will be is where the object
+    # to pick is, so the keypoints at t must hold it: the video's actions teach what to look at.
+    keypoint_forecast: bool = False
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
@@ -74,6 +78,8 @@ class BackboneConfig:
             raise ValueError(
                 f"the conv stem works at a quarter of the image: patch_size {self.patch_size} must be a multiple of 4"
             )
+        if self.keypoint_forecast and not self.keypoints:
+            raise ValueError("keypoint_forecast forecasts keypoints: set keypoints > 0")
         if self.keypoint_descriptor and not self.keypoints:
             raise ValueError("keypoint_descriptor describes keypoints: set keypoints > 0")
         if self.keypoints and self.stem != "conv":
@@ -193,6 +199,11 @@ class VideoBackbone(nn.Module):
             self.keypoint_decoder = KeypointDecoder(cfg)  # pretraining's keypoint loss; unused after
             if cfg.keypoint_descriptor:
                 self.to_descriptor = nn.Linear(cfg.stem_channels, cfg.keypoint_descriptor)
+            if cfg.keypoint_forecast:
+                self.keypoint_forecaster = nn.Sequential(
+                    nn.Linear(cfg.keypoints * (2 + cfg.keypoint_descriptor) + C, 512), nn.GELU(),
+                    nn.Linear(512, 512), nn.GELU(), nn.Linear(512, 2 * cfg.keypoints),
+                )  # fmt: skip
         self.word_embed = nn.EmbeddingBag(cfg.vocab_size, C, mode="mean", padding_idx=0)
         self.queries = nn.Parameter(torch.randn(1, Q, C) * 0.02)
         self.pos = nn.Parameter(torch.randn(1, P + 1 + Q, C) * 0.02)
@@ -228,11 +239,7 @@ class VideoBackbone(nn.Module):
         if cfg.stem == "conv":
             patches, fmap = self.stem(x)  # (B, P, C), (B, c, H/4, W/4)
             if cfg.keypoints:
-                maps = self.to_keypoint_maps(fmap)  # (B, K, H/4, W/4)
-                keypoints = self.spatial_softmax(maps)  # (B, 2K)
-                if cfg.keypoint_descriptor:
-                    where = maps.flatten(2).softmax(-1)  # (B, K, h*w)
-                    descriptors = self.to_descriptor(where @ fmap.flatten(2).transpose(1, 2))  # (B, K, D)
+                keypoints, descriptors = self.locate(fmap)
         else:
             patches = self.patch_embed(patchify(x[:, None], cfg.patch_size)[:, 0])  # (B, P, C)
         instruction = self.word_embed(words)[:, None]  # (B, 1, C)
@@ -245,6 +252,24 @@ class VideoBackbone(nn.Module):
         change = unpatchify(self.to_pixels(hidden[:, None, :P]), cfg.patch_size, cfg.image_size)[:, 0]
         logits = self.to_logits(hidden[:, P + 1 :]).view(B, cfg.horizon, cfg.tokens_per_step, cfg.num_codes)
         return BackboneOutput(hidden, now + change, logits, keypoints, descriptors)
+
+    def locate(self, fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The stem's map (B, c, h, w) -> keypoints (B, 2K) and their descriptors (B, K, D) or None."""
+        maps = self.to_keypoint_maps(fmap)  # (B, K, h, w)
+        keypoints = self.spatial_softmax(maps)
+        if not self.cfg.keypoint_descriptor:
+            return keypoints, None
+        where = maps.flatten(2).softmax(-1)  # (B, K, h*w)
+        return keypoints, self.to_descriptor(where @ fmap.flatten(2).transpose(1, 2))
+
+    def keypoints_of(self, frame: torch.Tensor) -> torch.Tensor:
+        """(B, 2K) keypoints of a single frame (B, 3, H, W) in [0, 1], seen without motion."""
+        x = torch.cat([frame * 2 - 1, torch.zeros_like(frame)], dim=1)
+        return self.locate(self.stem(x)[1])[0]
+
+    def forecast_keypoints(self, out: BackboneOutput, words: torch.Tensor) -> torch.Tensor:
+        """(B, 2K): frame t+H's keypoints forecast from frame t's (with descriptors) and the instruction."""
+        return self.keypoint_forecaster(torch.cat([keypoint_vector(out), self.word_embed(words)], dim=1))
 
     def features(self, out: BackboneOutput) -> torch.Tensor:
         """Context for the action decoder: (B, cfg.num_context_tokens, C)."""
@@ -277,10 +302,13 @@ def backbone_loss(
     now: torch.Tensor | None = None,
     keypoint_weight: float = 0.0,
     keypoint_detail: float = 0.0,
+    forecast: tuple[torch.Tensor, torch.Tensor] | None = None,
+    forecast_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """future (B, 3, H, W) in [0, 1]; codes (B, H, N) with -1 where no label exists (past an episode's end
     or a video without latent actions); `drawn` the keypoint decoder's frame t, scored against `now`,
-    each pixel weighted by `detail_weights(now, keypoint_detail)`.
+    each pixel weighted by `detail_weights(now, keypoint_detail)`; `forecast` (predicted, actual) keypoints
+    of frame t+H, the actual ones a fixed target (no gradient).
 
     Returns the weighted loss and its terms (unweighted), with the top-1 accuracy of the code predictions.
     """
@@ -298,6 +326,10 @@ def backbone_loss(
         terms["keypoint_mse"] = F.mse_loss(drawn, now)
         weighted = ((drawn - now) ** 2 * weights).mean() / weights.mean()
         loss = loss + keypoint_weight * weighted
+    if forecast is not None:
+        predicted, actual = forecast
+        terms["forecast_mse"] = F.mse_loss(predicted, actual.detach())
+        loss = loss + forecast_weight * terms["forecast_mse"]
     return loss, terms
 
 

@@ -103,6 +103,10 @@ def evaluate(model: VideoBackbone, bank: EpisodeBank, majority_code: int, num: i
         drawn = model.keypoint_decoder(out.keypoints, out.descriptors).clamp(0, 1)
         scores["keypoint_mse"] = torch.mean((drawn - frames[:, 1]) ** 2).item()
         scores["mean_frame_mse"] = torch.mean((frames[:, 1].mean(0) - frames[:, 1]) ** 2).item()
+    if model.cfg.keypoint_forecast:  # frame t+H's keypoints forecast, against "they stay where they are"
+        actual = model.keypoints_of(future)
+        scores["forecast_mse"] = torch.mean((model.forecast_keypoints(out, words) - actual) ** 2).item()
+        scores["static_forecast_mse"] = torch.mean((model.keypoints_of(frames[:, 1]) - actual) ** 2).item()
     model.train()
     return scores
 
@@ -117,9 +121,13 @@ class Objective(torch.nn.Module):
 
     def forward(self, frames, words, future, codes):
         out, weights = self.model(frames, words), self.loss_cfg
-        drawn = None
+        drawn = forecast = None
         if weights.get("keypoints", 0) > 0:
             drawn = self.model.keypoint_decoder(out.keypoints, out.descriptors)
+        if weights.get("keypoint_forecast", 0) > 0:
+            with torch.no_grad():
+                actual = self.model.keypoints_of(future)
+            forecast = (self.model.forecast_keypoints(out, words), actual)
         return backbone_loss(
             out,
             future,
@@ -130,13 +138,15 @@ class Objective(torch.nn.Module):
             frames[:, 1],
             weights.get("keypoints", 0),
             weights.get("keypoint_detail", 0),
+            forecast,
+            weights.get("keypoint_forecast", 0),
         )
 
 
 class BackboneTask(TrainTask):
     """The video-prediction backbone on actionless video labelled with latent-action codes."""
 
-    progress_keys = ("frame_mse", "action_acc")
+    progress_keys = ("frame_mse", "action_acc", "keypoint_mse", "forecast_mse")
 
     def __init__(self, cfg: DictConfig, device: torch.device):
         tcfg = self.tcfg = cfg.train.backbone
@@ -145,6 +155,11 @@ class BackboneTask(TrainTask):
             raise ValueError(
                 "train.backbone.labels is null (no latent actions) but train.backbone.loss.action is "
                 f"{tcfg.loss.action}: set the action loss to 0 or point labels at the latent-action labels"
+            )
+        if tcfg.loss.get("keypoint_forecast", 0) > 0 and not arch.get("keypoint_forecast"):
+            raise ValueError(
+                "train.backbone.loss.keypoint_forecast > 0 needs the forecaster: set "
+                "model.backbone.keypoint_forecast=true (with keypoints > 0)"
             )
         if tcfg.loss.get("keypoints", 0) > 0 and not arch.get("keypoints"):
             raise ValueError(
