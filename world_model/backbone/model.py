@@ -14,6 +14,9 @@ discrete tokens trained with cross-entropy. `features` returns what the action d
 pooled patch tokens, the instruction token and one token per future step carrying the predicted
 latent actions (their hidden state plus the expected code embedding), and with `keypoints` one token
 of the conv stem's spatial-softmax keypoints (where things are: the image policies' spatial prior).
+
+Pretraining can also teach the keypoints (`backbone_loss`'s optional terms): `KeypointDecoder` draws frame
+t back from them alone, and a forecaster predicts frame t+H's keypoints from frame t's and the instruction.
 """
 
 import re

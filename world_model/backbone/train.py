@@ -4,6 +4,8 @@
     python -m world_model.backbone.train                                      # CPU profile -> outputs/backbone
     python -m world_model.backbone.train train.backbone.embodiment=robot train.backbone.out_dir=outputs/bb_robot
     python -m world_model.backbone.train train.backbone.loss.frame=0          # ablation: no future frame
+    python -m world_model.backbone.train train.backbone.labels=null train.backbone.loss.action=0 \
+        train.backbone.loss.keypoints=10 model.backbone.stem=conv model.backbone.keypoints=32   # frames alone
 
 Each sample is a frame t of the video with frame t-1, its episode's instruction, frame t+H and the H
 latent-action codes from t (-1 past the episode's end, ignored by the loss). Frames are decoded once
