@@ -161,7 +161,10 @@ def fit_probe(
 ) -> torch.Tensor:
     """An MLP from frozen features (with the task one-hot in them) to the positions; its held-out output."""
     torch.manual_seed(seed)
-    mu, sd = x_train.mean(0), x_train.std(0).clamp_min(1e-4)
+    mu, sd = x_train.mean(0), x_train.std(0)
+    sd = torch.where(
+        sd > 1e-6, sd, 1.0
+    )  # a feature constant in training (a task absent there) stays unscaled
     y_mu, y_sd = y_train.mean(0), y_train.std(0).clamp_min(1e-3)
     probe = nn.Sequential(
         nn.Linear(x_train.shape[1], 256), nn.GELU(), nn.Linear(256, 256), nn.GELU(), nn.Linear(256, y_train.shape[1])
@@ -191,8 +194,8 @@ def draw_keypoints(backbone: VideoBackbone, bank: EpisodeBank, path: Path, scene
 
     K = backbone.cfg.keypoints
     starts = bank.episode_start.unique()
-    rows = starts[torch.linspace(0, len(starts) - 1, scenes).long()] + 20  # 20 steps in: the hand has moved
-    rows = torch.minimum(rows, bank.episode_end[rows])
+    starts = starts[torch.linspace(0, len(starts) - 1, scenes).long()]
+    rows = torch.minimum(starts + 20, bank.episode_end[starts])  # 20 steps in: the hand has moved
     frames = bank.frames[bank.window(rows, 1).context].float() / 255
     out = backbone(frames, tokenize([bank.tasks[i] for i in rows.tolist()], backbone.cfg.vocab_size))
     drawn = backbone.keypoint_decoder(out.keypoints, out.descriptors).clamp(0, 1)
@@ -218,7 +221,7 @@ def task_one_hot(bank: EpisodeBank, tasks: list[str]) -> torch.Tensor:
     return torch.tensor([[float(t == name) for name in tasks] for t in bank.tasks])
 
 
-def probe_backbone(path: str, train: EpisodeBank, held: EpisodeBank, seed: int) -> dict:
+def probe_backbone(path: str, train: EpisodeBank, held: EpisodeBank, seed: int, steps: int = 3000) -> dict:
     """RMS cm of the MLP probe on the pretrained backbone's frozen features and on a random-weight twin."""
     pretrained = load_backbone(path)
     if pretrained.cfg.image_size != train.frames.shape[-1]:
@@ -233,7 +236,8 @@ def probe_backbone(path: str, train: EpisodeBank, held: EpisodeBank, seed: int) 
     for name, backbone in backbones.items():
         x_train = torch.cat([frozen_features(backbone, train), task_one_hot(train, tasks)], dim=1)
         x_held = torch.cat([frozen_features(backbone, held), task_one_hot(held, tasks)], dim=1)
-        report[name] = rms_cm(fit_probe(x_train, targets_of(train), x_held, seed=seed), targets_of(held))
+        predicted = fit_probe(x_train, targets_of(train), x_held, steps, seed=seed)
+        report[name] = rms_cm(predicted, targets_of(held))
     return report
 
 
@@ -245,6 +249,7 @@ def run(
     held_fraction: float,
     seed: int,
     backbone: str | None = None,
+    probe_steps: int = 3000,
 ) -> dict:
     unknown = sorted(set(encoders) - set(ENCODERS))
     if unknown:
@@ -257,7 +262,7 @@ def run(
     report = {
         "constant_rms_cm": rms_cm(targets_of(train).mean(0).expand_as(y_held), y_held),
         "encoders": {name: fit_encoder(name, train, held, steps, batch, seed) for name in encoders},
-        **({"feature_probe": probe_backbone(backbone, train, held, seed)} if backbone else {}),
+        **({"feature_probe": probe_backbone(backbone, train, held, seed, probe_steps)} if backbone else {}),
         "train_frames": len(train),
         "held_out_frames": len(held),
         "held_out_episodes": len(held_pos),
@@ -281,6 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--figure", default=None, help="with --backbone (keypoints): draw what they track to this png"
     )
     parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--probe-steps", type=int, default=3000, help="the feature probe's MLP steps")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--held-fraction", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=0)
@@ -288,7 +294,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)  # (a folder that is no LeRobotDataset: load_metadata names it)
     encoders = [name for name in args.encoders.split(",") if name]
     report = run(
-        args.dataset, encoders, args.steps, args.batch_size, args.held_fraction, args.seed, args.backbone
+        args.dataset,
+        encoders,
+        args.steps,
+        args.batch_size,
+        args.held_fraction,
+        args.seed,
+        args.backbone,
+        args.probe_steps,
     )
     report |= stamp("python -m bench.localization " + " ".join(sys.argv[1:] if argv is None else argv))
     write_report(Path(args.out), report)

@@ -180,3 +180,35 @@ def test_ddp_and_accumulated_steps_equal_the_one_process_step(pipeline_runs, dat
 
     assert relative_diff("ddp", "one") < 1e-4 and relative_diff("accum", "one") < 1e-4
     assert relative_diff("half", "one") > 1e-2  # another batch gives another gradient: the check can fail
+
+
+def test_keypoint_pretraining_on_frames_alone_and_its_probe(datasets, tmp_path):
+    """The backbone pretrains on the video without latent-action labels (keypoint bottleneck and forecast),
+    refuses an action loss it has no labels for, and its frozen keypoints feed the feature probe."""
+    import json
+
+    from bench.localization import main as localization
+    from world_model.backbone.train import train as train_backbone
+
+    root = datasets[0]
+    keypoints = [
+        "train.backbone.labels=null",
+        "train.backbone.loss.keypoints=10",
+        "train.backbone.loss.keypoint_forecast=10",
+        "model.backbone.stem=conv",
+        "model.backbone.stem_channels=8",
+        "model.backbone.keypoints=4",
+        "model.backbone.keypoint_forecast=true",
+    ]
+    with pytest.raises(
+        ValueError, match=r"labels is null \(no latent actions\) but train.backbone.loss.action is 1.0"
+    ):
+        train_backbone(config(root, tmp_path, *keypoints))
+    summary = train_backbone(config(root, tmp_path, *keypoints, "train.backbone.loss.action=0"))
+    assert summary["keypoint_mse"] > 0 and summary["forecast_mse"] >= 0 and "action_acc" not in summary
+    out, figure = tmp_path / "probe.json", tmp_path / "keypoints.png"
+    args = ["--dataset", str(root / "demos"), "--encoders", "", "--backbone", str(tmp_path / "backbone")]
+    localization([*args, "--probe-steps", "5", "--out", str(out), "--figure", str(figure)])
+    probe = json.loads(out.read_text())["feature_probe"]
+    assert probe["features"] == "keypoints" and figure.is_file()
+    assert all(0 <= v < 100 for name in ("pretrained", "random_init") for v in probe[name].values())
