@@ -12,7 +12,8 @@ failure lies in what its loss teaches, not in what the pixels hold.
 
 Encoders: `vit`, the policies' backbone (world_model.backbone, patch tokens unpooled, a linear head on
 them all), and `cnn`, a small convolutional stem with spatial-softmax keypoints (robomimic's and
-Diffusion Policy's choice for low-resolution control).
+Diffusion Policy's choice for low-resolution control), and `cnn_fine`, the same with its keypoints on a
+32x32 map instead of 16x16.
 
     python -m bench.localization --backbone outputs/backbone --encoders ""   # the feature probe
 
@@ -51,13 +52,14 @@ def targets_of(bank: EpisodeBank) -> torch.Tensor:
 
 
 class ConvKeypoints(nn.Module):
-    """64x64 frame -> 6 positions: conv stem to a 16x16 map, 32 spatial-softmax keypoints, an MLP."""
+    """64x64 frame -> 6 positions: conv stem to a 16x16 map (32x32 with `fine`), 32 spatial-softmax
+    keypoints, an MLP."""
 
-    def __init__(self, channels: int = 64, keypoints: int = 32):
+    def __init__(self, channels: int = 64, keypoints: int = 32, fine: bool = False):
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv2d(3, channels // 2, 5, stride=2, padding=2), nn.GELU(),
-            nn.Conv2d(channels // 2, channels, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(channels // 2, channels, 3, stride=1 if fine else 2, padding=1), nn.GELU(),
             nn.Conv2d(channels, channels, 3, padding=1), nn.GELU(),
             nn.Conv2d(channels, keypoints, 1),
         )  # fmt: skip
@@ -87,7 +89,11 @@ class BackboneRegressor(nn.Module):
         return self.head(out.hidden[:, : cfg.num_patches].flatten(1))
 
 
-ENCODERS = {"cnn": lambda size: ConvKeypoints(), "vit": BackboneRegressor}
+ENCODERS = {
+    "cnn": lambda size: ConvKeypoints(),
+    "cnn_fine": lambda size: ConvKeypoints(fine=True),  # keypoints on a 32x32 map: small objects
+    "vit": BackboneRegressor,
+}
 
 
 def rms_cm(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
