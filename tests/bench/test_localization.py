@@ -22,11 +22,12 @@ def test_rms_is_the_xy_distance_in_cm():
     assert rms_cm(pred, target) == {"source_xy": 5.0, "target_xy": 0.0, "hand_xy": 0.0}
 
 
-def test_the_bench_trains_and_scores_both_encoders(datasets, tmp_path):
+def test_the_bench_trains_and_scores_every_encoder(datasets, tmp_path):
     out = tmp_path / "localization.json"
-    main(["--dataset", str(datasets[0] / "demos"), "--steps", "2", "--batch-size", "4", "--out", str(out)])
+    args = ["--dataset", str(datasets[0] / "demos"), "--steps", "2", "--batch-size", "4", "--out", str(out)]
+    main([*args, "--encoders", "cnn,cnn_fine,vit"])
     report = json.loads(out.read_text())
-    assert set(report["encoders"]) == {"cnn", "vit"}
+    assert set(report["encoders"]) == {"cnn", "cnn_fine", "vit"}
     for result in [report["constant_rms_cm"], *(e["rms_cm"] for e in report["encoders"].values())]:
         assert set(result) == set(QUANTITIES) and all(0 <= v < 100 for v in result.values())
     assert report["held_out_episodes"] >= 1 and report["train_frames"] > 0 and report["commit"]
