@@ -21,7 +21,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, open_dict
 
-from bench.common import git_commit, write_atomic
+from bench.common import git_commit, save_figure, write_atomic
 from data.dataset import load_metadata
 from data.generate import close_envs, generate_demos
 from data.replay import compare_with_renders
@@ -105,11 +105,7 @@ def figure(report: dict, path: Path) -> None:
     fig.legend(handles, labels, loc="lower center", ncol=len(rows), fontsize=8)  # below the bars
     fig.suptitle(f"suite ceiling, {report['demos']} demos, commit {report['commit']}", fontsize=9)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def run(cfg: DictConfig, command: str) -> dict:

@@ -1,5 +1,5 @@
-"""What every benchmark shares: the commit stamp, atomic report writing, config composition for the
-scripts without a Hydra entry point, and one timing helper.
+"""What every benchmark shares: the commit stamp, atomic report and figure writing, config composition
+for the scripts without a Hydra entry point, and one timing helper.
 
     report = {...} | stamp("python -m bench.train " + " ".join(sys.argv[1:]))
     write_report(Path("reports/bench/train_cpu.json"), report)
@@ -24,6 +24,7 @@ __all__ = [
     "compose_config",
     "git_commit",
     "percentiles",
+    "save_figure",
     "stamp",
     "time_calls",
     "write_atomic",
@@ -39,6 +40,18 @@ def stamp(command: str) -> dict:
 def write_report(path: Path, report: dict) -> None:
     """JSON through a temporary file and a rename, so a killed run leaves the previous report whole."""
     write_atomic(Path(path), json.dumps(report, indent=1) + "\n")
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> None:
+    """A matplotlib figure to `path` through a temporary file and a rename; closes the figure."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    tmp.replace(path)
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:

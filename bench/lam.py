@@ -28,7 +28,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import sim  # noqa: F401  (sets MUJOCO_GL before mujoco loads)
-from bench.common import git_commit, write_atomic
+from bench.common import git_commit, save_figure, write_atomic
 from data.chunks import Clips, EpisodeBank
 from data.clips import episode_columns, flow_targets, load_episode_frames, to_uint8_hwc
 from sim.env import TabletopEnv
@@ -234,11 +234,7 @@ def grid_figure(
                 ax.set_ylabel("robot" if r < per_embodiment else "hand", fontsize=9)
     fig.suptitle(f"latent action model: held-out clips, k = {bank.clip_len - 1}", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=100)
 
 
 def flow_image(flow: np.ndarray, max_px: float = 4.0) -> np.ndarray:

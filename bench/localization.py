@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from bench.common import stamp, write_report
+from bench.common import save_figure, stamp, write_report
 from data.chunks import EpisodeBank, split_episodes
 from policies.vipra.configuration_vipra import ENV_STATE_KEY, STATE_KEY
 from world_model.backbone.model import BackboneConfig, VideoBackbone, keypoint_vector, load_backbone, tokenize
@@ -217,18 +217,18 @@ def draw_keypoints(backbone: VideoBackbone, bank: EpisodeBank, path: Path, scene
     axes[0, 0].set_title("keypoints", fontsize=8, loc="left")
     axes[1, 0].set_title("drawn back from them", fontsize=8, loc="left")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path.with_suffix(".tmp.png"), dpi=90)
-    plt.close(fig)
-    path.with_suffix(".tmp.png").replace(path)
+    save_figure(fig, path, dpi=90)
 
 
 def task_one_hot(bank: EpisodeBank, tasks: list[str]) -> torch.Tensor:
     return torch.tensor([[float(t == name) for name in tasks] for t in bank.tasks])
 
 
-def probe_backbone(path: str, train: EpisodeBank, held: EpisodeBank, seed: int, steps: int = 3000) -> dict:
-    """RMS cm of the MLP probe on the pretrained backbone's frozen features and on a random-weight twin."""
+def probe_backbone(
+    path: str, train: EpisodeBank, held: EpisodeBank, seed: int, steps: int = 3000, figure: Path | None = None
+) -> dict:
+    """RMS cm of the MLP probe on the pretrained backbone's frozen features and on a random-weight twin;
+    with `figure` (keypoints only), what its keypoints track in held-out scenes."""
     pretrained = load_backbone(path)
     if pretrained.cfg.image_size != train.frames.shape[-1]:
         raise ValueError(
@@ -244,6 +244,8 @@ def probe_backbone(path: str, train: EpisodeBank, held: EpisodeBank, seed: int, 
         x_held = torch.cat([frozen_features(backbone, held), task_one_hot(held, tasks)], dim=1)
         predicted = fit_probe(x_train, targets_of(train), x_held, steps, seed=seed)
         report[name] = rms_cm(predicted, targets_of(held))
+    if figure is not None and pretrained.cfg.keypoints:
+        draw_keypoints(pretrained, held, figure)
     return report
 
 
@@ -256,6 +258,7 @@ def run(
     seed: int,
     backbone: str | None = None,
     probe_steps: int = 3000,
+    figure: Path | None = None,
 ) -> dict:
     unknown = sorted(set(encoders) - set(ENCODERS))
     if unknown:
@@ -268,7 +271,11 @@ def run(
     report = {
         "constant_rms_cm": rms_cm(targets_of(train).mean(0).expand_as(y_held), y_held),
         "encoders": {name: fit_encoder(name, train, held, steps, batch, seed) for name in encoders},
-        **({"feature_probe": probe_backbone(backbone, train, held, seed, probe_steps)} if backbone else {}),
+        **(
+            {"feature_probe": probe_backbone(backbone, train, held, seed, probe_steps, figure)}
+            if backbone
+            else {}
+        ),
         "train_frames": len(train),
         "held_out_frames": len(held),
         "held_out_episodes": len(held_pos),
@@ -289,7 +296,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--encoders", default="cnn,vit", help="comma-separated, from: " + ", ".join(ENCODERS))
     parser.add_argument("--backbone", default=None, help="a pretrained backbone run to probe (frozen)")
     parser.add_argument(
-        "--figure", default=None, help="with --backbone (keypoints): draw what they track to this png"
+        "--figure",
+        default=None,
+        help="with --backbone (keypoints): what they track in held-out scenes, a png",
     )
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--probe-steps", type=int, default=3000, help="the feature probe's MLP steps")
@@ -308,12 +317,10 @@ def main(argv: list[str] | None = None) -> dict:
         args.seed,
         args.backbone,
         args.probe_steps,
+        Path(args.figure) if args.figure else None,
     )
     report |= stamp("python -m bench.localization " + " ".join(sys.argv[1:] if argv is None else argv))
     write_report(Path(args.out), report)
-    if args.figure and args.backbone:
-        bank = EpisodeBank.load(args.dataset, IMAGE_KEY, columns=[])
-        draw_keypoints(load_backbone(args.backbone), bank, Path(args.figure))
     shown = ("constant_rms_cm", "encoders", "feature_probe")
     print(json.dumps({k: report[k] for k in shown if k in report}, indent=1))
     return report

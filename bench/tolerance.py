@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import git_commit, write_atomic
+from bench.common import save_figure, stamp, write_report
 from sim.evaluate import evaluate
 from sim.experts import ScriptedPolicy
 from sim.tasks import TASKS
@@ -62,10 +62,7 @@ def plot(report: dict, path: Path) -> None:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path.with_suffix(".tmp.png"), dpi=110)
-    plt.close(fig)
-    path.with_suffix(".tmp.png").replace(path)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -92,10 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "episodes_per_task": args.episodes,
         "protocol": "visual_matching",
-        "command": "python -m bench.tolerance " + " ".join(sys.argv[1:] if argv is None else argv),
-        "commit": git_commit(),
-    }
-    write_atomic(args.out, json.dumps(report, indent=2) + "\n")
+    } | stamp("python -m bench.tolerance " + " ".join(sys.argv[1:] if argv is None else argv))
+    write_report(args.out, report)
     plot(report, args.figure)
     print(json.dumps(report["average"], indent=1))
     print(f"wrote {args.out} and {args.figure}")
