@@ -7,7 +7,9 @@ Observation (dict):
     task                the instruction string
 Action (7,): dx, dy, dz (m), droll, dpitch, dyaw (rad), gripper closure command in [0, 1] (1 = closed).
 info: is_success (object on target and released; SIMPLER judges it at the last step), grasped (both
-fingers touched the source object at some step so far), grasped_now.
+fingers touched the source object at some step so far), grasped_now, close_to_source / close_to_target
+(the hand's x-y distance in metres to each object when the gripper was first commanded closed; nan
+before: where a policy tried to grasp, which tells "went to the wrong object" from "missed by a little").
 """
 
 import atexit
@@ -203,6 +205,7 @@ class TabletopEnv(gym.Env):
         self._sync()
         self._steps = 0
         self._ever_grasped = False
+        self._close_offsets = (np.nan, np.nan)
         obs = self._observation()
         return obs, self._info()
 
@@ -306,6 +309,8 @@ class TabletopEnv(gym.Env):
             )
         if not np.all(np.isfinite(action)):
             raise ValueError(f"action must be finite, got {action.tolist()}")
+        if action[6] >= 0.5 and np.isnan(self._close_offsets[0]):
+            self._close_offsets = self._hand_offsets()
         start_pos, start_rpy = self._hand_pos, self._hand_rpy
         self._move_targets(np.clip(action, ACTION_LOW, ACTION_HIGH))
         for k in range(1, SUBSTEP_CHUNKS + 1):
@@ -368,7 +373,16 @@ class TabletopEnv(gym.Env):
             "is_success": bool(placed and released),
             "grasped": self._ever_grasped,
             "grasped_now": grasped_now,
+            "close_to_source": self._close_offsets[0],
+            "close_to_target": self._close_offsets[1],
         }
+
+    def _hand_offsets(self) -> tuple[float, float]:
+        """The hand's x-y distance (m) to the source and to the target object."""
+        hand = self.data.xpos[self._hand_body][:2]
+        return tuple(
+            float(np.linalg.norm(hand - self.data.xpos[b][:2])) for b in (self._src_body, self._tgt_body)
+        )
 
     def _gripper_closure(self) -> float:
         # The joint limit is soft: a squeezing finger can pass 0 by a hair, hence the clip.

@@ -130,10 +130,10 @@ def run_episodes(
     policy_name: str = "policy",
     progress: tqdm | None = None,
     fps: float = 5.0,
-) -> dict[str, list[bool]]:
+) -> dict[str, list]:
     """Roll out `episodes` episodes; records the first episode to `video_path` if given."""
     n = envs.num_envs
-    success, grasped = [], []
+    success, grasped, to_source, to_target = [], [], [], []
     for start in range(0, episodes, n):
         obs, _ = envs.reset(seed=[seed + start + i for i in range(n)])
         policy.reset()
@@ -151,11 +151,26 @@ def run_episodes(
         keep = min(n, episodes - start)  # the last wave may run more envs than episodes are left
         success += [bool(s) for s in info["is_success"][:keep]]
         grasped += [bool(g) for g in info["grasped"][:keep]]
+        to_source += first_close_cm(info, "close_to_source", keep)
+        to_target += first_close_cm(info, "close_to_target", keep)
         if frames is not None:
             write_mp4(video_path, frames, fps=fps)
         if progress is not None:
             progress.update(keep)
-    return {"success": success, "grasped": grasped}
+    return {
+        "success": success,
+        "grasped": grasped,
+        "close_to_source": to_source,
+        "close_to_target": to_target,
+    }
+
+
+def first_close_cm(info: dict, key: str, keep: int) -> list[float | None]:
+    """Per episode, the hand's x-y distance (cm) to an object at the gripper's first close (None where
+    it never closed); [] where the suite does not record it (Meta-World)."""
+    if key not in info:
+        return []
+    return [None if np.isnan(d) else round(100 * float(d), 1) for d in info[key][:keep]]
 
 
 def summarize(outcomes: list[bool]) -> dict:
@@ -257,6 +272,11 @@ def evaluate(
                             "success": summarize(out["success"]),
                             "grasp": summarize(out["grasped"]),
                         }
+                        if out["close_to_source"]:  # per episode, so that shards merge exactly
+                            per_task[task][protocol]["first_close"] = {
+                                "to_source_cm": out["close_to_source"],
+                                "to_target_cm": out["close_to_target"],
+                            }
             finally:
                 envs.close()
     return add_averages(results, protocols)
@@ -293,7 +313,41 @@ def results_markdown(results: dict) -> str:
             for n in names
         ]
         lines += ["| average | " + " | ".join(avg) + " |", ""]
+        lines += first_close_table(results, protocol, names, tasks)
     return "\n".join(lines)
+
+
+def first_close_table(results: dict, protocol: str, names: list[str], tasks: list[str]) -> list[str]:
+    """Where each policy first closed its gripper: % of episodes it closed at all, % within 2 cm (x-y) of
+    the object to pick, median cm to it and to the target. Empty when the suite does not record it."""
+    entries = [
+        [results["policies"][n]["tasks"][t][protocol].get("first_close") for t in tasks] for n in names
+    ]
+    if not all(e is not None for row in entries for e in row):
+        return []
+    lines = [
+        f"First close, {protocol.replace('_', ' ')}: closed % / within 2 cm of the object to pick % / "
+        "median cm to it, to the target",
+        "",
+        "| task | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for j, task in enumerate(tasks):
+        cells = []
+        for row in entries:
+            source, target = row[j]["to_source_cm"], row[j]["to_target_cm"]
+            closed = [d for d in source if d is not None]
+            near = sum(d <= 2 for d in closed)
+            medians = (
+                f"{np.median(closed):.1f}, {np.median([d for d in target if d is not None]):.1f}"
+                if closed
+                else "-"
+            )
+            cells.append(
+                f"{100 * len(closed) / max(len(source), 1):.0f} / {100 * near / max(len(source), 1):.0f} / {medians}"
+            )
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def write_report(results: dict, out_dir: Path, command: str) -> str:

@@ -73,6 +73,7 @@ def merge_shards(parts: list[dict]) -> dict:
             n: {t: sorted(v) for t, v in e["tasks"].items()} for n, e in first["policies"].items()
         }:
             raise ValueError(f"shard {part['shard']['index']} is of another evaluation ({differ or layout})")
+    parts = sorted(parts, key=lambda p: p["shard"]["index"])  # per-episode lists concatenate in order
     policies = {}
     for name, entry in first["policies"].items():
         tasks = {}
@@ -86,6 +87,11 @@ def merge_shards(parts: list[dict]) -> dict:
                     )
                     for key in ("success", "grasp")
                 }
+                if all("first_close" in s for s in stats):  # per-episode lists
+                    tasks[task][protocol]["first_close"] = {
+                        key: [d for s in stats for d in s["first_close"][key]]
+                        for key in stats[0]["first_close"]
+                    }
         policies[name] = {"tasks": tasks}
     protocols = list(next(iter(next(iter(policies.values()))["tasks"].values())))
     merged = add_averages({k: first[k] for k in SAME} | {"policies": policies}, protocols)

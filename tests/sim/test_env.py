@@ -41,7 +41,7 @@ def test_observation_layout(envs):
     assert obs["pixels"]["image"].shape == (64, 64, 3) and obs["pixels"]["image"].dtype == np.uint8
     assert obs["agent_pos"].shape == (7,) and obs["environment_state"].shape == (8,)
     assert obs["task"] == "stack the green block on the yellow block"
-    assert set(info) == {"is_success", "grasped", "grasped_now"}
+    assert set(info) == {"is_success", "grasped", "grasped_now", "close_to_source", "close_to_target"}
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -105,6 +105,8 @@ def test_expert_succeeds(envs, task, protocol):
         assert truncated and not terminated
         assert info["grasped"] and info["is_success"], f"expert failed {task} {protocol} seed {seed}"
         assert reward == 1.0
+        # It first closed its gripper over the object to pick, not over the target.
+        assert info["close_to_source"] < 0.015 < info["close_to_target"]
 
 
 def test_second_embodiment_succeeds_and_looks_different(envs):
@@ -123,6 +125,7 @@ def test_idle_policy_neither_grasps_nor_succeeds(envs):
     for _ in range(10):
         info = env.step(np.zeros(7, dtype=np.float32))[4]
     assert not info["grasped"] and not info["is_success"]
+    assert np.isnan(info["close_to_source"]) and np.isnan(info["close_to_target"])
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,8 @@ def test_scripted_and_random_through_parallel_envs(tmp_path):
         assert random["average"][protocol]["success"] == 0.0
         lo, hi = scripted["tasks"]["stack_block"][protocol]["success"]["ci95"]
         assert 0.4 < lo < 0.5 and hi == 1.0  # Wilson 95% for 3/3
+        close = scripted["tasks"]["stack_block"][protocol]["first_close"]
+        assert len(close["to_source_cm"]) == 3 and max(close["to_source_cm"]) < 1.5
     assert (tmp_path / "videos" / "scripted_stack_block_visual_matching.mp4").stat().st_size > 1000
 
     table = write_report(results, tmp_path, "python -m sim.evaluate test")
@@ -54,6 +56,7 @@ def test_scripted_and_random_through_parallel_envs(tmp_path):
     assert saved["command"] == "python -m sim.evaluate test" and saved["episodes_per_task"] == 3
     assert "Command: `python -m sim.evaluate test`" in (tmp_path / "results.md").read_text()
     assert results_markdown(results).count("| average |") == 2
+    assert "| stack_block | 100 / 100 / " in table  # the expert closed on the object every time
 
 
 @pytest.mark.parametrize("num_envs", [1, 2])

@@ -48,7 +48,7 @@ def shard(index, count, rate, n):
     p = part(["a"], rate=rate)
     p["policies"]["a"]["tasks"]["stack_block"]["visual_matching"] = {
         key: {"rate": rate, "ci95": [0, 1], "n": n} for key in ("success", "grasp")
-    }
+    } | {"first_close": {"to_source_cm": [float(index)] * n, "to_target_cm": [None] * n}}
     return p | {"shard": {"index": index, "count": count}, "episodes_per_task": 10}
 
 
@@ -59,6 +59,8 @@ def test_merge_shards_adds_counts_and_refuses_gaps():
     stat = merged["policies"]["a"]["tasks"]["stack_block"]["visual_matching"]["success"]
     assert stat["n"] == 10 and stat["rate"] == pytest.approx(0.4) and stat["ci95"][0] < 0.4 < stat["ci95"][1]
     assert merged["average_success"]["a"] == {"visual_matching": pytest.approx(0.4)}
+    close = merged["policies"]["a"]["tasks"]["stack_block"]["visual_matching"]["first_close"]
+    assert close == {"to_source_cm": [0.0] * 5 + [1.0] * 5, "to_target_cm": [None] * 10}  # in shard order
     with pytest.raises(ValueError, match="exactly once; got shard indices \\[0, 0\\]"):
         merge_shards([shard(0, 2, 0.2, 5), shard(0, 2, 0.2, 5)])
     with pytest.raises(ValueError, match="episodes per entry"):
