@@ -34,6 +34,7 @@ from data.clips import random_shift, shift_offsets
 from data.dataset import load_metadata
 from policies.vipra import VipraConfig, VipraPolicy
 from policies.vipra.configuration_vipra import ACTION_KEY, ENV_STATE_KEY, STATE_KEY
+from policies.vipra.modeling_vipra import WAYPOINT_KEY, WAYPOINT_PAD_KEY, WAYPOINT_SCALE
 from policies.vipra.processor_vipra import make_vipra_pre_post_processors
 from world_model.training.schedule import warmup_cosine
 from world_model.training.trainer import Trainer, TrainTask, millions, print_run
@@ -48,9 +49,11 @@ def make_batch(
     image_key: str,
     shift: int,
     offsets: torch.Tensor | None = None,
+    events: torch.Tensor | None = None,
 ) -> dict:
     """Rows of frames t -> a LeRobot training batch; `offsets` (2, B) are the random shifts. With
-    `image_key` None (the state context) the batch has the object poses instead of frames."""
+    `image_key` None (the state context) the batch has the object poses instead of frames. With
+    `events` (F,) (`next_gripper_events`) it has the waypoint: the hand's offset to that frame's."""
     w = bank.window(rows, horizon)
     batch = {
         STATE_KEY: bank.columns[STATE_KEY][rows],
@@ -58,10 +61,29 @@ def make_batch(
         "action_is_pad": w.chunk_is_pad,
         "task": [bank.tasks[i] for i in rows.tolist()],
     }
+    if events is not None:
+        hand, event = bank.columns[STATE_KEY][:, :3], events[rows]
+        batch[WAYPOINT_KEY] = hand[event.clamp_min(0)] - hand[rows]
+        batch[WAYPOINT_PAD_KEY] = event < 0
     if image_key is None:
         return batch | {ENV_STATE_KEY: bank.columns[ENV_STATE_KEY][rows]}
     frames = random_shift(bank.frames[w.context].float() / 255, shift, offsets=offsets)  # (B, 2, 3, H, W)
     return batch | {image_key: frames}
+
+
+def next_gripper_events(bank: EpisodeBank, gripper_dim: int) -> torch.Tensor:
+    """(F,) per frame row, the row of the next frame in its episode at which the gripper command (action
+    dim `gripper_dim`, closed at >= 0.5) changes, -1 where none follows: where the hand closes on the
+    object to pick, then where it opens over the place. The robot state there is the waypoint."""
+    closed = (bank.columns[ACTION_KEY][:, gripper_dim] >= 0.5).tolist()
+    starts, events, upcoming = bank.episode_start.tolist(), [-1] * len(closed), -1
+    for row in reversed(range(len(closed))):
+        events[row] = upcoming
+        if row > starts[row] and closed[row] != closed[row - 1]:
+            upcoming = row
+        elif row == starts[row]:
+            upcoming = -1  # the previous episode's frames see none of this one's events
+    return torch.tensor(events)
 
 
 CONSTANT_MSE_FLOOR = 1e-3  # dimensions the constant predictor already gets right are not scored
@@ -107,6 +129,11 @@ def held_out_scores(policy: VipraPolicy, batch: dict) -> dict[str, float]:
     error, constant, count = chunk_error_sums(sampled, actions[:, :n], batch["action_is_pad"][:, :n])
     mse, constant = error / count, constant / count
     scores = {"fm_loss": fm_loss, "chunk_skill": chunk_skill(mse, constant)}
+    if policy.waypoint_head is not None:  # the x-y error of where the hand goes next, in the plane
+        predicted = policy._encode_with_waypoint(batch)[1] / WAYPOINT_SCALE
+        keep = ~batch[WAYPOINT_PAD_KEY]
+        error = ((predicted - batch[WAYPOINT_KEY])[keep, :2] ** 2).sum(-1).mean().sqrt()
+        scores["waypoint_xy_rms_cm"] = 100 * float(error)
     return scores | {
         f"chunk_error_ratio_{d}": float(mse[d] / constant[d])
         for d in range(len(mse))
@@ -166,7 +193,7 @@ def save_pretrained_atomic(policy: VipraPolicy, processors: tuple, out: Path) ->
 class PolicyTask(TrainTask):
     """The policy on LeRobot batches of the labelled demos: `policy.forward` is its loss."""
 
-    progress_keys = ("fm_loss", "shortcut_loss")
+    progress_keys = ("fm_loss", "shortcut_loss", "waypoint_loss")
 
     def __init__(self, cfg: DictConfig, device: torch.device):
         tcfg = self.tcfg = cfg.train.policy
@@ -187,6 +214,12 @@ class PolicyTask(TrainTask):
         # The policy learns in normalized units: batches pass through the preprocessor lerobot-train
         # would run, and the pair is saved beside the weights.
         self.processors = make_vipra_pre_post_processors(policy.config, dataset_stats(self.bank))
+        self.events = self.held_out_events = None
+        if policy.config.waypoint_weight > 0:  # a gripper event needs a binary gripper dim (checked)
+            gripper = policy.config.binary_action_dims[0]
+            self.events = next_gripper_events(self.bank, gripper)
+            if self.held_out is not None:
+                self.held_out_events = next_gripper_events(self.held_out, gripper)
         self.modules = {"policy": policy}
         self.grad_clip = policy.config.optimizer_grad_clip_norm
         self.device = device
@@ -219,11 +252,17 @@ class PolicyTask(TrainTask):
         if self.held_out is None:
             return {}
         rows = held_out_rows(self.held_out, self.tcfg.get("val_frames", 512), self.tcfg.seed)
-        batch = make_batch(self.held_out, rows, model.config.chunk_size, self.image_key, shift=0)
-        batch = self.processors[0](
-            {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch = make_batch(
+            self.held_out, rows, model.config.chunk_size, self.image_key, shift=0, events=self.held_out_events
         )
-        return held_out_scores(model, batch)
+        return held_out_scores(model, self.preprocess(batch))
+
+    def preprocess(self, batch: dict) -> dict:
+        """To the device and through the preprocessor. The waypoint (metres: a training target only the
+        policy reads) goes around it, since LeRobot's processors keep only the keys they know."""
+        batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        waypoint = {k: batch.pop(k) for k in (WAYPOINT_KEY, WAYPOINT_PAD_KEY) if k in batch}
+        return self.processors[0](batch) | waypoint
 
     def check_micro_batch(self, rows: int) -> None:
         fraction = self.model.config.shortcut_fraction
@@ -241,10 +280,15 @@ class PolicyTask(TrainTask):
         rows, offsets = draw
         horizon = self.model.config.chunk_size
         batch = make_batch(
-            self.bank, rows[positions], horizon, self.image_key, self.tcfg.shift, offsets[:, positions]
+            self.bank,
+            rows[positions],
+            horizon,
+            self.image_key,
+            self.tcfg.shift,
+            offsets[:, positions],
+            self.events,
         )
-        batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        return (self.processors[0](batch),)
+        return (self.preprocess(batch),)
 
     def summary(self, last_terms: dict, model: VipraPolicy) -> dict:
         if not last_terms:  # nothing left to train

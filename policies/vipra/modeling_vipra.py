@@ -9,8 +9,9 @@ gripper (processor_vipra). `make_policy` loads both with the weights.
 
     batch: observation.images.image (B, 2, 3, H, W) in [0, 1] (frames t-1, t; or (B, 3, H, W) at
            inference, where the policy keeps the previous frame), observation.state (B, S), task [str] * B,
-           and for training action (B, H, A), action_is_pad (B, H); state and action normalized
-    forward(batch) -> (loss, {"fm_loss", "shortcut_loss"})
+           and for training action (B, H, A), action_is_pad (B, H); state and action normalized; with
+           waypoint_weight > 0 also waypoint (B, 3) metres and waypoint_is_pad (B,) (train_policy)
+    forward(batch) -> (loss, {"fm_loss", "shortcut_loss"[, "waypoint_loss"]})
     predict_action_chunk(batch) -> (B, H, A)      select_action(batch) -> (B, A), replanning every n steps
 """
 
@@ -37,6 +38,10 @@ from policies.vipra.configuration_vipra import ACTION_KEY, ENV_STATE_KEY, STATE_
 from policies.vipra.processor_vipra import tokenize
 from world_model.backbone.model import BackboneConfig, VideoBackbone, load_backbone
 from world_model.layers import Attention
+
+WAYPOINT_KEY = "waypoint"  # (B, 3) metres: the hand's offset to its next gripper event (training only)
+WAYPOINT_PAD_KEY = "waypoint_is_pad"  # (B,) True where no gripper event follows (after the release)
+WAYPOINT_SCALE = 10.0  # the head predicts decimetres: offsets of up to ~0.4 m become O(1)
 
 
 def sinusoidal(t: torch.Tensor, dim: int, max_period: float = 100.0) -> torch.Tensor:
@@ -86,13 +91,20 @@ class ActionDecoder(nn.Module):
         self.pos = nn.Parameter(torch.randn(1, cfg.chunk_size, C) * 0.02)
         self.context_in = nn.Linear(context_dim, C)
         self.state_in = nn.Linear(cfg.state_dim, C)
+        self.waypoint_in = nn.Linear(3, C) if cfg.waypoint_weight > 0 else None
         self.blocks = nn.ModuleList(DecoderBlock(C, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(C)
         self.out = nn.Linear(C, cfg.action_dim)
 
-    def memory(self, context: torch.Tensor, state: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """context (B, M, C_bb), normalized state (B, S) -> per-block keys/values of M + 1 tokens."""
-        tokens = torch.cat([self.context_in(context), self.state_in(state)[:, None]], dim=1)
+    def memory(
+        self, context: torch.Tensor, state: torch.Tensor, waypoint: torch.Tensor | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """context (B, M, C_bb), normalized state (B, S), the predicted waypoint (B, 3) or None -> per-block
+        keys/values of M + 1 (+ 1) tokens."""
+        tokens = [self.context_in(context), self.state_in(state)[:, None]]
+        if waypoint is not None:
+            tokens.append(self.waypoint_in(waypoint)[:, None])
+        tokens = torch.cat(tokens, dim=1)
         return [block.memory(tokens) for block in self.blocks]
 
     def forward(self, x, t, d_index, memory) -> torch.Tensor:
@@ -102,6 +114,24 @@ class ActionDecoder(nn.Module):
         for block, mem in zip(self.blocks, memory, strict=True):
             h = block(h, mem)
         return self.out(self.norm(h))
+
+
+class WaypointHead(nn.Module):
+    """Where the hand goes next: a learned query reads the context tokens (B, M, C), an MLP of what it
+    read and the normalized state (B, S) -> (B, 3) the offset to the next gripper event, in decimetres."""
+
+    def __init__(self, dim: int, heads: int, state_dim: int, hidden: int = 256):
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.read = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim + state_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+            nn.Linear(hidden, 3),
+        )  # fmt: skip
+
+    def forward(self, context: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        read = self.read(self.query.expand(len(context), -1, -1), context, context, need_weights=False)[0]
+        return self.mlp(torch.cat([read[:, 0], state], dim=-1))
 
 
 class StateContext(nn.Module):
@@ -143,6 +173,11 @@ class VipraPolicy(PreTrainedPolicy):
             self.backbone = VideoBackbone(BackboneConfig(**config.backbone))
             context_dim = self.backbone.cfg.dim
         self.decoder = ActionDecoder(config, context_dim, config.shortcut_levels)
+        self.waypoint_head = (
+            WaypointHead(context_dim, self.backbone.cfg.heads, config.state_dim)
+            if config.waypoint_weight > 0
+            else None
+        )
         if pretrained is not None:
             self.backbone.load_state_dict(pretrained.state_dict())
         self.reset()
@@ -188,15 +223,20 @@ class VipraPolicy(PreTrainedPolicy):
 
     def _encode(self, batch: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The decoder's memory for a batch: backbone (or privileged state) context + state."""
+        return self._encode_with_waypoint(batch)[0]
+
+    def _encode_with_waypoint(self, batch: dict) -> tuple[list, torch.Tensor | None]:
+        """The decoder's memory and the predicted waypoint (B, 3) in decimetres (None without the head)."""
         state = self._vector(batch, STATE_KEY)
         if self.backbone is None:
             words = tokenize(list(batch["task"]), self.config.vocab_size).to(state.device)
             context = self.state_context(state, self._vector(batch, ENV_STATE_KEY), words)
-            return self.decoder.memory(context, state)
+            return self.decoder.memory(context, state), None
         frames = self._context_frames(batch)
         words = tokenize(list(batch["task"]), self.backbone.cfg.vocab_size).to(frames.device)
         context = self.backbone.features(self.backbone(frames, words))
-        return self.decoder.memory(context, state)
+        waypoint = self.waypoint_head(context, state) if self.waypoint_head is not None else None
+        return self.decoder.memory(context, state, waypoint), waypoint
 
     # ------------------------------------------------------------------------------------------ training
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -212,7 +252,7 @@ class VipraPolicy(PreTrainedPolicy):
             else torch.ones(actions.shape[:2], dtype=torch.bool)
         )
         keep = keep.to(actions.device)[..., None].float()
-        memory = self._encode(batch)
+        memory, waypoint = self._encode_with_waypoint(batch)
         B = len(actions)
 
         noise = torch.randn_like(actions)
@@ -231,7 +271,23 @@ class VipraPolicy(PreTrainedPolicy):
             v_s = self.decoder(x_t, t_s, d_index, sub)
             shortcut_loss = ((v_s - target) ** 2 * keep[:n]).sum() / (keep[:n].sum() * cfg.action_dim)
         loss = fm_loss + shortcut_loss
-        return loss, {"fm_loss": fm_loss.item(), "shortcut_loss": shortcut_loss.item()}
+        terms = {"fm_loss": fm_loss.item(), "shortcut_loss": shortcut_loss.item()}
+        if waypoint is not None:
+            waypoint_loss = self.waypoint_loss(waypoint, batch)
+            loss = loss + cfg.waypoint_weight * waypoint_loss
+            terms["waypoint_loss"] = waypoint_loss.item()
+        return loss, terms
+
+    def waypoint_loss(self, predicted: torch.Tensor, batch: dict) -> torch.Tensor:
+        """MSE (decimetres^2, per axis) of the predicted waypoint where the demos have one."""
+        if WAYPOINT_KEY not in batch:
+            raise KeyError(
+                f"waypoint_weight > 0 trains on batch[{WAYPOINT_KEY!r}] (B, 3) and [{WAYPOINT_PAD_KEY!r}] "
+                "(B,): the hand's offset to its next gripper event (policies.train_policy adds them)"
+            )
+        target = batch[WAYPOINT_KEY].to(predicted) * WAYPOINT_SCALE
+        keep = (~batch[WAYPOINT_PAD_KEY].to(predicted.device))[:, None].float()
+        return ((predicted - target) ** 2 * keep).sum() / (keep.sum() * 3).clamp_min(1)
 
     # ------------------------------------------------------------------------------------------ inference
     @torch.inference_mode()  # cheaper than no_grad per op, which matters at batch 1

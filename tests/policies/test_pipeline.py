@@ -213,3 +213,44 @@ def test_keypoint_pretraining_on_frames_alone_and_its_probe(datasets, tmp_path):
     probe = json.loads(out.read_text())["feature_probe"]
     assert probe["features"] == "keypoints" and figure.is_file()
     assert all(0 <= v < 100 for name in ("pretrained", "random_init") for v in probe[name].values())
+
+
+def test_waypoints_are_where_the_demos_grasp_and_train_through_the_trainer(pipeline_runs, datasets):
+    """next_gripper_events: before the grasp the next event is the close, over the object to pick (the
+    demos' own states find it, no object pose read); a scratch policy with the waypoint head trains and
+    scores its held-out waypoint error."""
+    from data.chunks import EpisodeBank
+    from policies.train_policy import next_gripper_events
+    from policies.train_policy import train as train_policy
+
+    bank = EpisodeBank.load(
+        datasets[0] / "demos",
+        "observation.images.image",
+        ["observation.state", "action", "observation.environment_state"],
+    )
+    events = next_gripper_events(bank, gripper_dim=6)
+    for start in bank.episode_start.unique().tolist():
+        close = int(events[start])
+        assert (
+            close > start and bank.columns["action"][close, 6] >= 0.5 > bank.columns["action"][close - 1, 6]
+        )
+        hand, source = (
+            bank.columns["observation.state"][close, :2],
+            bank.columns["observation.environment_state"][close, :2],
+        )
+        assert torch.linalg.norm(hand - source) < 0.02  # the expert closes over the object
+        release = int(events[close])
+        assert release > close and bank.columns["action"][release, 6] < 0.5
+        assert events[bank.episode_end[start]] == -1  # nothing after the episode's last frame
+
+    _, run_dir, _ = pipeline_runs
+    cfg = config(
+        datasets[0],
+        run_dir,
+        "train.policy.backbone=null",
+        f"train.policy.out_dir={run_dir}/waypoint",
+        "model.policy.waypoint_weight=1.0",
+        "train.policy.val_fraction=0.5",
+    )
+    summary = train_policy(cfg)
+    assert 0 < summary["held_out_waypoint_xy_rms_cm"] < 100

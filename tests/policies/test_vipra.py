@@ -184,3 +184,33 @@ def test_bad_inputs_are_refused(tmp_path):
         VipraPolicy.from_pretrained(tmp_path / "small", config=other)
     with pytest.raises(FileNotFoundError, match="expected model.safetensors"):
         make_policy(tmp_path / "nowhere")
+
+
+def test_waypoint_head_learns_where_the_hand_goes_and_feeds_the_decoder():
+    """waypoint_weight > 0: a head predicts the hand's offset to its next gripper event from the context
+    and state, scored where the demos have one, and its prediction is one more decoder token."""
+    from policies.vipra.modeling_vipra import WAYPOINT_KEY, WAYPOINT_PAD_KEY
+
+    torch.manual_seed(0)
+    policy = VipraPolicy(tiny_config(shortcut_fraction=0.0, waypoint_weight=1.0, binary_action_dims=[6]))
+    batch = make_batch(B=2) | {
+        WAYPOINT_KEY: torch.tensor([[0.2, -0.1, -0.1], [0.0, 0.0, 0.0]]),
+        WAYPOINT_PAD_KEY: torch.tensor([False, True]),  # the second has no event left: not scored
+    }
+    loss, terms = policy.forward(batch)
+    assert "waypoint_loss" in terms
+    loss.backward()
+    assert all(p.grad is not None for p in policy.waypoint_head.parameters())
+    assert policy.decoder.waypoint_in.weight.grad.abs().sum() > 0  # the decoder reads it
+    opt = torch.optim.AdamW(policy.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss, terms = policy.forward(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    predicted = policy._encode_with_waypoint(batch)[1][0] / 10  # decimetres -> metres
+    torch.testing.assert_close(predicted, batch[WAYPOINT_KEY][0], atol=0.01, rtol=0)
+    with pytest.raises(KeyError, match="waypoint"):
+        policy.forward(make_batch(B=2))
+    with pytest.raises(ValueError, match="binary_action_dims"):
+        tiny_config(waypoint_weight=1.0)  # no binary gripper dim to find the events in

@@ -52,6 +52,10 @@ class BackboneConfig:
     # places things at 64x64 where a linear patch embedding learns position slowly (bench.localization).
     stem: str = "patch"
     stem_channels: int = 64
+    # The conv stem's map is image_size / stem_stride: 4 (16x16 at 64x64), or 2 (32x32) where a small
+    # object is a few pixels: the supervised keypoint CNN halves its error on it (bench.localization's
+    # cnn_fine), at ~3x the stem's cost.
+    stem_stride: int = 4
     # > 0 (conv stem only): that many spatial-softmax keypoints of the stem's map, an MLP of their x, y
     # as one more context token: where things are, in image coordinates (robomimic's encoder).
     keypoints: int = 0
@@ -77,9 +81,14 @@ class BackboneConfig:
             raise ValueError(f"dim {self.dim} is not a multiple of heads {self.heads}")
         if self.stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
-        if self.stem == "conv" and self.patch_size % 4:
+        if self.stem_stride not in (2, 4):
             raise ValueError(
-                f"the conv stem works at a quarter of the image: patch_size {self.patch_size} must be a multiple of 4"
+                f"stem_stride must be 2 or 4 (the conv stem's map: image/2 or image/4), got {self.stem_stride}"
+            )
+        if self.stem == "conv" and self.patch_size % self.stem_stride:
+            raise ValueError(
+                f"the conv stem's map is image/{self.stem_stride}: patch_size {self.patch_size} must be a "
+                f"multiple of stem_stride {self.stem_stride}"
             )
         if self.keypoint_forecast and not self.keypoints:
             raise ValueError("keypoint_forecast forecasts keypoints: set keypoints > 0")
@@ -129,21 +138,22 @@ class BackboneOutput:
 
 
 class ConvStem(nn.Module):
-    """(B, 6, S, S) frame t and its change -> (B, P, C) tokens of an S/p grid and the (B, c, S/4, S/4) map
-    they come from: two stride-2 convolutions and one at S/4, then a p/4-strided one to the token grid."""
+    """(B, 6, S, S) frame t and its change -> (B, P, C) tokens of an S/p grid and the (B, c, S/s, S/s) map
+    they come from (s = stem_stride): a stride-2 convolution, one of stride s/2, one at S/s, then a
+    p/s-strided one to the token grid."""
 
     def __init__(self, cfg: BackboneConfig):
         super().__init__()
-        c, k = cfg.stem_channels, cfg.patch_size // 4
+        c, k = cfg.stem_channels, cfg.patch_size // cfg.stem_stride
         self.body = nn.Sequential(
             nn.Conv2d(6, c // 2, 5, stride=2, padding=2), nn.GELU(),
-            nn.Conv2d(c // 2, c, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(c // 2, c, 3, stride=cfg.stem_stride // 2, padding=1), nn.GELU(),
             nn.Conv2d(c, c, 3, padding=1), nn.GELU(),
         )  # fmt: skip
         self.to_tokens = nn.Conv2d(c, cfg.dim, k, stride=k)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        fmap = self.body(x)  # (B, c, S/4, S/4)
+        fmap = self.body(x)  # (B, c, S/s, S/s)
         return self.to_tokens(fmap).flatten(2).transpose(1, 2), fmap
 
 
@@ -160,13 +170,14 @@ class KeypointDecoder(nn.Module):
 
     def __init__(self, cfg: BackboneConfig):
         super().__init__()
-        K, c, g = cfg.keypoints, cfg.stem_channels, cfg.image_size // 4
+        K, c, g = cfg.keypoints, cfg.stem_channels, cfg.image_size // cfg.stem_stride
         self.grid, self.sigma = g, 2.0 / g  # one cell of the grid, in [-1, 1] units
         self.blobs_in = nn.Conv2d(K + cfg.keypoint_descriptor, c, 3, padding=1)
         self.background = nn.Parameter(torch.zeros(1, c, g, g))  # the fixed camera's static scene
+        up = [nn.Upsample(scale_factor=2)] if cfg.stem_stride == 4 else []  # to S/2
         self.body = nn.Sequential(
             nn.GELU(), nn.Conv2d(c, c, 3, padding=1), nn.GELU(),
-            nn.Upsample(scale_factor=2), nn.Conv2d(c, c // 2, 3, padding=1), nn.GELU(),
+            *up, nn.Conv2d(c, c // 2, 3, padding=1), nn.GELU(),
             nn.Upsample(scale_factor=2), nn.Conv2d(c // 2, 3, 3, padding=1),
         )  # fmt: skip
 
@@ -240,7 +251,7 @@ class VideoBackbone(nn.Module):
         x = torch.cat([now * 2 - 1, 4 * diff], dim=1)  # (B, 6, H, W); differences are small
         keypoints = descriptors = None
         if cfg.stem == "conv":
-            patches, fmap = self.stem(x)  # (B, P, C), (B, c, H/4, W/4)
+            patches, fmap = self.stem(x)  # (B, P, C), (B, c, H/s, W/s)
             if cfg.keypoints:
                 keypoints, descriptors = self.locate(fmap)
         else:
