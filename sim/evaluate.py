@@ -333,21 +333,17 @@ def first_close_table(results: dict, protocol: str, names: list[str], tasks: lis
         "|---|" + "---|" * len(names),
     ]
     for j, task in enumerate(tasks):
-        cells = []
-        for row in entries:
-            source, target = row[j]["to_source_cm"], row[j]["to_target_cm"]
-            closed = [d for d in source if d is not None]
-            near = sum(d <= 2 for d in closed)
-            medians = (
-                f"{np.median(closed):.1f}, {np.median([d for d in target if d is not None]):.1f}"
-                if closed
-                else "-"
-            )
-            cells.append(
-                f"{100 * len(closed) / max(len(source), 1):.0f} / {100 * near / max(len(source), 1):.0f} / {medians}"
-            )
-        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+        lines.append(f"| {task} | " + " | ".join(first_close_cell(row[j]) for row in entries) + " |")
     return lines + [""]
+
+
+def first_close_cell(entry: dict) -> str:
+    """ "closed % / within 2 cm of the object to pick % / median cm to it, to the target" of one entry."""
+    source = [d for d in entry["to_source_cm"] if d is not None]
+    target = [d for d in entry["to_target_cm"] if d is not None]
+    n = max(len(entry["to_source_cm"]), 1)
+    medians = f"{np.median(source):.1f}, {np.median(target):.1f}" if source else "-"
+    return f"{100 * len(source) / n:.0f} / {100 * sum(d <= 2 for d in source) / n:.0f} / {medians}"
 
 
 def write_report(results: dict, out_dir: Path, command: str) -> str:
