@@ -21,6 +21,7 @@ chunk error (against the constant action) are logged every `val_every` steps and
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -29,12 +30,13 @@ from lerobot.configs import FeatureType
 from lerobot.utils.feature_utils import dataset_to_policy_features
 from omegaconf import DictConfig, OmegaConf
 
+from data.camera import PinholeCamera
 from data.chunks import EpisodeBank, split_episodes
 from data.clips import random_shift, shift_offsets
 from data.dataset import load_metadata
 from policies.vipra import VipraConfig, VipraPolicy
 from policies.vipra.configuration_vipra import ACTION_KEY, ENV_STATE_KEY, STATE_KEY
-from policies.vipra.modeling_vipra import WAYPOINT_KEY, WAYPOINT_PAD_KEY, WAYPOINT_SCALE
+from policies.vipra.modeling_vipra import WAYPOINT_EVENTS, WAYPOINT_KEY, WAYPOINT_PAD_KEY
 from policies.vipra.processor_vipra import make_vipra_pre_post_processors
 from world_model.training.schedule import warmup_cosine
 from world_model.training.trainer import Trainer, TrainTask, millions, print_run
@@ -49,11 +51,11 @@ def make_batch(
     image_key: str,
     shift: int,
     offsets: torch.Tensor | None = None,
-    events: torch.Tensor | None = None,
+    waypoints: "Waypoints | None" = None,
 ) -> dict:
     """Rows of frames t -> a LeRobot training batch; `offsets` (2, B) are the random shifts. With
     `image_key` None (the state context) the batch has the object poses instead of frames. With
-    `events` (F,) (`next_gripper_events`) it has the waypoint: the hand's offset to that frame's."""
+    `waypoints` it has where the hand next closes and opens in the image, shifted with the frames."""
     w = bank.window(rows, horizon)
     batch = {
         STATE_KEY: bank.columns[STATE_KEY][rows],
@@ -61,29 +63,50 @@ def make_batch(
         "action_is_pad": w.chunk_is_pad,
         "task": [bank.tasks[i] for i in rows.tolist()],
     }
-    if events is not None:
-        hand, event = bank.columns[STATE_KEY][:, :3], events[rows]
-        batch[WAYPOINT_KEY] = hand[event.clamp_min(0)] - hand[rows]
-        batch[WAYPOINT_PAD_KEY] = event < 0
     if image_key is None:
         return batch | {ENV_STATE_KEY: bank.columns[ENV_STATE_KEY][rows]}
+    if shift > 0 and offsets is None:
+        offsets = shift_offsets(len(rows), shift)
     frames = random_shift(bank.frames[w.context].float() / 255, shift, offsets=offsets)  # (B, 2, 3, H, W)
+    if waypoints is not None:
+        uv = waypoints.unit[rows]  # (B, 2, 2)
+        if shift > 0:  # what was at pixel p is now at p - (offset - shift)
+            uv = uv - 2 * (offsets.T[:, None].float() - shift) / frames.shape[-1]
+        batch[WAYPOINT_KEY], batch[WAYPOINT_PAD_KEY] = uv, waypoints.is_pad[rows]
     return batch | {image_key: frames}
 
 
 def next_gripper_events(bank: EpisodeBank, gripper_dim: int) -> torch.Tensor:
-    """(F,) per frame row, the row of the next frame in its episode at which the gripper command (action
-    dim `gripper_dim`, closed at >= 0.5) changes, -1 where none follows: where the hand closes on the
-    object to pick, then where it opens over the place. The robot state there is the waypoint."""
+    """(F, 2) per frame row, the rows of the next frame in its episode at which the gripper command (action
+    dim `gripper_dim`, closed at >= 0.5) closes and at which it opens, -1 where none follows: where the
+    hand closes on the object to pick and where it lets go over the place (WAYPOINT_EVENTS)."""
     closed = (bank.columns[ACTION_KEY][:, gripper_dim] >= 0.5).tolist()
-    starts, events, upcoming = bank.episode_start.tolist(), [-1] * len(closed), -1
+    starts, events, upcoming = bank.episode_start.tolist(), [], [-1, -1]
     for row in reversed(range(len(closed))):
-        events[row] = upcoming
-        if row > starts[row] and closed[row] != closed[row - 1]:
-            upcoming = row
-        elif row == starts[row]:
-            upcoming = -1  # the previous episode's frames see none of this one's events
-    return torch.tensor(events)
+        events.append(list(upcoming))
+        if row == starts[row]:
+            upcoming = [-1, -1]  # the previous episode's frames see none of this one's events
+        elif closed[row] != closed[row - 1]:
+            upcoming[0 if closed[row] else 1] = row
+    return torch.tensor(events[::-1])
+
+
+@dataclass
+class Waypoints:
+    """Per frame row of a bank, where the hand is at its next close and open (`next_gripper_events`): the
+    robot's frame (F, 2, 3) metres, the image (F, 2, 2) in [-1, 1] through the camera, and (F, 2) True
+    where no such event follows."""
+
+    points: torch.Tensor
+    unit: torch.Tensor
+    is_pad: torch.Tensor
+
+    @classmethod
+    def of(cls, bank: EpisodeBank, gripper_dim: int, camera: PinholeCamera) -> "Waypoints":
+        events = next_gripper_events(bank, gripper_dim)
+        points = bank.columns[STATE_KEY][:, :3][events.clamp_min(0)]  # (F, 2, 3)
+        unit = camera.to_unit(camera.project(points.reshape(-1, 3).double().numpy()))
+        return cls(points, torch.from_numpy(unit).float().view(-1, 2, 2), events < 0)
 
 
 CONSTANT_MSE_FLOOR = 1e-3  # dimensions the constant predictor already gets right are not scored
@@ -129,16 +152,42 @@ def held_out_scores(policy: VipraPolicy, batch: dict) -> dict[str, float]:
     error, constant, count = chunk_error_sums(sampled, actions[:, :n], batch["action_is_pad"][:, :n])
     mse, constant = error / count, constant / count
     scores = {"fm_loss": fm_loss, "chunk_skill": chunk_skill(mse, constant)}
-    if policy.waypoint_head is not None:  # the x-y error of where the hand goes next, in the plane
-        predicted = policy._encode_with_waypoint(batch)[1] / WAYPOINT_SCALE
-        keep = ~batch[WAYPOINT_PAD_KEY]
-        error = ((predicted - batch[WAYPOINT_KEY])[keep, :2] ** 2).sum(-1).mean().sqrt()
-        scores["waypoint_xy_rms_cm"] = 100 * float(error)
     return scores | {
         f"chunk_error_ratio_{d}": float(mse[d] / constant[d])
         for d in range(len(mse))
         if constant[d] > CONSTANT_MSE_FLOOR
     }
+
+
+@torch.no_grad()
+def waypoint_errors_cm(
+    policy: VipraPolicy, batch: dict, points: torch.Tensor, camera: PinholeCamera
+) -> dict[str, float]:
+    """Per event, the RMS x-y distance (cm) between where the hand was at it (points (B, 2, 3) metres) and
+    the waypoint map's peak seen on the table at that height through the camera, over the frames that
+    have one."""
+    predicted = policy._encode_with_waypoint(batch)[1][1].cpu().double().numpy()  # (B, 2, 2) in [-1, 1]
+    keep = ~batch[WAYPOINT_PAD_KEY].cpu().numpy()
+    scores = {}
+    for j, event in enumerate(WAYPOINT_EVENTS):
+        if not keep[:, j].any():
+            continue
+        truth = points[keep[:, j], j].double().numpy()
+        pixels = (predicted[keep[:, j], j] + 1) * camera.image_size / 2
+        seen = camera.backproject(pixels, truth[:, 2])
+        scores[f"waypoint_{event}_cm"] = 100 * float(((seen - truth)[:, :2] ** 2).sum(-1).mean() ** 0.5)
+    return scores
+
+
+def calibrated_camera(cfg: DictConfig) -> PinholeCamera:
+    """The task's camera calibration (conf/task: `camera`), which the waypoint maps' labels need."""
+    camera = cfg.task.get("camera")
+    if not camera:
+        raise ValueError(
+            "model.policy.waypoint_weight > 0 projects the hand into the image: set task.camera "
+            "(pos, target, fovy: the camera's calibration, as in conf/task/bridge.yaml)"
+        )
+    return PinholeCamera.from_config(camera, cfg.task.image_size)
 
 
 def dataset_stats(bank: EpisodeBank) -> dict:
@@ -214,12 +263,13 @@ class PolicyTask(TrainTask):
         # The policy learns in normalized units: batches pass through the preprocessor lerobot-train
         # would run, and the pair is saved beside the weights.
         self.processors = make_vipra_pre_post_processors(policy.config, dataset_stats(self.bank))
-        self.events = self.held_out_events = None
+        self.waypoints = self.held_out_waypoints = self.camera = None
         if policy.config.waypoint_weight > 0:  # a gripper event needs a binary gripper dim (checked)
+            self.camera = calibrated_camera(cfg)
             gripper = policy.config.binary_action_dims[0]
-            self.events = next_gripper_events(self.bank, gripper)
+            self.waypoints = Waypoints.of(self.bank, gripper, self.camera)
             if self.held_out is not None:
-                self.held_out_events = next_gripper_events(self.held_out, gripper)
+                self.held_out_waypoints = Waypoints.of(self.held_out, gripper, self.camera)
         self.modules = {"policy": policy}
         self.grad_clip = policy.config.optimizer_grad_clip_norm
         self.device = device
@@ -252,13 +302,18 @@ class PolicyTask(TrainTask):
         if self.held_out is None:
             return {}
         rows = held_out_rows(self.held_out, self.tcfg.get("val_frames", 512), self.tcfg.seed)
-        batch = make_batch(
-            self.held_out, rows, model.config.chunk_size, self.image_key, shift=0, events=self.held_out_events
+        batch = self.preprocess(
+            make_batch(
+                self.held_out, rows, model.config.chunk_size, self.image_key, 0, None, self.held_out_waypoints
+            )
         )
-        return held_out_scores(model, self.preprocess(batch))
+        scores = held_out_scores(model, batch)
+        if self.held_out_waypoints is not None:
+            scores |= waypoint_errors_cm(model, batch, self.held_out_waypoints.points[rows], self.camera)
+        return scores
 
     def preprocess(self, batch: dict) -> dict:
-        """To the device and through the preprocessor. The waypoint (metres: a training target only the
+        """To the device and through the preprocessor. The waypoint (image coordinates: a training target only the
         policy reads) goes around it, since LeRobot's processors keep only the keys they know."""
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         waypoint = {k: batch.pop(k) for k in (WAYPOINT_KEY, WAYPOINT_PAD_KEY) if k in batch}
@@ -286,7 +341,7 @@ class PolicyTask(TrainTask):
             self.image_key,
             self.tcfg.shift,
             offsets[:, positions],
-            self.events,
+            self.waypoints,
         )
         return (self.preprocess(batch),)
 

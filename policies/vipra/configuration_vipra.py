@@ -80,11 +80,11 @@ class VipraConfig(PreTrainedConfig):
     layers: int = 3
     mlp_ratio: float = 4.0
 
-    # > 0: a waypoint head reads the context and the state and predicts the hand's offset (x, y, z) to
-    # where the gripper next changes (closes on the object to pick, then opens over the place), supervised
-    # with this weight by the demos' own states and gripper commands (no object pose: an image policy's
-    # labels); its prediction is one more token for the decoder. Every frame of an approach teaches where
-    # the object is, where the action chunk says it only in the few frames of the approach itself.
+    # > 0: heatmaps on the conv stem's map of where the gripper will next close (on the object to pick) and
+    # open (over the place), trained with this weight by cross-entropy against the demos' own hand
+    # positions at those events, projected into the image with the camera's calibration (no object pose:
+    # an image policy's labels); each map's peak is one more token for the decoder. Every frame before a
+    # grasp teaches where the object is, where the action chunk says it only in the approach's few frames.
     waypoint_weight: float = 0.0
 
     # Action dimensions whose command is binary, 0 or 1 (the tabletop's gripper: conf/task), snapped by
@@ -134,11 +134,13 @@ class VipraConfig(PreTrainedConfig):
             )
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not a multiple of heads {self.heads}")
-        if self.waypoint_weight and (self.context != "video" or not self.binary_action_dims):
+        if self.waypoint_weight and (
+            self.context != "video" or not self.binary_action_dims or bb.stem != "conv"
+        ):
             raise ValueError(
-                "waypoint_weight > 0 reads the camera's context and finds gripper events in the binary "
-                f"action dims: needs context='video' and binary_action_dims (got {self.context!r}, "
-                f"{self.binary_action_dims})"
+                "waypoint_weight > 0 draws heatmaps on the conv stem's map and finds gripper events in the "
+                "binary action dims: needs context='video', backbone stem 'conv' and binary_action_dims (got "
+                f"{self.context!r}, stem {bb.stem!r}, {self.binary_action_dims})"
             )
 
     @property

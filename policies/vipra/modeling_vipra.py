@@ -1,6 +1,7 @@
 """ViPRA-style policy: the video-prediction backbone reads frames t-1, t and the instruction; a chunked
-flow-matching decoder turns its context (pooled patches, instruction, predicted latent actions) and the
-robot state into H actions. LeRobot's `PreTrainedPolicy` contract. With `context="state"` (state_fm,
+flow-matching decoder turns its context (pooled patches, instruction, predicted latent actions, and with
+`waypoint_weight` where the gripper will close and open, found in the image) and the robot state into H
+actions. LeRobot's `PreTrainedPolicy` contract. With `context="state"` (state_fm,
 the privileged ceiling) the same decoder reads an MLP of the robot state and object poses instead.
 
 The policy works in normalized units, as LeRobot's policies do: its preprocessor normalizes the state
@@ -10,7 +11,7 @@ gripper (processor_vipra). `make_policy` loads both with the weights.
     batch: observation.images.image (B, 2, 3, H, W) in [0, 1] (frames t-1, t; or (B, 3, H, W) at
            inference, where the policy keeps the previous frame), observation.state (B, S), task [str] * B,
            and for training action (B, H, A), action_is_pad (B, H); state and action normalized; with
-           waypoint_weight > 0 also waypoint (B, 3) metres and waypoint_is_pad (B,) (train_policy)
+           waypoint_weight > 0 also waypoint (B, 2, 2) in [-1, 1] and waypoint_is_pad (B, 2) (train_policy)
     forward(batch) -> (loss, {"fm_loss", "shortcut_loss"[, "waypoint_loss"]})
     predict_action_chunk(batch) -> (B, H, A)      select_action(batch) -> (B, A), replanning every n steps
 """
@@ -39,9 +40,11 @@ from policies.vipra.processor_vipra import tokenize
 from world_model.backbone.model import BackboneConfig, VideoBackbone, load_backbone
 from world_model.layers import Attention
 
-WAYPOINT_KEY = "waypoint"  # (B, 3) metres: the hand's offset to its next gripper event (training only)
-WAYPOINT_PAD_KEY = "waypoint_is_pad"  # (B,) True where no gripper event follows (after the release)
-WAYPOINT_SCALE = 10.0  # the head predicts decimetres: offsets of up to ~0.4 m become O(1)
+WAYPOINT_EVENTS = ("close", "open")  # the waypoint maps: where the gripper next closes, next opens
+WAYPOINT_KEY = (
+    "waypoint"  # (B, 2, 2) x, y in [-1, 1]: where the hand is at those events, in the image (training)
+)
+WAYPOINT_PAD_KEY = "waypoint_is_pad"  # (B, 2) True where that event does not follow in the episode
 
 
 def sinusoidal(t: torch.Tensor, dim: int, max_period: float = 100.0) -> torch.Tensor:
@@ -91,20 +94,13 @@ class ActionDecoder(nn.Module):
         self.pos = nn.Parameter(torch.randn(1, cfg.chunk_size, C) * 0.02)
         self.context_in = nn.Linear(context_dim, C)
         self.state_in = nn.Linear(cfg.state_dim, C)
-        self.waypoint_in = nn.Linear(3, C) if cfg.waypoint_weight > 0 else None
         self.blocks = nn.ModuleList(DecoderBlock(C, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(C)
         self.out = nn.Linear(C, cfg.action_dim)
 
-    def memory(
-        self, context: torch.Tensor, state: torch.Tensor, waypoint: torch.Tensor | None = None
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """context (B, M, C_bb), normalized state (B, S), the predicted waypoint (B, 3) or None -> per-block
-        keys/values of M + 1 (+ 1) tokens."""
-        tokens = [self.context_in(context), self.state_in(state)[:, None]]
-        if waypoint is not None:
-            tokens.append(self.waypoint_in(waypoint)[:, None])
-        tokens = torch.cat(tokens, dim=1)
+    def memory(self, context: torch.Tensor, state: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """context (B, M, C_bb), normalized state (B, S) -> per-block keys/values of M + 1 tokens."""
+        tokens = torch.cat([self.context_in(context), self.state_in(state)[:, None]], dim=1)
         return [block.memory(tokens) for block in self.blocks]
 
     def forward(self, x, t, d_index, memory) -> torch.Tensor:
@@ -116,22 +112,76 @@ class ActionDecoder(nn.Module):
         return self.out(self.norm(h))
 
 
-class WaypointHead(nn.Module):
-    """Where the hand goes next: a learned query reads the context tokens (B, M, C), an MLP of what it
-    read and the normalized state (B, S) -> (B, 3) the offset to the next gripper event, in decimetres."""
+def unit_centres(n: int, device=None, dtype=None) -> torch.Tensor:
+    """(n,) centres of n equal cells spanning [-1, 1]: the image coordinates of a map's columns (or rows)."""
+    return (2 * torch.arange(n, device=device, dtype=dtype) + 1) / n - 1
 
-    def __init__(self, dim: int, heads: int, state_dim: int, hidden: int = 256):
+
+def soft_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """(B, M, g, g) logits -> (B, M, 2): each map's expected x, y in [-1, 1] under its softmax."""
+    B, M, g, _ = logits.shape
+    weights = logits.flatten(2).softmax(-1).view(B, M, g, g)
+    centres = unit_centres(g, logits.device, logits.dtype)
+    return torch.stack([(weights.sum(2) * centres).sum(-1), (weights.sum(3) * centres).sum(-1)], dim=-1)
+
+
+def heatmap_targets(points: torch.Tensor, size: int, sigma: float = 1.0) -> torch.Tensor:
+    """(..., 2) x, y in [-1, 1] -> (..., size * size): a Gaussian of `sigma` cells around each point,
+    normalized, on a size x size map (cross-entropy targets at sub-cell precision)."""
+    cell = 2 / size
+    centres = unit_centres(size, points.device, points.dtype)
+    dx = (centres - points[..., :1]) / cell  # (B, M, g): along the width
+    dy = (centres - points[..., 1:]) / cell
+    blob = torch.exp(-(dy[..., :, None] ** 2 + dx[..., None, :] ** 2) / (2 * sigma**2)).flatten(-2)
+    return blob / blob.sum(-1, keepdim=True)
+
+
+def fourier(x: torch.Tensor, bands: int) -> torch.Tensor:
+    """(..., D) in [-1, 1] -> (..., 2 * D * bands) sines and cosines at periods 2, 1, 1/2, ... (cm-scale
+    differences in where a point is stay visible to the decoder)."""
+    angles = math.pi * x[..., None] * 2.0 ** torch.arange(bands, device=x.device, dtype=x.dtype)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
+
+
+class WaypointHeatmaps(nn.Module):
+    """Where the gripper will next close (on the object to pick) and open (over the place), as heatmaps on
+    the conv stem's map: its features, modulated by the instruction (FiLM), through a small conv head, one
+    map per event. Trained with cross-entropy against a Gaussian at the demos' own hand position at that
+    event, projected with the camera's calibration: a detector of the object and the place, which
+    generalizes from the demos' few scenes where a regression of positions memorizes them. Each map's
+    soft-argmax, Fourier-embedded, is one more token for the decoder.
+
+        fmap (B, c, g, g), instruction (B, C) -> logits (B, M, g, g), points (B, M, 2) x, y in [-1, 1],
+        tokens (B, M, C)
+    """
+
+    def __init__(self, channels: int, dim: int, maps: int = 2, bands: int = 6):
         super().__init__()
-        self.query = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
-        self.read = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.mlp = nn.Sequential(
-            nn.Linear(dim + state_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
-            nn.Linear(hidden, 3),
-        )  # fmt: skip
+        self.bands = bands
+        self.film = nn.Linear(dim, 2 * channels)
+        nn.init.zeros_(self.film.weight)  # starts as the plain map
+        nn.init.zeros_(self.film.bias)
+        self.head = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1), nn.GELU(), nn.Conv2d(channels, maps, 1)
+        )
+        self.embed = nn.Sequential(nn.Linear(4 * bands, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.which = nn.Parameter(torch.randn(maps, dim) * 0.02)  # which event a token names
 
-    def forward(self, context: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        read = self.read(self.query.expand(len(context), -1, -1), context, context, need_weights=False)[0]
-        return self.mlp(torch.cat([read[:, 0], state], dim=-1))
+    def forward(self, fmap: torch.Tensor, instruction: torch.Tensor):
+        gamma, beta = self.film(instruction)[..., None, None].chunk(2, dim=1)
+        logits = self.head(fmap * (1 + gamma) + beta)
+        points = soft_argmax(logits)
+        return logits, points, self.embed(fourier(points, self.bands)) + self.which
+
+
+def waypoint_loss(logits: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the heatmaps (B, M, g, g) against Gaussians at the target points (B, M, 2) in
+    [-1, 1], averaged over the (sample, event) pairs that have one (is_pad (B, M) False)."""
+    keep = ~is_pad
+    if not keep.any():
+        return logits.sum() * 0
+    soft = heatmap_targets(target[keep].to(logits), logits.shape[-1])
+    return -(soft * logits[keep].flatten(1).log_softmax(-1)).sum(-1).mean()
 
 
 class StateContext(nn.Module):
@@ -173,8 +223,8 @@ class VipraPolicy(PreTrainedPolicy):
             self.backbone = VideoBackbone(BackboneConfig(**config.backbone))
             context_dim = self.backbone.cfg.dim
         self.decoder = ActionDecoder(config, context_dim, config.shortcut_levels)
-        self.waypoint_head = (
-            WaypointHead(context_dim, self.backbone.cfg.heads, config.state_dim)
+        self.waypoint_maps = (
+            WaypointHeatmaps(self.backbone.cfg.stem_channels, context_dim, len(WAYPOINT_EVENTS))
             if config.waypoint_weight > 0
             else None
         )
@@ -225,8 +275,9 @@ class VipraPolicy(PreTrainedPolicy):
         """The decoder's memory for a batch: backbone (or privileged state) context + state."""
         return self._encode_with_waypoint(batch)[0]
 
-    def _encode_with_waypoint(self, batch: dict) -> tuple[list, torch.Tensor | None]:
-        """The decoder's memory and the predicted waypoint (B, 3) in decimetres (None without the head)."""
+    def _encode_with_waypoint(self, batch: dict) -> tuple[list, tuple | None]:
+        """The decoder's memory and the waypoint maps' (logits (B, 2, g, g), points (B, 2, 2) in [-1, 1]),
+        None without them."""
         state = self._vector(batch, STATE_KEY)
         if self.backbone is None:
             words = tokenize(list(batch["task"]), self.config.vocab_size).to(state.device)
@@ -234,9 +285,12 @@ class VipraPolicy(PreTrainedPolicy):
             return self.decoder.memory(context, state), None
         frames = self._context_frames(batch)
         words = tokenize(list(batch["task"]), self.backbone.cfg.vocab_size).to(frames.device)
-        context = self.backbone.features(self.backbone(frames, words))
-        waypoint = self.waypoint_head(context, state) if self.waypoint_head is not None else None
-        return self.decoder.memory(context, state, waypoint), waypoint
+        out = self.backbone(frames, words)
+        context = self.backbone.features(out)
+        if self.waypoint_maps is None:
+            return self.decoder.memory(context, state), None
+        logits, points, tokens = self.waypoint_maps(out.fmap, self.backbone.word_embed(words))
+        return self.decoder.memory(torch.cat([context, tokens], dim=1), state), (logits, points)
 
     # ------------------------------------------------------------------------------------------ training
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -273,21 +327,16 @@ class VipraPolicy(PreTrainedPolicy):
         loss = fm_loss + shortcut_loss
         terms = {"fm_loss": fm_loss.item(), "shortcut_loss": shortcut_loss.item()}
         if waypoint is not None:
-            waypoint_loss = self.waypoint_loss(waypoint, batch)
-            loss = loss + cfg.waypoint_weight * waypoint_loss
-            terms["waypoint_loss"] = waypoint_loss.item()
+            if WAYPOINT_KEY not in batch:
+                raise KeyError(
+                    f"waypoint_weight > 0 trains on batch[{WAYPOINT_KEY!r}] (B, 2, 2) and "
+                    f"[{WAYPOINT_PAD_KEY!r}] (B, 2): where the hand closes and opens next, in the image "
+                    "(policies.train_policy adds them from the demos' states and the camera's calibration)"
+                )
+            heat = waypoint_loss(waypoint[0], batch[WAYPOINT_KEY], batch[WAYPOINT_PAD_KEY].to(actions.device))
+            loss = loss + cfg.waypoint_weight * heat
+            terms["waypoint_loss"] = heat.item()
         return loss, terms
-
-    def waypoint_loss(self, predicted: torch.Tensor, batch: dict) -> torch.Tensor:
-        """MSE (decimetres^2, per axis) of the predicted waypoint where the demos have one."""
-        if WAYPOINT_KEY not in batch:
-            raise KeyError(
-                f"waypoint_weight > 0 trains on batch[{WAYPOINT_KEY!r}] (B, 3) and [{WAYPOINT_PAD_KEY!r}] "
-                "(B,): the hand's offset to its next gripper event (policies.train_policy adds them)"
-            )
-        target = batch[WAYPOINT_KEY].to(predicted) * WAYPOINT_SCALE
-        keep = (~batch[WAYPOINT_PAD_KEY].to(predicted.device))[:, None].float()
-        return ((predicted - target) ** 2 * keep).sum() / (keep.sum() * 3).clamp_min(1)
 
     # ------------------------------------------------------------------------------------------ inference
     @torch.inference_mode()  # cheaper than no_grad per op, which matters at batch 1

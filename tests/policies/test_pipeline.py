@@ -216,11 +216,12 @@ def test_keypoint_pretraining_on_frames_alone_and_its_probe(datasets, tmp_path):
 
 
 def test_waypoints_are_where_the_demos_grasp_and_train_through_the_trainer(pipeline_runs, datasets):
-    """next_gripper_events: before the grasp the next event is the close, over the object to pick (the
-    demos' own states find it, no object pose read); a scratch policy with the waypoint head trains and
-    scores its held-out waypoint error."""
+    """next_gripper_events: before the grasp the next close is over the object to pick and the next open
+    after it (the demos' own states find them, no object pose read); projected through the task's camera
+    the object is where it is drawn; a scratch policy with the waypoint maps trains and scores them."""
+    from data.camera import PinholeCamera
     from data.chunks import EpisodeBank
-    from policies.train_policy import next_gripper_events
+    from policies.train_policy import Waypoints, next_gripper_events
     from policies.train_policy import train as train_policy
 
     bank = EpisodeBank.load(
@@ -230,7 +231,7 @@ def test_waypoints_are_where_the_demos_grasp_and_train_through_the_trainer(pipel
     )
     events = next_gripper_events(bank, gripper_dim=6)
     for start in bank.episode_start.unique().tolist():
-        close = int(events[start])
+        close, release = events[start].tolist()
         assert (
             close > start and bank.columns["action"][close, 6] >= 0.5 > bank.columns["action"][close - 1, 6]
         )
@@ -239,9 +240,20 @@ def test_waypoints_are_where_the_demos_grasp_and_train_through_the_trainer(pipel
             bank.columns["observation.environment_state"][close, :2],
         )
         assert torch.linalg.norm(hand - source) < 0.02  # the expert closes over the object
-        release = int(events[close])
         assert release > close and bank.columns["action"][release, 6] < 0.5
-        assert events[bank.episode_end[start]] == -1  # nothing after the episode's last frame
+        assert events[close].tolist() == [-1, release]  # after the close, only the release is ahead
+        assert events[bank.episode_end[start]].tolist() == [-1, -1]  # nothing after the last frame
+
+    cfg = config(datasets[0], pipeline_runs[1])
+    camera = PinholeCamera.from_config(cfg.task.camera, cfg.task.image_size)
+    waypoints = Waypoints.of(bank, 6, camera)
+    first = bank.episode_start.unique()
+    assert not waypoints.is_pad[first].any()
+    # the hand at the close, seen from the camera, is where the object to pick is drawn (within the 2 cm
+    # the hand stays above the object's centre: a few pixels)
+    pixels = (waypoints.unit[first, 0].double().numpy() + 1) * cfg.task.image_size / 2
+    drawn = camera.project(bank.columns["observation.environment_state"][first, :3].double().numpy())
+    assert ((pixels - drawn) ** 2).sum(-1).max() ** 0.5 < 5
 
     _, run_dir, _ = pipeline_runs
     cfg = config(
@@ -249,8 +261,9 @@ def test_waypoints_are_where_the_demos_grasp_and_train_through_the_trainer(pipel
         run_dir,
         "train.policy.backbone=null",
         f"train.policy.out_dir={run_dir}/waypoint",
+        "model.backbone.stem=conv",
         "model.policy.waypoint_weight=1.0",
         "train.policy.val_fraction=0.5",
     )
     summary = train_policy(cfg)
-    assert 0 < summary["held_out_waypoint_xy_rms_cm"] < 100
+    assert 0 < summary["held_out_waypoint_close_cm"] < 100 and 0 < summary["held_out_waypoint_open_cm"] < 100

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from policies.vipra import VipraConfig, VipraPolicy, make_policy
 from policies.vipra.processor_vipra import MIN_STD, make_vipra_pre_post_processors
-from tests.policies.tiny import STATS, processed, save_trained, tiny_config
+from tests.policies.tiny import STATS, TINY_BACKBONE, processed, save_trained, tiny_config
 
 
 def make_batch(B=2, H=6, seed=0) -> dict:
@@ -186,31 +186,46 @@ def test_bad_inputs_are_refused(tmp_path):
         make_policy(tmp_path / "nowhere")
 
 
-def test_waypoint_head_learns_where_the_hand_goes_and_feeds_the_decoder():
-    """waypoint_weight > 0: a head predicts the hand's offset to its next gripper event from the context
-    and state, scored where the demos have one, and its prediction is one more decoder token."""
-    from policies.vipra.modeling_vipra import WAYPOINT_KEY, WAYPOINT_PAD_KEY
+def test_waypoint_maps_learn_where_the_hand_goes_and_feed_the_decoder():
+    """waypoint_weight > 0: heatmaps on the conv stem's map say where the gripper next closes and opens,
+    scored by cross-entropy where the demos have the event, and each map's peak is a decoder token."""
+    from policies.vipra.modeling_vipra import WAYPOINT_KEY, WAYPOINT_PAD_KEY, heatmap_targets, soft_argmax
 
+    conv = TINY_BACKBONE.to_dict() | {
+        "stem": "conv",
+        "stem_stride": 2,
+        "stem_channels": 16,
+        "stem_norm": True,
+    }
     torch.manual_seed(0)
-    policy = VipraPolicy(tiny_config(shortcut_fraction=0.0, waypoint_weight=1.0, binary_action_dims=[6]))
+    policy = VipraPolicy(
+        tiny_config(shortcut_fraction=0.0, waypoint_weight=1.0, binary_action_dims=[6], backbone=conv)
+    )
+    target = torch.tensor([[[0.3, -0.5], [-0.6, 0.2]], [[0.0, 0.0], [0.1, 0.7]]])
     batch = make_batch(B=2) | {
-        WAYPOINT_KEY: torch.tensor([[0.2, -0.1, -0.1], [0.0, 0.0, 0.0]]),
-        WAYPOINT_PAD_KEY: torch.tensor([False, True]),  # the second has no event left: not scored
+        WAYPOINT_KEY: target,
+        WAYPOINT_PAD_KEY: torch.tensor([[False, False], [True, False]]),  # no close left: not scored
     }
     loss, terms = policy.forward(batch)
     assert "waypoint_loss" in terms
     loss.backward()
-    assert all(p.grad is not None for p in policy.waypoint_head.parameters())
-    assert policy.decoder.waypoint_in.weight.grad.abs().sum() > 0  # the decoder reads it
+    assert all(p.grad is not None for p in policy.waypoint_maps.parameters())
+    assert policy.backbone.stem.body[0].weight.grad.abs().sum() > 0  # the maps train the stem
     opt = torch.optim.AdamW(policy.parameters(), lr=3e-3)
     for _ in range(150):
         loss, terms = policy.forward(batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    predicted = policy._encode_with_waypoint(batch)[1][0] / 10  # decimetres -> metres
-    torch.testing.assert_close(predicted, batch[WAYPOINT_KEY][0], atol=0.01, rtol=0)
+    points = policy._encode_with_waypoint(batch)[1][1]  # (B, 2, 2) each map's soft-argmax
+    keep = ~batch[WAYPOINT_PAD_KEY]
+    torch.testing.assert_close(points[keep], target[keep], atol=0.08, rtol=0)  # within a cell of 16
     with pytest.raises(KeyError, match="waypoint"):
         policy.forward(make_batch(B=2))
     with pytest.raises(ValueError, match="binary_action_dims"):
-        tiny_config(waypoint_weight=1.0)  # no binary gripper dim to find the events in
+        tiny_config(waypoint_weight=1.0, backbone=conv)  # no binary gripper dim to find the events in
+    with pytest.raises(ValueError, match="stem 'conv'"):
+        tiny_config(waypoint_weight=1.0, binary_action_dims=[6])  # patch stem: no map to draw on
+    # the targets' soft-argmax is their point, to a small fraction of a cell (the image's edge cuts a blob)
+    soft = heatmap_targets(target, 16).log().view(2, 2, 16, 16)
+    torch.testing.assert_close(soft_argmax(soft), target, atol=5e-3, rtol=0)

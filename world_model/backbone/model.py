@@ -56,6 +56,9 @@ class BackboneConfig:
     # object is a few pixels: the supervised keypoint CNN halves its error on it (bench.localization's
     # cnn_fine), at ~3x the stem's cost.
     stem_stride: int = 4
+    # GroupNorm after each convolution of the conv stem: trains a detector of the small objects in far fewer
+    # steps (the policies' waypoint heatmaps).
+    stem_norm: bool = False
     # > 0 (conv stem only): that many spatial-softmax keypoints of the stem's map, an MLP of their x, y
     # as one more context token: where things are, in image coordinates (robomimic's encoder).
     keypoints: int = 0
@@ -67,6 +70,10 @@ class BackboneConfig:
     # instruction (train.backbone.loss.keypoint_forecast). Where the hand will be is where the object
     # to pick is, so the keypoints at t must hold it: the video's actions teach what to look at.
     keypoint_forecast: bool = False
+    # Feed frame t's difference from frame t-1 (the motion so far). A policy that sees it can read its own
+    # last action off the image and repeat it (the copycat problem of behaviour cloning with history):
+    # false keeps the channels, zeroed, so that the architecture does not change.
+    frame_difference: bool = True
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
@@ -94,6 +101,11 @@ class BackboneConfig:
             raise ValueError("keypoint_forecast forecasts keypoints: set keypoints > 0")
         if self.keypoint_descriptor and not self.keypoints:
             raise ValueError("keypoint_descriptor describes keypoints: set keypoints > 0")
+        if self.stem_norm and (self.stem != "conv" or self.stem_channels % 16):
+            raise ValueError(
+                f"stem_norm groups the conv stem's channels by 8: needs stem 'conv' and stem_channels a "
+                f"multiple of 16 (got {self.stem!r}, {self.stem_channels})"
+            )
         if self.keypoints and self.stem != "conv":
             raise ValueError(
                 f"keypoints come from the conv stem's map: stem must be 'conv' (got {self.stem!r})"
@@ -135,6 +147,7 @@ class BackboneOutput:
     logits: torch.Tensor  # (B, H, N, K) latent-action code logits per future step
     keypoints: torch.Tensor | None = None  # (B, 2 * keypoints) x then y in [-1, 1] (conv stem), else None
     descriptors: torch.Tensor | None = None  # (B, keypoints, keypoint_descriptor) with keypoint_descriptor
+    fmap: torch.Tensor | None = None  # (B, stem_channels, H/s, W/s) the conv stem's map, else None
 
 
 class ConvStem(nn.Module):
@@ -145,10 +158,11 @@ class ConvStem(nn.Module):
     def __init__(self, cfg: BackboneConfig):
         super().__init__()
         c, k = cfg.stem_channels, cfg.patch_size // cfg.stem_stride
+        norm = (lambda ch: nn.GroupNorm(8, ch)) if cfg.stem_norm else (lambda ch: nn.Identity())
         self.body = nn.Sequential(
-            nn.Conv2d(6, c // 2, 5, stride=2, padding=2), nn.GELU(),
-            nn.Conv2d(c // 2, c, 3, stride=cfg.stem_stride // 2, padding=1), nn.GELU(),
-            nn.Conv2d(c, c, 3, padding=1), nn.GELU(),
+            nn.Conv2d(6, c // 2, 5, stride=2, padding=2), norm(c // 2), nn.GELU(),
+            nn.Conv2d(c // 2, c, 3, stride=cfg.stem_stride // 2, padding=1), norm(c), nn.GELU(),
+            nn.Conv2d(c, c, 3, padding=1), norm(c), nn.GELU(),
         )  # fmt: skip
         self.to_tokens = nn.Conv2d(c, cfg.dim, k, stride=k)
 
@@ -247,9 +261,10 @@ class VideoBackbone(nn.Module):
         """frames (B, 2, 3, H, W) in [0, 1] (t-1, t), words (B, W) hashed word ids (0 = padding)."""
         self.check_inputs(frames, words)
         cfg, B = self.cfg, len(frames)
-        now, diff = frames[:, 1], frames[:, 1] - frames[:, 0]
+        now = frames[:, 1]
+        diff = now - frames[:, 0] if cfg.frame_difference else torch.zeros_like(now)
         x = torch.cat([now * 2 - 1, 4 * diff], dim=1)  # (B, 6, H, W); differences are small
-        keypoints = descriptors = None
+        keypoints = descriptors = fmap = None
         if cfg.stem == "conv":
             patches, fmap = self.stem(x)  # (B, P, C), (B, c, H/s, W/s)
             if cfg.keypoints:
@@ -265,7 +280,7 @@ class VideoBackbone(nn.Module):
         P = cfg.num_patches
         change = unpatchify(self.to_pixels(hidden[:, None, :P]), cfg.patch_size, cfg.image_size)[:, 0]
         logits = self.to_logits(hidden[:, P + 1 :]).view(B, cfg.horizon, cfg.tokens_per_step, cfg.num_codes)
-        return BackboneOutput(hidden, now + change, logits, keypoints, descriptors)
+        return BackboneOutput(hidden, now + change, logits, keypoints, descriptors, fmap)
 
     def locate(self, fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The stem's map (B, c, h, w) -> keypoints (B, 2K) and their descriptors (B, K, D) or None."""
