@@ -101,6 +101,11 @@ class Waypoints:
     unit: torch.Tensor
     is_pad: torch.Tensor
 
+    def mean_heights(self) -> list[float]:
+        """Per event, the hand's mean height (m) at it: the plane the policy sees that event's point on."""
+        keep = (~self.is_pad).float()
+        return ((self.points[..., 2] * keep).sum(0) / keep.sum(0).clamp_min(1)).tolist()
+
     @classmethod
     def of(cls, bank: EpisodeBank, gripper_dim: int, camera: PinholeCamera) -> "Waypoints":
         events = next_gripper_events(bank, gripper_dim)
@@ -214,6 +219,12 @@ def build_policy(cfg: DictConfig, bank: EpisodeBank) -> VipraPolicy:
     scratch = pcfg.pop("backbone_scratch")
     if not backbone:
         pcfg["backbone_lr_scale"] = 1.0  # Scratch-FM: the whole network learns at the full rate
+    if pcfg.get("waypoint_weight", 0) > 0 and pcfg.pop("waypoint_on_table", True):
+        camera = calibrated_camera(cfg)
+        pcfg["camera_calibration"] = OmegaConf.to_container(cfg.task.camera, resolve=True)
+        waypoints = Waypoints.of(bank, pcfg["binary_action_dims"][0], camera)
+        pcfg["waypoint_heights"] = waypoints.mean_heights()
+    pcfg.pop("waypoint_on_table", None)
     config = VipraConfig(
         **pcfg,
         input_features={k: f for k, f in features.items() if f.type is not FeatureType.ACTION},

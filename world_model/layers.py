@@ -1,6 +1,6 @@
 """Network pieces shared by the models: attention, the space-time transformer block, patches, a
-backward warp by optical flow and spatial-softmax keypoints. The latent action model, the backbone,
-the neural simulator and the policy's decoder build on them."""
+backward warp by optical flow, spatial-softmax keypoints and conditioned heatmaps trained by
+cross-entropy. The latent action model, the backbone, the neural simulator and the policy build on them."""
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,55 @@ class SpatialSoftmax(nn.Module):
         )
         weights = maps.flatten(2).softmax(-1)  # (B, C, h*w)
         return torch.cat([weights @ xs.flatten(), weights @ ys.flatten()], dim=1)
+
+
+def unit_centres(n: int, device=None, dtype=None) -> torch.Tensor:
+    """(n,) centres of n equal cells spanning [-1, 1]: the image coordinates of a map's columns (or rows)."""
+    return (2 * torch.arange(n, device=device, dtype=dtype) + 1) / n - 1
+
+
+def soft_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """(B, M, g, g) logits -> (B, M, 2): each map's expected x, y in [-1, 1] under its softmax."""
+    B, M, g, _ = logits.shape
+    weights = logits.flatten(2).softmax(-1).view(B, M, g, g)
+    centres = unit_centres(g, logits.device, logits.dtype)
+    return torch.stack([(weights.sum(2) * centres).sum(-1), (weights.sum(3) * centres).sum(-1)], dim=-1)
+
+
+def heatmap_targets(points: torch.Tensor, size: int, sigma: float = 1.0) -> torch.Tensor:
+    """(..., 2) x, y in [-1, 1] -> (..., size * size): a Gaussian of `sigma` cells around each point,
+    normalized, on a size x size map (cross-entropy targets at sub-cell precision)."""
+    cell = 2 / size
+    centres = unit_centres(size, points.device, points.dtype)
+    dx = (centres - points[..., :1]) / cell  # (..., g): along the width
+    dy = (centres - points[..., 1:]) / cell
+    blob = torch.exp(-(dy[..., :, None] ** 2 + dx[..., None, :] ** 2) / (2 * sigma**2)).flatten(-2)
+    return blob / blob.sum(-1, keepdim=True)
+
+
+def heatmap_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of maps (N, g, g) against distributions over their cells (N, g * g)."""
+    return -(target * logits.flatten(1).log_softmax(-1)).sum(-1).mean()
+
+
+class FiLMHeatmaps(nn.Module):
+    """(B, c, g, g) features and a condition (B, C) -> (B, M, g, g) logits: the features modulated by the
+    condition (FiLM: it starts as the identity), a 3x3 convolution, GELU, a 1x1 to M maps. Trained by
+    cross-entropy against where something is, a detector that generalizes from few scenes where a
+    regression of positions memorizes them (reports/experiment/diagnosis/waypoints.md)."""
+
+    def __init__(self, channels: int, cond_dim: int, maps: int):
+        super().__init__()
+        self.film = nn.Linear(cond_dim, 2 * channels)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+        self.head = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1), nn.GELU(), nn.Conv2d(channels, maps, 1)
+        )
+
+    def forward(self, fmap: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.film(cond)[..., None, None].chunk(2, dim=1)
+        return self.head(fmap * (1 + gamma) + beta)
 
 
 def patchify(frames: torch.Tensor, p: int) -> torch.Tensor:

@@ -86,6 +86,12 @@ class VipraConfig(PreTrainedConfig):
     # an image policy's labels); each map's peak is one more token for the decoder. Every frame before a
     # grasp teaches where the object is, where the action chunk says it only in the approach's few frames.
     waypoint_weight: float = 0.0
+    # The camera's calibration (pos, target, fovy: conf/task `camera`). With it the waypoint tokens also
+    # carry each map's peak seen on the table, in metres, on the plane at that event's `waypoint_heights`
+    # (the demos' mean hand height there, set by train_policy): the decoder then compares where to go
+    # with where the hand is in the same units, as state_fm compares object poses with the state.
+    camera_calibration: dict | None = None
+    waypoint_heights: list[float] = field(default_factory=list)
 
     # Action dimensions whose command is binary, 0 or 1 (the tabletop's gripper: conf/task), snapped by
     # the postprocessor to the nearer of the two: a sampled 0.7 would squeeze with part of the force and
@@ -141,6 +147,12 @@ class VipraConfig(PreTrainedConfig):
                 "waypoint_weight > 0 draws heatmaps on the conv stem's map and finds gripper events in the "
                 "binary action dims: needs context='video', backbone stem 'conv' and binary_action_dims (got "
                 f"{self.context!r}, stem {bb.stem!r}, {self.binary_action_dims})"
+            )
+
+        if self.camera_calibration and len(self.waypoint_heights) != 2:
+            raise ValueError(
+                "a calibrated camera sees the waypoints on planes at waypoint_heights: give one height (m) "
+                f"per event (close, open), got {self.waypoint_heights}"
             )
 
     @property

@@ -26,6 +26,7 @@ from lerobot.policies.pretrained import PreTrainedPolicy
 from safetensors.torch import load_file
 from torch import nn
 
+from data.camera import PinholeCamera
 from policies.flow_matching import (
     euler_sample,
     interpolate,
@@ -38,13 +39,20 @@ from policies.runner import ProcessedPolicy
 from policies.vipra.configuration_vipra import ACTION_KEY, ENV_STATE_KEY, STATE_KEY, VipraConfig
 from policies.vipra.processor_vipra import tokenize
 from world_model.backbone.model import BackboneConfig, VideoBackbone, load_backbone
-from world_model.layers import Attention
+from world_model.layers import (
+    Attention,
+    FiLMHeatmaps,
+    heatmap_cross_entropy,
+    heatmap_targets,
+    soft_argmax,
+)
 
 WAYPOINT_EVENTS = ("close", "open")  # the waypoint maps: where the gripper next closes, next opens
 WAYPOINT_KEY = (
     "waypoint"  # (B, 2, 2) x, y in [-1, 1]: where the hand is at those events, in the image (training)
 )
 WAYPOINT_PAD_KEY = "waypoint_is_pad"  # (B, 2) True where that event does not follow in the episode
+TABLE_SCALE = 10.0  # metres on the table -> decimetres, O(1) inputs for the waypoint tokens' MLP
 
 
 def sinusoidal(t: torch.Tensor, dim: int, max_period: float = 100.0) -> torch.Tensor:
@@ -112,30 +120,6 @@ class ActionDecoder(nn.Module):
         return self.out(self.norm(h))
 
 
-def unit_centres(n: int, device=None, dtype=None) -> torch.Tensor:
-    """(n,) centres of n equal cells spanning [-1, 1]: the image coordinates of a map's columns (or rows)."""
-    return (2 * torch.arange(n, device=device, dtype=dtype) + 1) / n - 1
-
-
-def soft_argmax(logits: torch.Tensor) -> torch.Tensor:
-    """(B, M, g, g) logits -> (B, M, 2): each map's expected x, y in [-1, 1] under its softmax."""
-    B, M, g, _ = logits.shape
-    weights = logits.flatten(2).softmax(-1).view(B, M, g, g)
-    centres = unit_centres(g, logits.device, logits.dtype)
-    return torch.stack([(weights.sum(2) * centres).sum(-1), (weights.sum(3) * centres).sum(-1)], dim=-1)
-
-
-def heatmap_targets(points: torch.Tensor, size: int, sigma: float = 1.0) -> torch.Tensor:
-    """(..., 2) x, y in [-1, 1] -> (..., size * size): a Gaussian of `sigma` cells around each point,
-    normalized, on a size x size map (cross-entropy targets at sub-cell precision)."""
-    cell = 2 / size
-    centres = unit_centres(size, points.device, points.dtype)
-    dx = (centres - points[..., :1]) / cell  # (B, M, g): along the width
-    dy = (centres - points[..., 1:]) / cell
-    blob = torch.exp(-(dy[..., :, None] ** 2 + dx[..., None, :] ** 2) / (2 * sigma**2)).flatten(-2)
-    return blob / blob.sum(-1, keepdim=True)
-
-
 def fourier(x: torch.Tensor, bands: int) -> torch.Tensor:
     """(..., D) in [-1, 1] -> (..., 2 * D * bands) sines and cosines at periods 2, 1, 1/2, ... (cm-scale
     differences in where a point is stay visible to the decoder)."""
@@ -143,35 +127,63 @@ def fourier(x: torch.Tensor, bands: int) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
 
 
+class TablePoints(nn.Module):
+    """Image points (B, M, 2) in [-1, 1] -> (B, M, 3) metres: where the calibrated camera's ray through each
+    meets the horizontal plane at that point's height (one per map)."""
+
+    def __init__(self, camera: PinholeCamera, heights: list[float]):
+        super().__init__()
+        self.half, self.focal = camera.image_size / 2, camera.focal
+        self.register_buffer("rotation", torch.tensor(camera.rotation, dtype=torch.float32), persistent=False)
+        self.register_buffer("origin", torch.tensor(camera.pos, dtype=torch.float32), persistent=False)
+        self.register_buffer("heights", torch.tensor(heights, dtype=torch.float32), persistent=False)
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        pixels = (points + 1) * self.half  # u right, v down
+        rays = torch.stack(
+            [(pixels[..., 0] - self.half) / self.focal, -(pixels[..., 1] - self.half) / self.focal,
+             -torch.ones_like(pixels[..., 0])], dim=-1,
+        ) @ self.rotation  # fmt: skip
+        t = (self.heights - self.origin[2]) / rays[..., 2]  # (B, M)
+        return self.origin + t[..., None] * rays
+
+
 class WaypointHeatmaps(nn.Module):
     """Where the gripper will next close (on the object to pick) and open (over the place), as heatmaps on
-    the conv stem's map: its features, modulated by the instruction (FiLM), through a small conv head, one
-    map per event. Trained with cross-entropy against a Gaussian at the demos' own hand position at that
-    event, projected with the camera's calibration: a detector of the object and the place, which
-    generalizes from the demos' few scenes where a regression of positions memorizes them. Each map's
-    soft-argmax, Fourier-embedded, is one more token for the decoder.
+    the conv stem's map, conditioned on the instruction, one map per event. Trained with cross-entropy
+    against a Gaussian at the demos' own hand position at that event, projected with the camera's
+    calibration: a detector of the object and the place. Each map's soft-argmax is one more token for the
+    decoder, an MLP of its Fourier features, with a calibrated camera the point on the table in metres, and
+    the robot state (so that it can form where to go from where the hand is, as state_fm's context does).
 
-        fmap (B, c, g, g), instruction (B, C) -> logits (B, M, g, g), points (B, M, 2) x, y in [-1, 1],
-        tokens (B, M, C)
+        fmap (B, c, g, g), instruction (B, C), normalized state (B, S) -> logits (B, M, g, g),
+        points (B, M, 2) x, y in [-1, 1], tokens (B, M, C)
     """
 
-    def __init__(self, channels: int, dim: int, maps: int = 2, bands: int = 6):
+    def __init__(
+        self,
+        channels: int,
+        dim: int,
+        state_dim: int,
+        maps: int = 2,
+        bands: int = 6,
+        table: TablePoints | None = None,
+    ):
         super().__init__()
-        self.bands = bands
-        self.film = nn.Linear(dim, 2 * channels)
-        nn.init.zeros_(self.film.weight)  # starts as the plain map
-        nn.init.zeros_(self.film.bias)
-        self.head = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1), nn.GELU(), nn.Conv2d(channels, maps, 1)
-        )
-        self.embed = nn.Sequential(nn.Linear(4 * bands, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.bands, self.table = bands, table
+        self.maps = FiLMHeatmaps(channels, dim, maps)
+        width = 4 * bands + (3 if table is not None else 0) + state_dim
+        self.embed = nn.Sequential(nn.Linear(width, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
         self.which = nn.Parameter(torch.randn(maps, dim) * 0.02)  # which event a token names
 
-    def forward(self, fmap: torch.Tensor, instruction: torch.Tensor):
-        gamma, beta = self.film(instruction)[..., None, None].chunk(2, dim=1)
-        logits = self.head(fmap * (1 + gamma) + beta)
+    def forward(self, fmap: torch.Tensor, instruction: torch.Tensor, state: torch.Tensor):
+        logits = self.maps(fmap, instruction)
         points = soft_argmax(logits)
-        return logits, points, self.embed(fourier(points, self.bands)) + self.which
+        features = [fourier(points, self.bands)]
+        if self.table is not None:
+            features.append(TABLE_SCALE * self.table(points))
+        features.append(state[:, None].expand(-1, points.shape[1], -1))
+        return logits, points, self.embed(torch.cat(features, dim=-1)) + self.which
 
 
 def waypoint_loss(logits: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor) -> torch.Tensor:
@@ -180,8 +192,7 @@ def waypoint_loss(logits: torch.Tensor, target: torch.Tensor, is_pad: torch.Tens
     keep = ~is_pad
     if not keep.any():
         return logits.sum() * 0
-    soft = heatmap_targets(target[keep].to(logits), logits.shape[-1])
-    return -(soft * logits[keep].flatten(1).log_softmax(-1)).sum(-1).mean()
+    return heatmap_cross_entropy(logits[keep], heatmap_targets(target[keep].to(logits), logits.shape[-1]))
 
 
 class StateContext(nn.Module):
@@ -223,11 +234,19 @@ class VipraPolicy(PreTrainedPolicy):
             self.backbone = VideoBackbone(BackboneConfig(**config.backbone))
             context_dim = self.backbone.cfg.dim
         self.decoder = ActionDecoder(config, context_dim, config.shortcut_levels)
-        self.waypoint_maps = (
-            WaypointHeatmaps(self.backbone.cfg.stem_channels, context_dim, len(WAYPOINT_EVENTS))
-            if config.waypoint_weight > 0
-            else None
-        )
+        self.waypoint_maps = None
+        if config.waypoint_weight > 0:
+            table = None
+            if config.camera_calibration:
+                camera = PinholeCamera.from_config(config.camera_calibration, self.backbone.cfg.image_size)
+                table = TablePoints(camera, config.waypoint_heights)
+            self.waypoint_maps = WaypointHeatmaps(
+                self.backbone.cfg.stem_channels,
+                context_dim,
+                config.state_dim,
+                len(WAYPOINT_EVENTS),
+                table=table,
+            )
         if pretrained is not None:
             self.backbone.load_state_dict(pretrained.state_dict())
         self.reset()
@@ -289,7 +308,7 @@ class VipraPolicy(PreTrainedPolicy):
         context = self.backbone.features(out)
         if self.waypoint_maps is None:
             return self.decoder.memory(context, state), None
-        logits, points, tokens = self.waypoint_maps(out.fmap, self.backbone.word_embed(words))
+        logits, points, tokens = self.waypoint_maps(out.fmap, self.backbone.word_embed(words), state)
         return self.decoder.memory(torch.cat([context, tokens], dim=1), state), (logits, points)
 
     # ------------------------------------------------------------------------------------------ training

@@ -189,7 +189,8 @@ def test_bad_inputs_are_refused(tmp_path):
 def test_waypoint_maps_learn_where_the_hand_goes_and_feed_the_decoder():
     """waypoint_weight > 0: heatmaps on the conv stem's map say where the gripper next closes and opens,
     scored by cross-entropy where the demos have the event, and each map's peak is a decoder token."""
-    from policies.vipra.modeling_vipra import WAYPOINT_KEY, WAYPOINT_PAD_KEY, heatmap_targets, soft_argmax
+    from policies.vipra.modeling_vipra import WAYPOINT_KEY, WAYPOINT_PAD_KEY
+    from world_model.layers import heatmap_targets, soft_argmax
 
     conv = TINY_BACKBONE.to_dict() | {
         "stem": "conv",
@@ -226,6 +227,30 @@ def test_waypoint_maps_learn_where_the_hand_goes_and_feed_the_decoder():
         tiny_config(waypoint_weight=1.0, backbone=conv)  # no binary gripper dim to find the events in
     with pytest.raises(ValueError, match="stem 'conv'"):
         tiny_config(waypoint_weight=1.0, binary_action_dims=[6])  # patch stem: no map to draw on
+    # with a calibrated camera the tokens also carry each peak on the table, in metres
+    calibrated = tiny_config(
+        shortcut_fraction=0.0, waypoint_weight=1.0, binary_action_dims=[6], backbone=conv,
+        camera_calibration={"pos": [0.78, 0.0, 0.42], "target": [0.3, 0.0, 0.0], "fovy": 50},
+        waypoint_heights=[0.06, 0.08],
+    )  # fmt: skip
+    assert torch.isfinite(VipraPolicy(calibrated).forward(batch)[0])
+    with pytest.raises(ValueError, match="waypoint_heights"):
+        tiny_config(
+            waypoint_weight=1.0, binary_action_dims=[6], backbone=conv, camera_calibration={"fovy": 50}
+        )
     # the targets' soft-argmax is their point, to a small fraction of a cell (the image's edge cuts a blob)
     soft = heatmap_targets(target, 16).log().view(2, 2, 16, 16)
     torch.testing.assert_close(soft_argmax(soft), target, atol=5e-3, rtol=0)
+
+
+def test_table_points_see_the_image_points_where_the_camera_projected_them():
+    import numpy as np
+
+    from data.camera import PinholeCamera
+    from policies.vipra.modeling_vipra import TablePoints
+
+    camera = PinholeCamera((0.78, 0.0, 0.42), (0.3, 0.0, 0.0), 50.0, 64)
+    points = np.array([[0.2, -0.1, 0.06], [0.45, 0.2, 0.08]])
+    unit = torch.tensor(camera.to_unit(camera.project(points)), dtype=torch.float32)[None]  # (1, 2, 2)
+    seen = TablePoints(camera, [0.06, 0.08])(unit)
+    torch.testing.assert_close(seen, torch.tensor(points, dtype=torch.float32)[None], atol=1e-4, rtol=0)

@@ -156,3 +156,44 @@ def test_keypoint_decoder_learns_where_a_blob_is():
     assert terms["keypoint_mse"] > 0 and terms["action_ce"] == 0
     weights, square = detail_weights(now, 20.0), now.mean(1, keepdim=True) > 0.5
     assert weights[square].mean() > 5 * weights[~square].mean()
+
+
+def test_change_map_learns_where_the_next_frame_differs():
+    """change_map: a heatmap of where frame t+H differs from frame t, conditioned on the instruction. On
+    synthetic frames where a blob appears at an instruction-dependent place, it learns that place: the
+    cross-entropy drops from uniform towards the target's entropy and the map peaks at the blob."""
+    from world_model.backbone.model import change_target
+    from world_model.layers import soft_argmax
+
+    cfg = BackboneConfig(
+        **(TINY.to_dict() | {"stem": "conv", "stem_stride": 2, "stem_channels": 16, "stem_norm": True})
+        | {"change_map": True, "layers": 0}
+    )
+    torch.manual_seed(0)
+    model = VideoBackbone(cfg)
+    now = torch.rand(4, 3, 32, 32) * 0.1
+    future = now.clone()
+    future[:2, :, 4:8, 20:24] = 1.0  # "left" instruction: change at the top right
+    future[2:, :, 22:26, 6:10] = 1.0  # "right": bottom left
+    words = tokenize(["move left"] * 2 + ["move right"] * 2, cfg.vocab_size)
+    frames, codes = torch.stack([now, now], dim=1), torch.full((4, 5, 2), -1)
+    target, moved = change_target(now, future, 16)
+    assert target.shape == (4, 256) and moved.all() and torch.allclose(target.sum(-1), torch.ones(4))
+    assert not change_target(now, now, 16)[1].any()  # a still frame has no target
+
+    opt, losses = torch.optim.AdamW(model.parameters(), lr=3e-3), []
+    for _ in range(200):
+        out = model(frames, words)
+        loss, terms = backbone_loss(
+            out, future, codes, 0.0, 0.0, now=now, change=model.change_logits(out, words), change_weight=1.0
+        )
+        losses.append(terms["change_ce"].item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[0] > 5.0 and losses[-1] < 3.5  # log(256) = 5.5 at the start
+    peaks = soft_argmax(model.change_logits(model(frames, words), words)[:, None])[:, 0]
+    assert (peaks[:2, 0] > 0.2).all() and (peaks[:2, 1] < -0.2).all()  # top right
+    assert (peaks[2:, 0] < -0.2).all() and (peaks[2:, 1] > 0.2).all()  # bottom left
+    with pytest.raises(ValueError, match="change_map draws on the conv stem"):
+        BackboneConfig(**(TINY.to_dict() | {"change_map": True}))

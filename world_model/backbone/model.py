@@ -28,7 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from world_model.layers import SpaceTimeBlock, SpatialSoftmax, patchify, unpatchify
+from world_model.layers import (
+    FiLMHeatmaps,
+    SpaceTimeBlock,
+    SpatialSoftmax,
+    heatmap_cross_entropy,
+    patchify,
+    unpatchify,
+)
 from world_model.training.checkpoint import load_trained, read_trained_meta
 
 STEMS = ("patch", "conv")
@@ -70,6 +77,10 @@ class BackboneConfig:
     # instruction (train.backbone.loss.keypoint_forecast). Where the hand will be is where the object
     # to pick is, so the keypoints at t must hold it: the video's actions teach what to look at.
     keypoint_forecast: bool = False
+    # Pretraining only (conv stem): a heatmap head, conditioned on the instruction, predicts where frame t+H
+    # will differ from frame t (train.backbone.loss.change_map). In a task's video what changes is where the
+    # hand goes, the object it picks and the place it puts it: the stem must find them from frame t.
+    change_map: bool = False
     # Feed frame t's difference from frame t-1 (the motion so far). A policy that sees it can read its own
     # last action off the image and repeat it (the copycat problem of behaviour cloning with history):
     # false keeps the channels, zeroed, so that the architecture does not change.
@@ -96,6 +107,10 @@ class BackboneConfig:
             raise ValueError(
                 f"the conv stem's map is image/{self.stem_stride}: patch_size {self.patch_size} must be a "
                 f"multiple of stem_stride {self.stem_stride}"
+            )
+        if self.change_map and self.stem != "conv":
+            raise ValueError(
+                f"change_map draws on the conv stem's map: stem must be 'conv' (got {self.stem!r})"
             )
         if self.keypoint_forecast and not self.keypoints:
             raise ValueError("keypoint_forecast forecasts keypoints: set keypoints > 0")
@@ -232,6 +247,8 @@ class VideoBackbone(nn.Module):
                     nn.Linear(cfg.keypoints * (2 + cfg.keypoint_descriptor) + C, 512), nn.GELU(),
                     nn.Linear(512, 512), nn.GELU(), nn.Linear(512, 2 * cfg.keypoints),
                 )  # fmt: skip
+        if cfg.change_map:
+            self.change_head = FiLMHeatmaps(cfg.stem_channels, C, 1)  # pretraining's change map; unused after
         self.word_embed = nn.EmbeddingBag(cfg.vocab_size, C, mode="mean", padding_idx=0)
         self.queries = nn.Parameter(torch.randn(1, Q, C) * 0.02)
         self.pos = nn.Parameter(torch.randn(1, P + 1 + Q, C) * 0.02)
@@ -300,6 +317,10 @@ class VideoBackbone(nn.Module):
         """(B, 2K): frame t+H's keypoints forecast from frame t's (with descriptors) and the instruction."""
         return self.keypoint_forecaster(torch.cat([keypoint_vector(out), self.word_embed(words)], dim=1))
 
+    def change_logits(self, out: BackboneOutput, words: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) logits over the stem's map of where frame t+H will differ from frame t."""
+        return self.change_head(out.fmap, self.word_embed(words))[:, 0]
+
     def features(self, out: BackboneOutput) -> torch.Tensor:
         """Context for the action decoder: (B, cfg.num_context_tokens, C)."""
         cfg, B, C = self.cfg, len(out.hidden), self.cfg.dim
@@ -321,6 +342,14 @@ def keypoint_vector(out: BackboneOutput) -> torch.Tensor:
     return torch.cat([out.keypoints, out.descriptors.flatten(1)], dim=1)
 
 
+def change_target(now: torch.Tensor, future: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames t and t+H (B, 3, H, W) -> where they differ as a distribution over a size x size map (B,
+    size * size), and (B,) whether anything changed at all (a still frame has no target)."""
+    change = F.adaptive_avg_pool2d((future - now).abs().mean(1, keepdim=True), size).flatten(1)
+    total = change.sum(-1, keepdim=True)
+    return change / total.clamp_min(1e-8), total[:, 0] > 1e-3 * size * size
+
+
 def backbone_loss(
     out: BackboneOutput,
     future: torch.Tensor,
@@ -333,11 +362,14 @@ def backbone_loss(
     keypoint_detail: float = 0.0,
     forecast: tuple[torch.Tensor, torch.Tensor] | None = None,
     forecast_weight: float = 0.0,
+    change: torch.Tensor | None = None,
+    change_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """future (B, 3, H, W) in [0, 1]; codes (B, H, N) with -1 where no label exists (past an episode's end
     or a video without latent actions); `drawn` the keypoint decoder's frame t, scored against `now`,
     each pixel weighted by `detail_weights(now, keypoint_detail)`; `forecast` (predicted, actual) keypoints
-    of frame t+H, the actual ones a fixed target (no gradient).
+    of frame t+H, the actual ones a fixed target (no gradient); `change` the change map's logits (B, h, w),
+    scored against where frame t+H differs from `now` (`change_target`).
 
     Returns the weighted loss and its terms (unweighted), with the top-1 accuracy of the code predictions.
     """
@@ -359,6 +391,12 @@ def backbone_loss(
         predicted, actual = forecast
         terms["forecast_mse"] = F.mse_loss(predicted, actual.detach())
         loss = loss + forecast_weight * terms["forecast_mse"]
+    if change is not None:
+        target, moved = change_target(now, future, change.shape[-1])
+        terms["change_ce"] = (
+            heatmap_cross_entropy(change[moved], target[moved]) if moved.any() else change.sum() * 0
+        )
+        loss = loss + change_weight * terms["change_ce"]
     return loss, terms
 
 

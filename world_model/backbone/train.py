@@ -23,7 +23,8 @@ from safetensors.torch import load_file
 
 from data.chunks import EpisodeBank, split_episodes
 from data.clips import random_shift, shift_offsets
-from world_model.backbone.model import BackboneConfig, VideoBackbone, backbone_loss, tokenize
+from world_model.backbone.model import BackboneConfig, VideoBackbone, backbone_loss, change_target, tokenize
+from world_model.layers import heatmap_cross_entropy
 from world_model.training.checkpoint import CKPT_DIR
 from world_model.training.trainer import Trainer, TrainTask, millions, print_run
 
@@ -105,6 +106,13 @@ def evaluate(model: VideoBackbone, bank: EpisodeBank, majority_code: int, num: i
         drawn = model.keypoint_decoder(out.keypoints, out.descriptors).clamp(0, 1)
         scores["keypoint_mse"] = torch.mean((drawn - frames[:, 1]) ** 2).item()
         scores["mean_frame_mse"] = torch.mean((frames[:, 1].mean(0) - frames[:, 1]) ** 2).item()
+    if model.cfg.change_map:  # where frame t+H differs, against the training frames' mean change map
+        target, moved = change_target(frames[:, 1], future, out.fmap.shape[-1])
+        logits = model.change_logits(out, words)[moved]
+        scores["change_ce"] = heatmap_cross_entropy(logits, target[moved]).item()
+        scores["change_ce_floor"] = (
+            -(target[moved] * target[moved].clamp_min(1e-12).log()).sum(-1).mean().item()
+        )
     if model.cfg.keypoint_forecast:  # frame t+H's keypoints forecast, against "they stay where they are"
         actual = model.keypoints_of(future)
         scores["forecast_mse"] = torch.mean((model.forecast_keypoints(out, words) - actual) ** 2).item()
@@ -123,7 +131,9 @@ class Objective(torch.nn.Module):
 
     def forward(self, frames, words, future, codes):
         out, weights = self.model(frames, words), self.loss_cfg
-        drawn = forecast = None
+        drawn = forecast = change = None
+        if weights.get("change_map", 0) > 0:
+            change = self.model.change_logits(out, words)
         if weights.get("keypoints", 0) > 0:
             drawn = self.model.keypoint_decoder(out.keypoints, out.descriptors)
         if weights.get("keypoint_forecast", 0) > 0:
@@ -142,13 +152,15 @@ class Objective(torch.nn.Module):
             weights.get("keypoint_detail", 0),
             forecast,
             weights.get("keypoint_forecast", 0),
+            change,
+            weights.get("change_map", 0),
         )
 
 
 class BackboneTask(TrainTask):
     """The video-prediction backbone on actionless video labelled with latent-action codes."""
 
-    progress_keys = ("frame_mse", "action_acc", "keypoint_mse", "forecast_mse")
+    progress_keys = ("frame_mse", "action_acc", "keypoint_mse", "forecast_mse", "change_ce")
 
     def __init__(self, cfg: DictConfig, device: torch.device):
         tcfg = self.tcfg = cfg.train.backbone
@@ -162,6 +174,11 @@ class BackboneTask(TrainTask):
             raise ValueError(
                 "train.backbone.loss.keypoint_forecast > 0 needs the forecaster: set "
                 "model.backbone.keypoint_forecast=true (with keypoints > 0)"
+            )
+        if tcfg.loss.get("change_map", 0) > 0 and not arch.get("change_map"):
+            raise ValueError(
+                "train.backbone.loss.change_map > 0 needs the change map's head: set model.backbone.change_map=true "
+                "(with model.backbone.stem=conv)"
             )
         if tcfg.loss.get("keypoints", 0) > 0 and not arch.get("keypoints"):
             raise ValueError(
