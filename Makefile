@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export PYENV_VERSION ?= 3.12
 DEMO_DIR := outputs/demo
 
-.PHONY: install system-deps test test-all demo experiment metaworld lint bench-sim bench-lam bench-policy bench-control bench-gpu bench-train-cpu bench-neural-sim bench-ceiling datasets clean
+.PHONY: install system-deps test test-all demo results experiment metaworld lint bench-sim bench-lam bench-policy bench-control bench-gpu bench-train-cpu bench-neural-sim bench-ceiling datasets clean
 
 # Offscreen rendering needs EGL and Mesa; install them only when missing (root, Debian).
 system-deps:
@@ -43,8 +43,16 @@ demo: install
 	rm -rf $(DEMO_DIR)
 	$(PYTHON) -m policies.pipeline experiment=demo
 
-# The results table (conf/experiment/full.yaml, ~3 h here, estimated from its stages): every policy and ablation, 50 episodes per
-# task and protocol -> reports/experiment/. Resumes from the runs in outputs/experiment.
+# The headline table (conf/experiment/results.yaml, ~2.5 h here): datasets, the backbone pretrained on the
+# actionless video, ours and Scratch-FM with 3 seeds each, state_fm, LeRobot's ACT, the expert and random, 50
+# episodes per task and protocol -> reports/experiment/results.{json,md,png}. Resumes from outputs/results
+# (delete it to start over); the wall time of every segment is summed in the table.
+results: install
+	$(PYTHON) -m policies.pipeline experiment=results
+
+# The ablations (conf/experiment/full.yaml): the backbone without its change map or its future frame, on one
+# embodiment's video, with latent actions; 50 episodes per task and protocol -> reports/experiment/ablations/.
+# Resumes from the runs in outputs/experiment.
 experiment: install
 	$(PYTHON) -m policies.pipeline experiment=full
 

@@ -26,6 +26,7 @@ import data  # noqa: F401
 # isort: split
 import contextlib
 import logging
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,6 +176,9 @@ def main() -> None:
         if done is not None:
             print(f"ACT baseline already trained: {done}")
             return
+        if out_dir.exists():  # a run that stopped before its checkpoint: lerobot's trainer cannot resume it
+            print(f"ACT baseline: {out_dir} holds an unfinished run; training again from the start")
+            shutil.rmtree(out_dir)
         overrides = OmegaConf.to_container(bcfg.policy, resolve=True)
         path = train_act(
             bcfg.dataset, out_dir, bcfg.steps, bcfg.batch_size, bcfg.chunk_size, bcfg.n_action_steps,

@@ -1,24 +1,33 @@
-"""The main job: data -> latent actions -> backbone -> policy -> SIMPLER-style evaluation, for every
-policy of the results table (ours, Scratch-FM, the LeRobot baseline, the ablations).
+"""The main job: data -> (latent actions) -> backbone -> policies -> SIMPLER-style evaluation -> the table,
+for every policy of a results table (ours, Scratch-FM, the LeRobot baseline, state_fm, the expert, random,
+the ablations).
 
+    python -m policies.pipeline experiment=results       # make results: the headline table, 3 seeds
     python -m policies.pipeline experiment=demo          # make demo: quick profile, ours vs Scratch-FM
-    python -m policies.pipeline experiment=full          # make experiment: the whole table (~3 h here)
-    python -m policies.pipeline experiment=full 'pipeline.policies=[ours,scratch_fm]'
+    python -m policies.pipeline experiment=full          # make experiment: the ablations
+    python -m policies.pipeline experiment=results 'pipeline.policies=[ours,scratch_fm]'
 
 Each stage is its own entry point, run as a subprocess with the same experiment and overrides, so a
-stage can be rerun by hand with the command printed before it. Runs live under `run_dir` (one folder
-per stage); training jobs resume from their checkpoints and finished labels are kept, so rerunning
-the pipeline after an interruption continues where it stopped. Which policy needs which runs:
+stage can be rerun by hand with the command printed before it. Runs live under `run_dir`: a policy's
+first seed in policy/<name>, its other seeds (`pipeline.seeds`) in policy/<name>-seed<k>, each
+evaluation in eval/<run> (`policies.results` gathers them into `eval.report_dir`). Training resumes
+from its checkpoints, finished labels and evaluations are kept, so rerunning the pipeline after an
+interruption continues where it stopped; the minutes of every segment are summed in
+run_dir/pipeline_time.json, so the table's wall time is the whole run's. Which policy needs which runs:
 
-    ours              lam -> labels -> backbone/ours -> policy/ours
-    no_flow_loss      lam_no_flow -> labels -> backbone/no_flow_loss -> policy/no_flow_loss
-    no_future_frame   lam -> labels -> backbone/no_future_frame (frame loss 0) -> policy/...
-    robot_video_only  lam -> labels -> backbone/robot_video_only (robot episodes) -> policy/...
-    hand_video_only   lam -> labels -> backbone/hand_video_only (hand episodes) -> policy/...
-    scratch_fm        policy/scratch_fm (same network, no backbone checkpoint)
+    ours              backbone/ours (actionless video) -> policy/ours[-seed<k>]
+    no_change_map     backbone/no_change_map (change map off) -> policy/...
+    no_future_frame   backbone/no_future_frame (frame loss 0) -> policy/...
+    robot_video_only  backbone/robot_video_only (robot episodes) -> policy/...
+    hand_video_only   backbone/hand_video_only (hand episodes) -> policy/...
+    ours_latent       lam -> labels -> backbone/ours_latent (+ latent actions) -> policy/...
+    scratch_fm        policy/scratch_fm[-seed<k>] (same network, no backbone checkpoint)
+    state_fm          policy/state_fm (the privileged-state ceiling: model/policy=state_fm)
     lerobot_baseline  act (LeRobot's ACT through lerobot's trainer)
+    scripted, random  evaluated as they are
 """
 
+import json
 import subprocess
 import sys
 import time
@@ -27,17 +36,29 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-# policy -> (latent action model run, backbone overrides); None: no pretraining.
+# policy -> (latent action model run or None, backbone overrides); None: no pretraining.
 PRETRAINING = {
-    "ours": ("lam", []),
-    "no_flow_loss": ("lam_no_flow", []),
-    "no_future_frame": ("lam", ["train.backbone.loss.frame=0"]),
-    "robot_video_only": ("lam", ["train.backbone.embodiment=robot"]),
-    "hand_video_only": ("lam", ["train.backbone.embodiment=hand"]),
+    "ours": (None, []),
+    "no_change_map": (None, ["train.backbone.loss.change_map=0"]),
+    "no_future_frame": (None, ["train.backbone.loss.frame=0"]),
+    "robot_video_only": (None, ["train.backbone.embodiment=robot"]),
+    "hand_video_only": (None, ["train.backbone.embodiment=hand"]),
+    "ours_latent": (
+        "lam",
+        [
+            "train.backbone.labels=${train.lam.out_dir}/labels/${data.video.name}.safetensors",
+            "train.backbone.loss.action=1.0",
+            "model.backbone.layers=1",
+        ],
+    ),
     "scratch_fm": None,
 }
-LAM_OVERRIDES = {"lam": [], "lam_no_flow": ["train.lam.loss.flow.weight=0"]}
-EXTRA_EVAL = {"ours_few_step": "ours"}  # evaluated from another policy's run
+LAM_OVERRIDES = {"lam": []}
+CEILING = {"state_fm": ["model/policy=state_fm", "train/policy=state_fm", "train.policy.backbone=null"]}
+UNTRAINED = ("scripted", "random")
+EXTRA_EVAL = {"ours_few_step": "ours"}  # evaluated from another policy's runs
+KNOWN = (*PRETRAINING, *CEILING, *UNTRAINED, "lerobot_baseline", *EXTRA_EVAL)
+TIME_FILE = "pipeline_time.json"
 
 
 def run(module: str, args: list[str]) -> None:
@@ -48,20 +69,42 @@ def run(module: str, args: list[str]) -> None:
     print(f"[{module}: {(time.perf_counter() - start) / 60:.1f} min]", flush=True)
 
 
+def run_name(policy: str, seed: int, seeds: list[int]) -> str:
+    """policy/<name> holds the first seed's run (the name the policy registry loads), the others a suffix."""
+    return policy if seed == seeds[0] else f"{policy}-seed{seed}"
+
+
+def seeds_of(cfg: DictConfig, policy: str) -> list[int]:
+    """The finetuning seeds of a policy: every seed for the video policies, one for the rest."""
+    seeds = [int(s) for s in cfg.pipeline.get("seeds", [0])]
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise ValueError(f"pipeline.seeds must be distinct and non-empty, got {seeds}")
+    trained = EXTRA_EVAL.get(policy, policy)
+    return seeds if trained in PRETRAINING else seeds[:1]
+
+
+def evaluations(cfg: DictConfig) -> list[tuple[str, int, str]]:
+    """(policy, seed, run) of every evaluation of the table, in cfg.pipeline.policies' order."""
+    out = []
+    for policy in cfg.pipeline.policies:
+        seeds = seeds_of(cfg, policy)
+        out += [(policy, seed, run_name(policy, seed, seeds)) for seed in seeds]
+    return out
+
+
 def stages(cfg: DictConfig, base: list[str]) -> list[tuple[str, list[str]]]:
-    """The (module, args) commands for the policies in cfg.pipeline.policies, in dependency order."""
+    """The (module, args) commands for the policies in cfg.pipeline.policies, in dependency order; an
+    evaluation whose results exist already is left out."""
     run_dir, video = Path(cfg.run_dir), f"{cfg.data.root}/{cfg.data.video.name}"
     wanted = list(cfg.pipeline.policies)
-    unknown = [p for p in wanted if p not in PRETRAINING and p != "lerobot_baseline" and p not in EXTRA_EVAL]
+    unknown = [p for p in wanted if p not in KNOWN]
     if unknown:
-        raise ValueError(
-            f"unknown policies {unknown}; known: {[*PRETRAINING, 'lerobot_baseline', *EXTRA_EVAL]}"
-        )
+        raise ValueError(f"unknown policies {unknown}; known: {list(KNOWN)}")
     trained = {EXTRA_EVAL.get(p, p) for p in wanted}
     out: list[tuple[str, list[str]]] = []
     if not (Path(cfg.data.root) / cfg.data.video.name / "meta" / "info.json").is_file():
         out.append(("data.generate", base))
-    lams = sorted({PRETRAINING[p][0] for p in trained if PRETRAINING.get(p)})
+    lams = sorted({PRETRAINING[p][0] for p in trained if PRETRAINING.get(p) and PRETRAINING[p][0]})
     for lam in lams:
         lam_dir = run_dir / lam
         out.append(("world_model.lam.train", [*base, f"train.lam.out_dir={lam_dir}", *LAM_OVERRIDES[lam]]))
@@ -79,39 +122,108 @@ def stages(cfg: DictConfig, base: list[str]) -> list[tuple[str, list[str]]]:
         else:
             lam, overrides = PRETRAINING[name]
             backbone_dir = run_dir / "backbone" / name
+            lam_args = [f"train.lam.out_dir={run_dir / lam}"] if lam else []
             out.append(
                 (
                     "world_model.backbone.train",
-                    [
-                        *base,
-                        f"train.lam.out_dir={run_dir / lam}",
-                        f"train.backbone.out_dir={backbone_dir}",
-                        *overrides,
-                    ],
+                    [*base, *lam_args, f"train.backbone.out_dir={backbone_dir}", *overrides],
                 )
             )
             backbone = [f"train.policy.backbone={backbone_dir}"]
+        seeds = seeds_of(cfg, name)
+        for seed in seeds:
+            policy_dir = run_dir / "policy" / run_name(name, seed, seeds)
+            out.append(
+                (
+                    "policies.train_policy",
+                    [*base, *backbone, f"train.policy.seed={seed}", f"train.policy.out_dir={policy_dir}"],
+                )
+            )
+    for name in (p for p in CEILING if p in trained):
         out.append(
-            ("policies.train_policy", [*base, *backbone, f"train.policy.out_dir={run_dir / 'policy' / name}"])
+            (
+                "policies.train_policy",
+                [*base, *CEILING[name], f"train.policy.out_dir={run_dir / 'policy' / name}"],
+            )
         )
     if "lerobot_baseline" in trained:
         out.append(("policies.lerobot_baseline", [*base, f"lerobot_baseline.out_dir={run_dir / 'act'}"]))
+    out = [stage for stage in out if not _finished(stage)]
     if cfg.pipeline.evaluate:
-        out.append(("sim.evaluate", [*base, f"eval.policies=[{','.join(wanted)}]"]))
+        out += [stage for stage in evaluation_stages(cfg, base) if not _finished(stage)]
     return out
+
+
+def evaluation_stages(cfg: DictConfig, base: list[str]) -> list[tuple[str, list[str]]]:
+    """One sim.evaluate per (policy, seed), into run_dir/eval/<run>; videos of the first seed only."""
+    run_dir, stages_ = Path(cfg.run_dir), []
+    for policy, seed, run in evaluations(cfg):
+        args = [*base, f"eval.policies=[{policy}]", f"eval.report_dir={run_dir / 'eval' / run}"]
+        trained = EXTRA_EVAL.get(policy, policy)
+        if trained in PRETRAINING:  # the registry loads the first seed's run: point it at this one
+            source = run_name(trained, seed, seeds_of(cfg, trained))
+            args.append(f"policies.{policy}.path={run_dir / 'policy' / source / 'pretrained_model'}")
+        if seed != seeds_of(cfg, policy)[0]:
+            args.append("eval.save_videos=false")
+        stages_.append(("sim.evaluate", args))
+    return stages_
+
+
+# stage module -> (the override naming its output folder, the file there that says it finished)
+FINISHED = {
+    "world_model.lam.train": ("train.lam.out_dir=", "summary.json"),
+    "world_model.backbone.train": ("train.backbone.out_dir=", "summary.json"),
+    "policies.train_policy": ("train.policy.out_dir=", "summary.json"),
+    "policies.lerobot_baseline": (
+        "lerobot_baseline.out_dir=",
+        "checkpoints/last/pretrained_model/model.safetensors",
+    ),
+    "sim.evaluate": ("eval.report_dir=", "results.json"),
+}
+
+
+def _finished(stage: tuple[str, list[str]]) -> bool:
+    """A training whose summary is written, an evaluation whose results are: the stage has nothing to do."""
+    module, args = stage
+    if module not in FINISHED:
+        return False
+    key, done = FINISHED[module]
+    folder = [a.split("=", 1)[1] for a in args if a.startswith(key)]
+    return bool(folder) and (Path(folder[-1]) / done).is_file()
+
+
+def record_segment(run_dir: Path, minutes: float) -> float:
+    """Adds this segment's minutes to run_dir/pipeline_time.json; returns the whole run's so far."""
+    path = run_dir / TIME_FILE
+    segments = json.loads(path.read_text())["segments_minutes"] if path.is_file() else []
+    segments.append(round(minutes, 2))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(
+        json.dumps({"segments_minutes": segments, "wall_minutes": round(sum(segments), 2)}, indent=1)
+    )
+    tmp.replace(path)
+    return sum(segments)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    from policies.results import write_results
+
     base = [a for a in sys.argv[1:] if not a.startswith(("pipeline.", "hydra."))]
     plan = stages(cfg, base)
-    print(f"pipeline: {len(plan)} stages for {list(cfg.pipeline.policies)} under {cfg.run_dir}")
+    run_dir = Path(cfg.run_dir)
+    print(f"pipeline: {len(plan)} stages for {list(cfg.pipeline.policies)} under {run_dir}")
     start = time.perf_counter()
-    for module, args in plan:
-        run(module, args)
-    print(
-        f"\npipeline done in {(time.perf_counter() - start) / 60:.1f} min; table: {cfg.eval.report_dir}/results.md"
-    )
+    try:
+        for module, args in plan:
+            run(module, args)
+    finally:  # an interrupted segment's minutes count too
+        wall = record_segment(run_dir, (time.perf_counter() - start) / 60)
+    if cfg.pipeline.evaluate:
+        command = "python -m policies.pipeline " + " ".join(sys.argv[1:])
+        print(write_results(cfg, wall, command))
+    print(f"\npipeline done: {wall:.1f} min over all segments; table: {cfg.eval.report_dir}/results.md")
 
 
 if __name__ == "__main__":

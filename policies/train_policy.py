@@ -200,6 +200,16 @@ def dataset_stats(bank: EpisodeBank) -> dict:
     return {k: {"mean": v.mean(0), "std": v.std(0)} for k, v in bank.columns.items()}
 
 
+def first_demos(bank: EpisodeBank, count: int | None) -> EpisodeBank:
+    """The first `count` demo episodes (all with None): data.generate interleaves the tasks, so the first
+    n hold n / tasks of each (the data-efficiency curve's smaller sets)."""
+    if count is None:
+        return bank
+    if not 1 <= count <= len(bank.episodes):
+        raise ValueError(f"train.policy.demos={count}: the dataset holds {len(bank.episodes)} demos")
+    return bank.subset(bank.episodes[:count])
+
+
 def reads_state_context(cfg: DictConfig) -> bool:
     return cfg.model.policy.get("context", "video") == "state"
 
@@ -262,6 +272,7 @@ class PolicyTask(TrainTask):
         bank = EpisodeBank.load(
             tcfg.dataset, cfg.task.image_key, columns, expect_lossless=cfg.task.get("lossless_images", True)
         )
+        bank = first_demos(bank, tcfg.get("demos"))
         # A share of the demos held out (whole episodes: unseen scenes) to score what the policy
         # generalizes, not what it memorized; 0 trains on every demo.
         self.bank, self.held_out = bank, None

@@ -14,10 +14,11 @@ TINY = [
     # latent action model
     "model.lam.dim=16", "model.lam.heads=2", "model.lam.idm_layers=1", "model.lam.fdm_layers=1",
     "train.lam.steps=2", "train.lam.batch_size=2", "train.lam.val_clips=4", "train.lam.val_fraction=0.2",
-    # backbone
+    # backbone (with a transformer layer and the latent actions: ours_latent's path)
     "model.backbone.dim=32", "model.backbone.heads=2", "model.backbone.layers=1", "model.backbone.horizon=6",
-    "train.backbone.steps=3", "train.backbone.batch_size=4", "train.backbone.val_fraction=0.2",
-    "train.backbone.ckpt_every=2",
+    "model.backbone.stem_channels=16", "train.backbone.steps=3", "train.backbone.batch_size=4",
+    "train.backbone.val_fraction=0.2", "train.backbone.ckpt_every=2",
+    "train.backbone.labels=${train.lam.out_dir}/labels/${data.video.name}.safetensors", "train.backbone.loss.action=1.0",
     # policy
     "model.policy.chunk_size=6", "model.policy.n_action_steps=3", "model.policy.dim=32", "model.policy.heads=2",
     "model.policy.layers=1", "train.policy.steps=3", "train.policy.batch_size=4", "train.policy.ckpt_every=2",
@@ -108,19 +109,83 @@ def test_scratch_policy_and_resume(pipeline_runs, datasets):
 
 
 def test_pipeline_plans_every_stage_of_the_table(tmp_path):
+    """make results: the backbone once for every seed, ours and scratch_fm per seed, state_fm, ACT, and one
+    evaluation per (policy, seed), a finished one left out; make experiment: a backbone per ablation."""
     from policies.pipeline import stages
 
-    cfg = config(tmp_path / "data", tmp_path / "runs", "experiment=full")
-    plan = stages(cfg, ["experiment=full"])
+    runs = tmp_path / "runs"
+    cfg = config(tmp_path / "data", runs, "experiment=results")
+    plan = stages(cfg, ["experiment=results"])
     modules = [m for m, _ in plan]
-    assert modules[0] == "data.generate" and modules[-1] == "sim.evaluate"
-    assert modules.count("world_model.lam.train") == 2 and modules.count("world_model.backbone.train") == 5
-    assert modules.count("policies.train_policy") == 6 and "policies.lerobot_baseline" in modules
-    evaluated = plan[-1][1][-1]
-    assert evaluated.startswith("eval.policies=[ours,scratch_fm,lerobot_baseline")
+    assert modules[0] == "data.generate" and "world_model.lam.train" not in modules
+    assert modules.count("world_model.backbone.train") == 1 and "policies.lerobot_baseline" in modules
+    trains = [args for m, args in plan if m == "policies.train_policy"]
+    outs = sorted(a.split("/")[-1] for args in trains for a in args if a.startswith("train.policy.out_dir="))
+    assert outs == sorted(
+        ["ours", "ours-seed1", "ours-seed2", "scratch_fm", "scratch_fm-seed1", "scratch_fm-seed2", "state_fm"]
+    )
+    assert "model/policy=state_fm" in next(
+        a for a in trains if f"train.policy.out_dir={runs}/policy/state_fm" in a
+    )
+    evals = [args for m, args in plan if m == "sim.evaluate"]
+    assert len(evals) == 10  # scripted, state_fm, ours x 3, scratch_fm x 3, ACT, random
+    seed2 = next(a for a in evals if f"eval.report_dir={runs}/eval/ours-seed2" in a)
+    assert f"policies.ours.path={runs}/policy/ours-seed2/pretrained_model" in seed2
+    (runs / "eval" / "random").mkdir(parents=True)
+    (runs / "eval" / "random" / "results.json").write_text("{}")
+    assert len([m for m, _ in stages(cfg, []) if m == "sim.evaluate"]) == 9  # finished: not rerun
+
+    cfg = config(tmp_path / "data", runs, "experiment=full")
+    modules = [m for m, _ in stages(cfg, ["experiment=full"])]
+    assert modules.count("world_model.lam.train") == 1  # ours_latent's latent actions
+    assert modules.count("world_model.backbone.train") == 6 and modules.count("policies.train_policy") == 7
     cfg.pipeline.policies = ["ours", "nonsense"]
     with pytest.raises(ValueError, match="unknown policies"):
         stages(cfg, [])
+    cfg.pipeline.seeds = [0, 0]
+    cfg.pipeline.policies = ["ours"]
+    with pytest.raises(ValueError, match="distinct"):
+        stages(cfg, [])
+
+
+def test_results_table_averages_the_seeds_and_keeps_each(tmp_path):
+    """policies.results: per-seed rates, their mean, the seeds, the wall time and the stamp; a missing
+    evaluation is an error naming it."""
+    import json
+
+    from policies.results import write_results
+
+    runs, report = tmp_path / "runs", tmp_path / "report"
+    cfg = config(
+        tmp_path / "data", runs, "experiment=results", "pipeline.policies=[ours,random]", "pipeline.seeds=[0,1]",
+        f"eval.report_dir={report}",
+    )  # fmt: skip
+
+    def fake(name: str, rate: float) -> dict:
+        stat = {"rate": rate, "ci95": [0.0, 1.0], "n": 2}
+        tasks = {t: {p: {"success": stat, "grasp": stat} for p in ("visual_matching", "variant_aggregation")}
+                 for t in ("stack_block", "carrot_on_plate")}  # fmt: skip
+        average = {p: {"success": rate, "grasp": rate} for p in ("visual_matching", "variant_aggregation")}
+        return {
+            "episodes_per_task": 2,
+            "seed": 1000,
+            "policies": {name: {"tasks": tasks, "average": average}},
+        }
+
+    for run, name, rate in (("ours", "ours", 0.5), ("ours-seed1", "ours", 0.25), ("random", "random", 0.0)):
+        (runs / "eval" / run).mkdir(parents=True)
+        (runs / "eval" / run / "results.json").write_text(json.dumps(fake(name, rate)))
+    text = write_results(cfg, 12.5, "python -m policies.pipeline experiment=results")
+    table = json.loads((report / "results.json").read_text())
+    assert table["per_seed"]["ours"]["visual_matching"] == [0.5, 0.25]
+    assert table["average_success"]["ours"]["visual_matching"] == 0.375
+    assert table["seeds"] == {"ours": [0, 1], "random": [0]} and table["episodes_per_task"] == 2
+    assert table["wall_minutes"] == 12.5 and table["command"].startswith("python -m policies.pipeline")
+    assert table["commit"] and "**37.5** [25.0, 50.0]" in text
+    assert (report / "results.md").is_file() and (report / "results.png").is_file()
+    (runs / "eval" / "ours-seed1" / "results.json").unlink()
+    with pytest.raises(FileNotFoundError, match="ours-seed1"):
+        write_results(cfg, 1.0, "x")
 
 
 def backbone_step_overrides(root, cfg, out_dir, *extra) -> list[str]:
@@ -267,3 +332,30 @@ def test_waypoints_are_where_the_demos_grasp_and_train_through_the_trainer(pipel
     )
     summary = train_policy(cfg)
     assert 0 < summary["held_out_waypoint_close_cm"] < 100 and 0 < summary["held_out_waypoint_open_cm"] < 100
+
+
+def test_make_results_runs_through_the_harness_on_a_toy_profile(datasets, tmp_path):
+    """python -m policies.pipeline experiment=results at toy scale, two seeds: every stage as a subprocess,
+    the table with both seeds, the wall time of the run; a second run finds everything done."""
+    import json
+    import subprocess
+    import sys
+
+    root, runs, report = datasets[0], tmp_path / "runs", tmp_path / "report"
+    overrides = [
+        f"data.root={root}", f"run_dir={runs}", *TINY, "experiment=results",
+        "train.backbone.labels=null", "train.backbone.loss.action=0", "model.backbone.layers=0",
+        "pipeline.policies=[ours,scratch_fm,random]", "pipeline.seeds=[0,1]",
+        "eval.episodes_per_task=1", "eval.num_envs=1", "eval.save_videos=false",
+        "eval.protocols=[visual_matching]", f"eval.report_dir={report}",
+    ]  # fmt: skip
+    cmd = [sys.executable, "-m", "policies.pipeline", *overrides]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    table = json.loads((report / "results.json").read_text())
+    assert table["seeds"] == {"ours": [0, 1], "scratch_fm": [0, 1], "random": [0]}
+    assert all(len(v["visual_matching"]) == len(table["seeds"][k]) for k, v in table["per_seed"].items())
+    assert table["episodes_per_task"] == 1 and table["wall_minutes"] > 0
+    assert (runs / "policy" / "ours-seed1" / "pretrained_model" / "model.safetensors").is_file()
+    again = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    assert "pipeline: 0 stages" in again  # resumed: nothing left to do
+    assert len(json.loads((runs / "pipeline_time.json").read_text())["segments_minutes"]) == 2
