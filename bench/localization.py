@@ -34,11 +34,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from bench.common import save_figure, stamp, write_report
+from bench.common import compose_config, save_figure, stamp, write_report
+from data.camera import PinholeCamera
 from data.chunks import EpisodeBank, split_episodes
 from policies.vipra.configuration_vipra import ENV_STATE_KEY, STATE_KEY
 from world_model.backbone.model import BackboneConfig, VideoBackbone, keypoint_vector, load_backbone, tokenize
-from world_model.layers import SpatialSoftmax
+from world_model.layers import SpatialSoftmax, heatmap_cross_entropy, heatmap_targets, soft_argmax
 from world_model.training.schedule import warmup_cosine
 
 QUANTITIES = ("source_xy", "target_xy", "hand_xy")
@@ -220,15 +221,114 @@ def draw_keypoints(backbone: VideoBackbone, bank: EpisodeBank, path: Path, scene
     save_figure(fig, path, dpi=90)
 
 
+TABLE_POINTS = {"source_xy": (0, 3), "target_xy": (4, 7)}  # environment_state slices of the objects' x, y, z
+
+
+def labelled_points(bank: EpisodeBank) -> torch.Tensor:
+    """(F, 3, 3) metres: the object to pick, the place and the hand (QUANTITIES' order), x, y, z."""
+    env, state = bank.columns[ENV_STATE_KEY], bank.columns[STATE_KEY]
+    return torch.stack([env[:, 0:3], env[:, 4:7], state[:, 0:3]], dim=1).float()
+
+
+@torch.no_grad()
+def stem_maps(backbone: VideoBackbone, bank: EpisodeBank) -> torch.Tensor:
+    """(F, c, g, g) the frozen conv stem's map of every demo frame (with frame t-1)."""
+    backbone.eval()
+    out = []
+    for rows in torch.arange(len(bank)).split(256):
+        frames = bank.frames[bank.window(rows, 1).context].float() / 255
+        words = tokenize([bank.tasks[i] for i in rows.tolist()], backbone.cfg.vocab_size)
+        out.append(backbone(frames, words).fmap)
+    return torch.cat(out)
+
+
+def heatmap_probe(
+    train_maps: torch.Tensor,
+    train_uv: torch.Tensor,
+    train_task: torch.Tensor,
+    held_maps: torch.Tensor,
+    held_task: torch.Tensor,
+    tasks: int,
+    steps: int,
+    seed: int,
+) -> torch.Tensor:
+    """A linear heatmap probe: per task, a 1x1 convolution of the frozen map to one map per quantity,
+    fitted by cross-entropy against Gaussians at their pixels (train_uv (F, Q, 2) in [-1, 1]); returns
+    the held-out maps' soft-argmax (F, Q, 2)."""
+    torch.manual_seed(seed)
+    Q, c = train_uv.shape[1], train_maps.shape[1]
+    probe = nn.Conv2d(c, tasks * Q, 1)
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=3e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: warmup_cosine(k, steps, 50, 0.05))
+    gen = torch.Generator().manual_seed(seed)
+
+    def maps_of(x: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        logits = probe(x).unflatten(1, (tasks, Q))  # (B, tasks, Q, g, g)
+        return logits[torch.arange(len(x)), task]  # (B, Q, g, g): the frame's task's probe
+
+    for _ in range(steps):
+        rows = torch.randint(len(train_maps), (256,), generator=gen)
+        logits = maps_of(train_maps[rows], train_task[rows])
+        target = heatmap_targets(train_uv[rows], logits.shape[-1])
+        loss = heatmap_cross_entropy(logits.flatten(0, 1), target.flatten(0, 1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    with torch.no_grad():
+        return torch.cat(
+            [
+                soft_argmax(maps_of(held_maps[r], held_task[r]))
+                for r in torch.arange(len(held_maps)).split(512)
+            ]
+        )
+
+
+def probe_stem(
+    backbone: VideoBackbone,
+    train: EpisodeBank,
+    held: EpisodeBank,
+    camera: PinholeCamera,
+    steps: int,
+    seed: int,
+) -> dict[str, float]:
+    """Held-out RMS cm of the linear heatmap probe on the backbone's frozen stem map: each quantity's peak
+    seen on the table at its true height through the camera."""
+    names = sorted(set(train.tasks) | set(held.tasks))
+    task_index = lambda bank: torch.tensor([names.index(t) for t in bank.tasks])  # noqa: E731
+    points = {name: labelled_points(bank) for name, bank in (("train", train), ("held", held))}
+    train_uv = torch.from_numpy(
+        camera.to_unit(camera.project(points["train"].reshape(-1, 3).double().numpy()))
+    )
+    uv = heatmap_probe(
+        stem_maps(backbone, train), train_uv.float().view(-1, 3, 2), task_index(train),
+        stem_maps(backbone, held), task_index(held), len(names), steps, seed,
+    )  # fmt: skip
+    truth = points["held"].double().numpy()
+    pixels = (uv.double().numpy() + 1) * camera.image_size / 2
+    report = {}
+    for j, name in enumerate(QUANTITIES):
+        seen = camera.backproject(pixels[:, j], truth[:, j, 2])
+        report[name] = round(float(100 * (((seen - truth[:, j]) ** 2)[:, :2].sum(-1).mean() ** 0.5)), 2)
+    return report
+
+
 def task_one_hot(bank: EpisodeBank, tasks: list[str]) -> torch.Tensor:
     return torch.tensor([[float(t == name) for name in tasks] for t in bank.tasks])
 
 
 def probe_backbone(
-    path: str, train: EpisodeBank, held: EpisodeBank, seed: int, steps: int = 3000, figure: Path | None = None
+    path: str,
+    train: EpisodeBank,
+    held: EpisodeBank,
+    seed: int,
+    steps: int = 3000,
+    figure: Path | None = None,
+    camera: PinholeCamera | None = None,
 ) -> dict:
-    """RMS cm of the MLP probe on the pretrained backbone's frozen features and on a random-weight twin;
-    with `figure` (keypoints only), what its keypoints track in held-out scenes."""
+    """RMS cm of the probe on the pretrained backbone's frozen features and on a random-weight twin: with
+    a conv stem and a `camera`, the linear heatmap probe of its map (`probe_stem`); otherwise an MLP on
+    its keypoints or patch tokens. With `figure` (keypoints only), what its keypoints track."""
     pretrained = load_backbone(path)
     if pretrained.cfg.image_size != train.frames.shape[-1]:
         raise ValueError(
@@ -238,6 +338,11 @@ def probe_backbone(
     torch.manual_seed(seed)
     backbones = {"pretrained": pretrained, "random_init": VideoBackbone(pretrained.cfg)}
     tasks = sorted(set(train.tasks))
+    if camera is not None and pretrained.cfg.stem == "conv" and not pretrained.cfg.keypoints:
+        report = {"backbone": str(path), "features": "stem map (linear heatmap probe)", "probe_steps": steps}
+        for name, backbone in backbones.items():
+            report[name] = probe_stem(backbone, train, held, camera, steps, seed)
+        return report
     report = {"backbone": str(path), "features": "keypoints" if pretrained.cfg.keypoints else "patch tokens"}
     for name, backbone in backbones.items():
         x_train = torch.cat([frozen_features(backbone, train), task_one_hot(train, tasks)], dim=1)
@@ -247,6 +352,12 @@ def probe_backbone(
     if figure is not None and pretrained.cfg.keypoints:
         draw_keypoints(pretrained, held, figure)
     return report
+
+
+def task_camera(bank: EpisodeBank) -> PinholeCamera | None:
+    """The default task's camera calibration (conf/task `camera`) at the demos' image size, or None."""
+    camera = compose_config().task.get("camera")
+    return PinholeCamera.from_config(camera, bank.frames.shape[-1]) if camera else None
 
 
 def run(
@@ -272,7 +383,11 @@ def run(
         "constant_rms_cm": rms_cm(targets_of(train).mean(0).expand_as(y_held), y_held),
         "encoders": {name: fit_encoder(name, train, held, steps, batch, seed) for name in encoders},
         **(
-            {"feature_probe": probe_backbone(backbone, train, held, seed, probe_steps, figure)}
+            {
+                "feature_probe": probe_backbone(
+                    backbone, train, held, seed, probe_steps, figure, task_camera(bank)
+                )
+            }
             if backbone
             else {}
         ),

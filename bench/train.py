@@ -28,6 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.common import stamp, time_calls, write_report
 from policies.vipra import VipraConfig, VipraPolicy
 from policies.vipra.configuration_vipra import ACTION_KEY, STATE_KEY
+from policies.vipra.modeling_vipra import WAYPOINT_KEY, WAYPOINT_PAD_KEY
 from world_model.backbone.model import BackboneConfig, VideoBackbone, tokenize
 from world_model.backbone.train import Objective as BackboneObjective
 from world_model.lam.losses import FlowNet
@@ -109,6 +110,12 @@ def neural_sim_step(cfg: DictConfig, device: torch.device) -> tuple[torch.nn.Mod
 def policy_step(cfg: DictConfig, device: torch.device) -> tuple[torch.nn.Module, Step, int]:
     pcfg = OmegaConf.to_container(cfg.model.policy, resolve=True)
     pcfg.pop("backbone_scratch")
+    if pcfg.get("waypoint_weight", 0) > 0 and pcfg.pop("waypoint_on_table", True):
+        # the table tokens' cost: the task's camera, the event heights of a grasp (m) (train_policy reads
+        # them from the demos)
+        pcfg["camera_calibration"] = OmegaConf.to_container(cfg.task.camera, resolve=True)
+        pcfg["waypoint_heights"] = [0.03, 0.08]
+    pcfg.pop("waypoint_on_table", None)
     backbone = backbone_config(cfg)
     size = backbone["image_size"]
     features = {
@@ -128,7 +135,9 @@ def policy_step(cfg: DictConfig, device: torch.device) -> tuple[torch.nn.Module,
         "action_is_pad": torch.zeros(B, H, dtype=torch.bool, device=device),
         "task": ["put the carrot on the plate"] * B,
     }
-
+    if config.waypoint_weight > 0:
+        batch[WAYPOINT_KEY] = torch.rand(B, 2, 2, device=device) * 2 - 1
+        batch[WAYPOINT_PAD_KEY] = torch.zeros(B, 2, dtype=torch.bool, device=device)
     return policy, lambda: policy(batch)[0], B
 
 

@@ -65,6 +65,7 @@ def project_config(dataset, out_dir, *extra):
                 f"task.image_key={CAMERA}",
                 f"task.image_size={SIZE}",
                 "task.env.camera=corner2",
+                "model.policy.waypoint_weight=0",  # an uncalibrated camera (conf/experiment/metaworld.yaml)
                 f"train.policy.dataset={dataset}",
                 f"train.policy.out_dir={out_dir}",
                 *TINY_POLICY,

@@ -75,10 +75,10 @@ def test_finetuned_policy_runs_in_the_harness(pipeline_runs, datasets):
     train_policy(cfg)
     path = run_dir / "policy/pretrained_model"
     policy = make_policy(path)
-    # The backbone was initialised from the pretrained one, then tuned at a tenth of the rate.
+    # The backbone was initialised from the pretrained one, then tuned at the configured share of the rate.
     pretrained = load_backbone(run_dir / "backbone")
     assert policy.policy.backbone.cfg == pretrained.cfg
-    assert policy.config.backbone_lr_scale == pytest.approx(0.1)
+    assert policy.config.backbone_lr_scale == pytest.approx(cfg.model.policy.backbone_lr_scale)
     results = evaluate(
         {"ours": lambda task: make_policy(path)}, ["stack_block"], ["visual_matching"], episodes=1, num_envs=1
     )
@@ -192,10 +192,13 @@ def backbone_step_overrides(root, cfg, out_dir, *extra) -> list[str]:
     """One backbone step with random shifts, from the labelled fixture video."""
     return [
         f"data.root={root}",
-        f"train.backbone.labels={cfg.train.backbone.labels}",
-        f"train.backbone.out_dir={out_dir}",
         *[o for o in TINY if o.startswith(("task.", "data.", "model.backbone.", "train.backbone."))],
+        f"train.backbone.labels={cfg.train.backbone.labels}",  # after TINY's, which names this run's LAM
+        f"train.backbone.out_dir={out_dir}",
         "model.backbone.horizon=1",  # no chunk runs past an episode's end, so no masked mean: see below
+        # the change map's loss is a mean over the frames that change (another masked mean): off here
+        "model.backbone.change_map=false",
+        "train.backbone.loss.change_map=0",
         "train.backbone.steps=1",
         "train.backbone.batch_size=8",
         "train.backbone.shift=2",
@@ -261,7 +264,7 @@ def test_keypoint_pretraining_on_frames_alone_and_its_probe(datasets, tmp_path):
         "train.backbone.loss.keypoints=10",
         "train.backbone.loss.keypoint_forecast=10",
         "model.backbone.stem=conv",
-        "model.backbone.stem_channels=8",
+        "model.backbone.stem_channels=16",
         "model.backbone.keypoints=4",
         "model.backbone.keypoint_forecast=true",
     ]
@@ -278,6 +281,31 @@ def test_keypoint_pretraining_on_frames_alone_and_its_probe(datasets, tmp_path):
     probe = json.loads(out.read_text())["feature_probe"]
     assert probe["features"] == "keypoints" and figure.is_file()
     assert all(0 <= v < 100 for name in ("pretrained", "random_init") for v in probe[name].values())
+
+
+def test_the_feature_probe_reads_the_conv_stem_map_with_the_camera(pipeline_runs, datasets, tmp_path):
+    """bench.localization on a conv-stem backbone: a linear heatmap probe of its frozen map, the peaks seen
+    on the table through the task's camera, in cm, for the pretrained backbone and a random twin."""
+    import json
+
+    from bench.localization import main as localization
+
+    _, run_dir, _ = pipeline_runs
+    out = tmp_path / "probe.json"
+    args = [
+        "--dataset",
+        str(datasets[0] / "demos"),
+        "--encoders",
+        "",
+        "--backbone",
+        str(run_dir / "backbone"),
+    ]
+    localization([*args, "--probe-steps", "5", "--out", str(out)])
+    probe = json.loads(out.read_text())["feature_probe"]
+    assert probe["features"] == "stem map (linear heatmap probe)"
+    for name in ("pretrained", "random_init"):
+        assert set(probe[name]) == {"source_xy", "target_xy", "hand_xy"}
+        assert all(0 < v < 100 for v in probe[name].values()), probe[name]
 
 
 def test_waypoints_are_where_the_demos_grasp_and_train_through_the_trainer(pipeline_runs, datasets):

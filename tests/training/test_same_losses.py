@@ -2,8 +2,10 @@
 profile on CPU, equal those recorded before the loop was shared (`losses_before_refactor.json`, written by
 the four separate loops of commit cd2dce2 with `PYTHONPATH=. python tests/training/test_same_losses.py`; the shared
 loop reproduced them bit for bit). When the demo expert changed the fixture data (its grasp settle, after 3274555),
-the shared loop re-recorded all but the neural simulator's, whose inputs did not change; from there on the file
-guards the shared loop against changes to its numbers.
+the shared loop re-recorded all but the neural simulator's, whose inputs did not change; when the CPU profile
+became the waypoint recipe (after 042166a) it re-recorded the backbone's and the policies' (the LAM's, state_fm's
+and the neural simulator's still matched). From there on the file guards the shared loop against changes to its
+numbers.
 
 The losses are read where every loop hands them to autograd (`Tensor.backward`), so the check needs no
 hook in the trainer it checks."""
