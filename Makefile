@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export PYENV_VERSION ?= 3.12
 DEMO_DIR := outputs/demo
 
-.PHONY: install system-deps test test-all demo results experiment metaworld lint bench-sim bench-lam bench-policy bench-control bench-gpu bench-train-cpu bench-neural-sim bench-ceiling datasets clean
+.PHONY: install system-deps test test-all demo results data-efficiency experiment metaworld lint bench-sim bench-lam bench-policy bench-control bench-gpu bench-train-cpu bench-neural-sim bench-ceiling datasets clean
 
 # Offscreen rendering needs EGL and Mesa; install them only when missing (root, Debian).
 system-deps:
@@ -49,6 +49,12 @@ demo: install
 # (delete it to start over); the wall time of every segment is summed in the table.
 results: install
 	$(PYTHON) -m policies.pipeline experiment=results
+
+# What video buys in demos (conf/experiment/data_efficiency.yaml, ~65 min here after make results): ours and
+# Scratch-FM on 10, 25, 50, 100, 200 demos, visual matching -> reports/experiment/data_efficiency.{json,png}.
+# Shares outputs/results with make results (its backbone and 200-demo runs); resumes.
+data-efficiency: install
+	$(PYTHON) -m policies.data_efficiency experiment=data_efficiency
 
 # The ablations (conf/experiment/full.yaml): the backbone without its change map or its future frame, on one
 # embodiment's video, with latent actions; 50 episodes per task and protocol -> reports/experiment/ablations/.

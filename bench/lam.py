@@ -10,6 +10,11 @@ and the picture reports/figures/lam_grid.png.
 - probe_r2_translation: a ridge probe from one transition's latents (N tokens x code_dim) to the true
   end-effector translation of that step, fitted on 70% of the labelled demo episodes, R^2 on the rest
   (averaged over x, y, z).
+- feature_probe_rms_cm (with bench_lam.backbone): how well the backbone pretrained on the actionless
+  video localizes the object to pick, the place and the hand: bench.localization's linear heatmap probe
+  of its frozen conv-stem map, fitted on 70% of the demo episodes, RMS cm on the rest (and the same
+  probe on a random-weight twin). `bench_lam.feature_probe_only=true` adds it to the existing report
+  without retraining the LAM (it keeps its own command and commit there).
 - transfer_agreement: hand clips and robot clips with the same end-effector motion (the hand's actions
   replayed on the robot, same scene); the hand's latents drive the decoder from the robot's first
   frame, the predicted robot clip is encoded again and the probe reads its motion. Agreement is the
@@ -258,9 +263,36 @@ def heldout_bank(model: LatentActionModel, out_dir: Path, image_key: str):
     return bank, bank.bank.columns["embodiment"][bank.starts].reshape(-1).long()
 
 
+def feature_probe(cfg: DictConfig) -> dict:
+    """bench.localization's probe of the pretrained backbone in cfg.bench_lam.backbone (frozen) on the demos."""
+    from bench.localization import run as localization
+
+    backbone = Path(cfg.bench_lam.backbone)
+    if not (backbone / "checkpoints" / "last" / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"bench_lam.backbone={backbone} holds no trained backbone (checkpoints/last/model.safetensors); "
+            "train one with `make results` (outputs/results/backbone/ours) or python -m world_model.backbone.train"
+        )
+    demos = str(Path(cfg.data.root) / cfg.data.demos.name)
+    probe = localization(demos, [], 0, 0, 0.3, cfg.bench_lam.seed, str(backbone), cfg.bench_lam.probe_steps)[
+        "feature_probe"
+    ]
+    return {
+        "feature_probe_rms_cm": probe["pretrained"],
+        "feature_probe": probe
+        | {"command": "python -m bench.lam " + " ".join(sys.argv[1:]), "commit": git_commit()},
+    }
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     torch.manual_seed(cfg.bench_lam.seed)
+    if cfg.bench_lam.feature_probe_only:
+        out = Path(cfg.bench_lam.out)
+        result = json.loads(out.read_text()) | feature_probe(cfg)
+        write_atomic(out, json.dumps(result, indent=1) + "\n")
+        print(f"lam: feature_probe_rms_cm {result['feature_probe_rms_cm']} -> {out}")
+        return
     out_dir = Path(cfg.bench_lam.out_dir)
     cfg.train.lam.out_dir = str(out_dir)
     training = None
@@ -292,6 +324,8 @@ def main(cfg: DictConfig) -> None:
         result["samples_per_s"] = training["samples_per_s"]
         result["train_wall_minutes_with_loading"] = training["wall_minutes"]
     grid_figure(model, bank, embodiment, Path(cfg.bench_lam.figure))
+    if cfg.bench_lam.backbone:
+        result |= feature_probe(cfg)
     targets = {"probe_r2_translation": 0.8, "codebook_usage": 0.75, "transfer_agreement": 0.8}
     result["targets"] = targets
     result["meets_targets"] = {k: result[k] >= v for k, v in targets.items()} | {

@@ -18,9 +18,12 @@ Diffusion Policy's choice for low-resolution control), and `cnn_fine`, the same 
     python -m bench.localization --backbone outputs/backbone --encoders ""   # the feature probe
 
 With `--backbone`, the probe of pretrained features: the backbone (trained on actionless video only) is
-frozen; its keypoints (conv stem) or patch tokens on frames t-1, t of the demos feed an MLP probe with
-the instruction's task, fitted on the same 70% and scored on the same 30%; beside it the same probe on
-the same architecture with random weights, which tells what pretraining added.
+frozen and probed on the same 70% / 30% of the demo episodes, beside the same probe on the same
+architecture with random weights, which tells what pretraining added. A conv stem without keypoints (the
+CPU profile) gets a linear heatmap probe of its 32x32 map: per task, a 1x1 convolution to one map per
+quantity, fitted by cross-entropy to Gaussians at the quantities' pixels (projected with the task's
+camera), its soft-argmax seen on the table at the true height; keypoints or patch tokens feed an MLP
+probe with the instruction's task.
 """
 
 import argparse

@@ -148,9 +148,9 @@ def stages(cfg: DictConfig, base: list[str]) -> list[tuple[str, list[str]]]:
         )
     if "lerobot_baseline" in trained:
         out.append(("policies.lerobot_baseline", [*base, f"lerobot_baseline.out_dir={run_dir / 'act'}"]))
-    out = [stage for stage in out if not _finished(stage)]
+    out = [stage for stage in out if not stage_finished(stage)]
     if cfg.pipeline.evaluate:
-        out += [stage for stage in evaluation_stages(cfg, base) if not _finished(stage)]
+        out += [stage for stage in evaluation_stages(cfg, base) if not stage_finished(stage)]
     return out
 
 
@@ -182,7 +182,7 @@ FINISHED = {
 }
 
 
-def _finished(stage: tuple[str, list[str]]) -> bool:
+def stage_finished(stage: tuple[str, list[str]]) -> bool:
     """A training whose summary is written, an evaluation whose results are: the stage has nothing to do."""
     module, args = stage
     if module not in FINISHED:
@@ -192,9 +192,9 @@ def _finished(stage: tuple[str, list[str]]) -> bool:
     return bool(folder) and (Path(folder[-1]) / done).is_file()
 
 
-def record_segment(run_dir: Path, minutes: float) -> float:
-    """Adds this segment's minutes to run_dir/pipeline_time.json; returns the whole run's so far."""
-    path = run_dir / TIME_FILE
+def record_segment(run_dir: Path, minutes: float, name: str = TIME_FILE) -> float:
+    """Adds this segment's minutes to run_dir/`name`; returns the whole run's so far."""
+    path = run_dir / name
     segments = json.loads(path.read_text())["segments_minutes"] if path.is_file() else []
     segments.append(round(minutes, 2))
     path.parent.mkdir(parents=True, exist_ok=True)

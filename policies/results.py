@@ -6,7 +6,10 @@
 results.json: `average_success[policy][protocol]` (mean over the policy's seeds), `per_seed[policy]
 [protocol]` (one rate per seed), `seeds[policy]`, `per_task`, `grasp`, `runs` (each evaluation's own
 entry, with its first-close distances), `training` (each run's steps, batch and minutes),
-`episodes_per_task`, `wall_minutes` (the whole pipeline, all segments), `command`, `commit`.
+`episodes_per_task`, `wall_minutes` (the whole pipeline, all segments), `command`, `commit`;
+training_curves.png: every policy run's training losses.
+
+    python -m policies.results experiment=results +curves_only=true   # the training curves alone
 """
 
 import json
@@ -142,6 +145,59 @@ def bar_chart(table: dict, path: Path) -> None:
     save_figure(fig, path, dpi=120)
 
 
+def scalar_series(tb_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of one scalar of a run's TensorBoard log; empty where the run did not log it."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    if tag not in events.Tags()["scalars"]:
+        return np.zeros(0), np.zeros(0)
+    points = events.Scalars(tag)
+    return np.array([p.step for p in points]), np.array([p.value for p in points])
+
+
+def logged_runs(run_dir: Path) -> list[Path]:
+    return sorted(p.parent for p in (run_dir / "policy").glob("*/tb"))
+
+
+TRAIN_CURVES = {"train/fm_loss": "flow-matching loss", "train/waypoint_loss": "waypoint maps' cross-entropy"}
+
+
+def training_curves(run_dir: Path, path: Path, window: int = 8, tags: dict[str, str] = TRAIN_CURVES) -> None:
+    """Scalars (`tags`: tag -> title) of every policy run under run_dir/policy, a running mean over `window`
+    logged points; by default the training losses: whether the runs had converged when they stopped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench.common import save_figure
+
+    runs = logged_runs(run_dir)
+    if not runs:
+        raise FileNotFoundError(f"no policy runs with a TensorBoard log under {run_dir / 'policy'}")
+    fig, axes = plt.subplots(1, len(tags), figsize=(10, 3.6))
+    colors = {"ours": "C0", "scratch_fm": "C1", "state_fm": "C2"}
+    for run in runs:
+        family = run.name.split("-seed")[0]
+        for ax, tag in zip(axes, tags, strict=True):
+            steps, values = scalar_series(run / "tb", tag)
+            if len(values) >= window:
+                smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+                ax.plot(steps[window - 1 :], smooth, color=colors.get(family, "C7"), lw=1, label=run.name)
+    for ax, (tag, title) in zip(axes, tags.items(), strict=True):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.set_yscale("log" if tag.startswith("train/") else "linear")
+        if tag.endswith("chunk_skill"):  # 1 - chunk error / the constant (mean) chunk's error
+            ax.axhline(0, ls="--", c="k", lw=0.8, label="constant predictor")
+    if axes[0].lines:
+        axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+
+
 def write_results(cfg: DictConfig, wall_minutes: float | None, command: str) -> str:
     """results.json / .md / .png in cfg.eval.report_dir; returns the markdown."""
     table = gather(cfg)
@@ -163,11 +219,17 @@ def write_results(cfg: DictConfig, wall_minutes: float | None, command: str) -> 
     write_atomic(out / "results.json", json.dumps(table, indent=1) + "\n")
     write_atomic(out / "results.md", f"{text}\n## First seed of each policy, per task\n\n{detail}\n{footer}")
     bar_chart(table, out / "results.png")
+    if logged_runs(Path(cfg.run_dir)):
+        training_curves(Path(cfg.run_dir), out / "training_curves.png")
     return text + footer
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    """Rewrite the table from the finished evaluations; with +curves_only=true only the training curves."""
+    if cfg.get("curves_only"):
+        training_curves(Path(cfg.run_dir), Path(cfg.eval.report_dir) / "training_curves.png")
+        return
     print(write_results(cfg, None, "python -m policies.results " + " ".join(sys.argv[1:])))
 
 

@@ -44,3 +44,31 @@ def test_unknown_encoder_is_named(datasets, tmp_path):
     ]
     with pytest.raises(ValueError, match="unknown encoders"):
         main(args)
+
+
+def test_the_heatmap_probe_finds_a_point_its_map_draws():
+    """The linear heatmap probe of a frozen map: where one channel draws each frame's point (the others
+    noise), the held-out soft-argmax lands on that point within a pixel of the 16x16 map."""
+    from bench.localization import heatmap_probe
+    from world_model.layers import heatmap_targets
+
+    gen = torch.Generator().manual_seed(0)
+    uv = torch.rand(600, 1, 2, generator=gen) * 1.6 - 0.8  # (F, Q=1, 2) in [-1, 1]
+    # the log of the target itself: a 1x1 convolution with weight 1 on it reproduces the target exactly
+    bump = heatmap_targets(uv, 16).view(600, 1, 16, 16).clamp_min(1e-12).log()
+    maps = torch.cat([bump, torch.randn(600, 3, 16, 16, generator=gen) * 0.1], dim=1)  # (F, c=4, 16, 16)
+    task = torch.zeros(600, dtype=torch.long)
+    found = heatmap_probe(maps[:500], uv[:500], task[:500], maps[500:], task[500:], 1, steps=600, seed=0)
+    pixels_off = (found - uv[500:]).norm(dim=-1) * 16 / 2
+    assert found.shape == (100, 1, 2) and pixels_off.mean() < 1.0, pixels_off.mean()
+
+
+def test_bench_lam_names_a_missing_backbone(tmp_path):
+    from hydra import compose, initialize
+
+    from bench.lam import feature_probe
+
+    with initialize(version_base="1.3", config_path="../../conf"):
+        cfg = compose("config", overrides=[f"bench_lam.backbone={tmp_path / 'none'}"])
+    with pytest.raises(FileNotFoundError, match=r"bench_lam.backbone=.*none holds no trained backbone"):
+        feature_probe(cfg)

@@ -66,6 +66,7 @@ def test_backbone_trains_on_labelled_video(pipeline_runs):
 
 
 def test_finetuned_policy_runs_in_the_harness(pipeline_runs, datasets):
+    from data.dataset import load_metadata
     from policies.train_policy import train as train_policy
     from policies.vipra import make_policy
     from sim.evaluate import evaluate
@@ -79,11 +80,31 @@ def test_finetuned_policy_runs_in_the_harness(pipeline_runs, datasets):
     pretrained = load_backbone(run_dir / "backbone")
     assert policy.policy.backbone.cfg == pretrained.cfg
     assert policy.config.backbone_lr_scale == pytest.approx(cfg.model.policy.backbone_lr_scale)
+    # The demos carry the object poses; the image policy reads the camera and the robot state only.
+    assert "observation.environment_state" in load_metadata(datasets[0] / "demos").features
+    assert set(policy.config.input_features) == {cfg.task.image_key, "observation.state"}
     results = evaluate(
         {"ours": lambda task: make_policy(path)}, ["stack_block"], ["visual_matching"], episodes=1, num_envs=1
     )
     assert results["policies"]["ours"]["tasks"]["stack_block"]["visual_matching"]["success"]["n"] == 1
     assert set(results["average_success"]["ours"]) == {"visual_matching"}
+
+
+def test_a_seed_gives_the_same_run_and_another_seed_another(pipeline_runs, datasets, tmp_path):
+    from safetensors.torch import load_file
+
+    from policies.train_policy import train as train_policy
+
+    _, run_dir, _ = pipeline_runs
+    weights = {}
+    for name, seed in (("first", 0), ("again", 0), ("other", 1)):
+        out = tmp_path / name
+        overrides = ["train.policy.backbone=null", f"train.policy.seed={seed}", f"train.policy.out_dir={out}"]
+        train_policy(config(datasets[0], run_dir, *overrides))
+        weights[name] = load_file(out / "pretrained_model" / "model.safetensors")
+    for key, value in weights["first"].items():
+        torch.testing.assert_close(weights["again"][key], value, rtol=0, atol=0)
+    assert any(not torch.equal(weights["other"][k], v) for k, v in weights["first"].items())
 
 
 def test_scratch_policy_and_resume(pipeline_runs, datasets):
@@ -387,3 +408,33 @@ def test_make_results_runs_through_the_harness_on_a_toy_profile(datasets, tmp_pa
     again = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     assert "pipeline: 0 stages" in again  # resumed: nothing left to do
     assert len(json.loads((runs / "pipeline_time.json").read_text())["segments_minutes"]) == 2
+
+
+def test_make_data_efficiency_runs_through_the_harness_on_a_toy_profile(datasets, tmp_path):
+    """python -m policies.data_efficiency at toy scale: ours and Scratch-FM on 1 and 2 demos (2: every demo,
+    the name make results gives its seed-0 runs), each evaluated, the curve's JSON with Wilson intervals and
+    its plot; a second run finds everything done."""
+    import json
+    import subprocess
+    import sys
+
+    root, runs, out = datasets[0], tmp_path / "runs", tmp_path / "report" / "data_efficiency.json"
+    overrides = [
+        f"data.root={root}", f"run_dir={runs}", *TINY, "experiment=data_efficiency", "data.demos.episodes=2",
+        "train.backbone.labels=null", "train.backbone.loss.action=0", "model.backbone.layers=0",
+        "data_efficiency.demos=[1,2]", "data_efficiency.episodes_per_task=1", "eval.episodes_per_task=1",
+        "eval.num_envs=1", "eval.save_videos=false", "eval.protocols=[visual_matching]", f"data_efficiency.out={out}",
+    ]  # fmt: skip
+    cmd = [sys.executable, "-m", "policies.data_efficiency", *overrides]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    table = json.loads(out.read_text())
+    for policy in ("ours", "scratch_fm"):
+        rates = table[policy]
+        assert set(rates) == {"1", "2"} and all(0 <= r <= 1 for r in rates.values())
+        for n, (low, high) in table["ci95"][policy].items():
+            assert low <= rates[n] <= high and table["episodes"][policy][n] == 2  # 1 episode x 2 tasks
+    assert (runs / "policy" / "ours-demos1" / "pretrained_model" / "model.safetensors").is_file()
+    assert (runs / "policy" / "scratch_fm" / "summary.json").is_file()  # every demo: make results' run name
+    assert out.with_suffix(".png").is_file() and table["wall_minutes"] > 0 and table["commit"]
+    again = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    assert "data efficiency: 0 stages" in again
