@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import sim  # noqa: F401  (sets MUJOCO_GL before mujoco loads)
 from bench.common import git_commit, save_figure, write_atomic
+from data.camera import PinholeCamera
 from data.chunks import Clips, EpisodeBank
 from data.clips import episode_columns, flow_targets, load_episode_frames, to_uint8_hwc
 from sim.env import TabletopEnv
@@ -274,9 +275,9 @@ def feature_probe(cfg: DictConfig) -> dict:
             "train one with `make results` (outputs/results/backbone/ours) or python -m world_model.backbone.train"
         )
     demos = str(Path(cfg.data.root) / cfg.data.demos.name)
-    probe = localization(demos, [], 0, 0, 0.3, cfg.bench_lam.seed, str(backbone), cfg.bench_lam.probe_steps)[
-        "feature_probe"
-    ]
+    camera = PinholeCamera.from_config(cfg.task.camera, cfg.task.image_size)
+    args = (demos, [], 0, 0, 0.3, cfg.bench_lam.seed, str(backbone), cfg.bench_lam.probe_steps)
+    probe = localization(*args, camera=camera)["feature_probe"]
     return {
         "feature_probe_rms_cm": probe["pretrained"],
         "feature_probe": probe

@@ -373,7 +373,9 @@ def run(
     backbone: str | None = None,
     probe_steps: int = 3000,
     figure: Path | None = None,
+    camera: PinholeCamera | None = None,
 ) -> dict:
+    """`camera`: the task's calibration for the stem-map probe (default: the root config's task)."""
     unknown = sorted(set(encoders) - set(ENCODERS))
     if unknown:
         raise ValueError(f"unknown encoders {unknown}; expected some of {sorted(ENCODERS)}")
@@ -388,7 +390,7 @@ def run(
         **(
             {
                 "feature_probe": probe_backbone(
-                    backbone, train, held, seed, probe_steps, figure, task_camera(bank)
+                    backbone, train, held, seed, probe_steps, figure, camera or task_camera(bank)
                 )
             }
             if backbone
