@@ -43,7 +43,7 @@ demo: install
 	rm -rf $(DEMO_DIR)
 	$(PYTHON) -m policies.pipeline experiment=demo
 
-# The headline table (conf/experiment/results.yaml, ~2.5 h here): datasets, the backbone pretrained on the
+# The headline table (conf/experiment/results.yaml, 99 min here): datasets, the backbone pretrained on the
 # actionless video, ours and Scratch-FM with 3 seeds each, state_fm, LeRobot's ACT, the expert and random, 50
 # episodes per task and protocol -> reports/experiment/results.{json,md,png}. Resumes from outputs/results
 # (delete it to start over); the wall time of every segment is summed in the table.
