@@ -16,14 +16,13 @@ against demos.
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from policies.pipeline import record_segment, run, stage_finished
+from policies.pipeline import run_plan, stage_finished
 from sim.metrics import wilson_interval
 from sim.reporting import git_commit, write_atomic
 
@@ -151,12 +150,7 @@ def main(cfg: DictConfig) -> None:
     plan = stages(cfg, base)
     run_dir = Path(cfg.run_dir)
     print(f"data efficiency: {len(plan)} stages under {run_dir}")
-    start = time.perf_counter()
-    try:
-        for module, args in plan:
-            run(module, args)
-    finally:  # an interrupted segment's minutes count too
-        wall = record_segment(run_dir, (time.perf_counter() - start) / 60, TIME_FILE)
+    wall = run_plan(plan, run_dir, TIME_FILE)
     table = gather(cfg) | {
         "episodes_per_task": cfg.data_efficiency.episodes_per_task,
         "protocol": PROTOCOL,

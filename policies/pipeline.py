@@ -192,6 +192,18 @@ def stage_finished(stage: tuple[str, list[str]]) -> bool:
     return bool(folder) and (Path(folder[-1]) / done).is_file()
 
 
+def run_plan(plan: list[tuple[str, list[str]]], run_dir: Path, time_file: str = TIME_FILE) -> float:
+    """Run the stages in order; adds this segment's minutes to run_dir/`time_file` even when a stage fails,
+    and returns the whole run's minutes so far."""
+    start = time.perf_counter()
+    try:
+        for module, args in plan:
+            run(module, args)
+    finally:  # an interrupted segment's minutes count too
+        wall = record_segment(run_dir, (time.perf_counter() - start) / 60, time_file)
+    return wall
+
+
 def record_segment(run_dir: Path, minutes: float, name: str = TIME_FILE) -> float:
     """Adds this segment's minutes to run_dir/`name`; returns the whole run's so far."""
     path = run_dir / name
@@ -214,12 +226,7 @@ def main(cfg: DictConfig) -> None:
     plan = stages(cfg, base)
     run_dir = Path(cfg.run_dir)
     print(f"pipeline: {len(plan)} stages for {list(cfg.pipeline.policies)} under {run_dir}")
-    start = time.perf_counter()
-    try:
-        for module, args in plan:
-            run(module, args)
-    finally:  # an interrupted segment's minutes count too
-        wall = record_segment(run_dir, (time.perf_counter() - start) / 60)
+    wall = run_plan(plan, run_dir)
     if cfg.pipeline.evaluate:
         command = "python -m policies.pipeline " + " ".join(sys.argv[1:])
         print(write_results(cfg, wall, command))
