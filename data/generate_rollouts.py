@@ -1,7 +1,10 @@
 """Labelled robot rollouts for the neural simulator, as a LeRobotDataset v3: episodes of the scripted
-expert at several noise levels, the expert that does not turn to the object, and random actions, kept
-whether they succeed or not, so the world model sees what failing looks like. Every frame carries the
-sim's labels: `success` (the task's test on this frame) and `grasped_now` (both fingers on the object).
+expert at several noise levels, the expert that does not turn to the object, random actions and, as
+GE-Sim does, trained policies (a kind whose `policy` is a factory of the evaluation registry's form,
+e.g. `{_target_: policies.vipra.make_policy, _partial_: true, path: ...}`), kept whether they succeed or
+not, so the world model sees what failing looks like, and how the policies it will judge fail. Every
+frame carries the sim's labels: `success` (the task's test on this frame) and `grasped_now` (both
+fingers on the object).
 
     python -m data.generate_rollouts                                # outputs/datasets/rollouts
     python -m data.generate_rollouts data.rollouts.episodes=20 data.rollouts.name=rollouts_small
@@ -12,13 +15,17 @@ from pathlib import Path
 
 import hydra
 import numpy as np
+import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm import tqdm
 
 from data.dataset import EXECUTED_ACTION_KEY, SCENE_SEED_KEY, create_dataset, demo_features
 from data.generate import _env, close_envs
 from sim.env import ACTION_HIGH, ACTION_LOW, TabletopEnv
+from sim.evaluate import obs_to_batch
 from sim.experts import ExpertController
+from sim.features import FeatureMap
 from sim.tasks import get_task
 
 
@@ -38,21 +45,70 @@ class UniformController:
     def __init__(self, rng: np.random.Generator):
         self.rng = rng
 
-    def act(self, agent_pos, env_state) -> np.ndarray:
+    def act(self, obs: dict, instruction: str) -> np.ndarray:
         return self.rng.uniform(ACTION_LOW, ACTION_HIGH).astype(np.float32)
 
 
-def make_controller(kind: DictConfig, task: str, rng: np.random.Generator):
+class ExpertRollout:
+    """The scripted expert, from the privileged state (noise and yaw alignment per kind)."""
+
+    def __init__(self, expert: ExpertController):
+        self.expert = expert
+
+    def act(self, obs: dict, instruction: str) -> np.ndarray:
+        return self.expert.act(obs["agent_pos"], obs["environment_state"])
+
+
+class PolicyRollout:
+    """A trained policy (reset() / select_action(batch), LeRobot's contract) driving the env from what it
+    reads, as sim.evaluate runs it: one env's observation batched as B=1."""
+
+    def __init__(self, policy):
+        self.policy, self.match = policy, None
+        policy.reset()
+
+    def act(self, obs: dict, instruction: str) -> np.ndarray:
+        batch = obs_to_batch(
+            {
+                "pixels": {k: v[None] for k, v in obs["pixels"].items()},
+                **{k: obs[k][None] for k in ("agent_pos", "environment_state")},
+                "task": [instruction],
+            }
+        )
+        if self.match is None:  # the policy's camera and state keys, checked once
+            self.match = FeatureMap(self.policy, batch, hint=" (set task.image_size to the policy's)")
+        with torch.inference_mode():
+            action = self.policy.select_action(self.match(batch))
+        action = action.cpu().numpy() if isinstance(action, torch.Tensor) else np.asarray(action)
+        return action.astype(np.float32).reshape(-1)
+
+
+def make_controller(kind: DictConfig, task: str, rng: np.random.Generator, loaded: dict | None = None):
+    """A controller for one episode: act(obs, instruction) -> action. `loaded` keeps the trained policies
+    built so far, (kind, task) -> policy, so a checkpoint loads once per run."""
+    if not isinstance(kind.policy, str):
+        loaded = {} if loaded is None else loaded
+        if (kind.name, task) not in loaded:
+            loaded[kind.name, task] = instantiate(kind.policy)(task=task)
+        return PolicyRollout(loaded[kind.name, task])
     if kind.policy == "random":
         return UniformController(rng)
-    return ExpertController(get_task(task), noise=kind.noise, rng=rng, align_yaw=kind.get("align_yaw", True))
+    if kind.policy != "expert":
+        raise ValueError(
+            f"rollout kind {kind.name!r}: policy {kind.policy!r} is not 'expert', 'random' or a policy "
+            "factory ({_target_: ..., _partial_: true, ...})"
+        )
+    expert = ExpertController(
+        get_task(task), noise=kind.noise, rng=rng, align_yaw=kind.get("align_yaw", True)
+    )
+    return ExpertRollout(expert)
 
 
 def record(env: TabletopEnv, controller, seed: int, ds) -> bool:
     """One full-length episode into `ds`; frame t holds the observation, labels and the action taken."""
     obs, info = env.reset(seed=seed)
     for _ in range(env.max_episode_steps):
-        action = controller.act(obs["agent_pos"], obs["environment_state"])
+        action = controller.act(obs, env.task_description)
         ds.add_frame(
             {
                 "observation.images.image": obs["pixels"]["image"],
@@ -75,11 +131,12 @@ def generate_rollouts(cfg: DictConfig, task_cfg: DictConfig, root: Path) -> dict
     weights = np.array([k.weight for k in kinds], dtype=float)
     rng = np.random.default_rng(cfg.seed)
     successes: dict[str, list[bool]] = {k.name: [] for k in kinds}
+    loaded: dict = {}
     with create_dataset(root, rollout_features(task_cfg.image_size), task_cfg.fps, "widowx_sim") as ds:
         for i in tqdm(range(cfg.episodes), desc="rollouts", unit="ep"):
             task, kind = tasks[i % len(tasks)], kinds[rng.choice(len(kinds), p=weights / weights.sum())]
             env = _env(task, cfg.protocol, task_cfg, "widowx")
-            controller = make_controller(kind, task, np.random.default_rng(rng.integers(2**31)))
+            controller = make_controller(kind, task, np.random.default_rng(rng.integers(2**31)), loaded)
             successes[kind.name].append(record(env, controller, int(cfg.seed) + i, ds))
         frames = ds.meta.total_frames
     rates = {k: f"{sum(v)}/{len(v)}" for k, v in successes.items()}

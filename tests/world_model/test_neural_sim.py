@@ -303,3 +303,45 @@ def test_throughput_probe_reads_both_profiles_and_times_the_cpu_one():
     result = measure("cpu", "cpu", envs=[1, 2], repeats=1)
     assert [r["envs"] for r in result["imagined"]] == [1, 2]
     assert all(r["frames_per_s"] > 0 for r in result["imagined"])
+
+
+def test_rollouts_accept_a_trained_policy_as_controller(tmp_path):
+    """GE-Sim's recipe: a checkpoint drives the rollouts the simulator trains on, from its camera, state and
+    instruction; the dataset records the very actions it chose (its first one recomputed from the stored
+    first frame with the same noise)."""
+    from data.dataset import load_dataset
+    from data.generate import close_envs
+    from data.generate_rollouts import generate_rollouts
+    from policies.vipra import VipraPolicy, make_policy
+    from tests.policies.tiny import save_trained, tiny_config
+
+    torch.manual_seed(0)
+    save_trained(VipraPolicy(tiny_config()).eval(), tmp_path / "policy")
+    task = OmegaConf.create({"tasks": ["stack_block"], "image_size": 32, "fps": 5})
+    learned = {"_target_": "policies.vipra.make_policy", "_partial_": True, "path": str(tmp_path / "policy")}
+    kinds = [{"name": "tiny_policy", "policy": learned, "weight": 1}]
+    rollouts = OmegaConf.create({"episodes": 2, "protocol": "visual_matching", "seed": 5, "kinds": kinds})
+    torch.manual_seed(1)
+    try:
+        out = generate_rollouts(rollouts, task, tmp_path / "rollouts")
+    finally:
+        close_envs()
+    assert out["frames"] == 2 * 60 and set(out["successes"]) == {"tiny_policy"}
+
+    first = load_dataset(tmp_path / "rollouts")[0]
+    torch.manual_seed(1)  # as before the run: loading the policy, then its first chunk's noise
+    policy = make_policy(tmp_path / "policy")
+    batch = {
+        "observation.images.image": first["observation.images.image"][None],
+        "observation.state": first["observation.state"][None],
+        "task": [first["task"]],
+    }
+    with torch.inference_mode():
+        expected = policy.select_action(batch)[0]
+    torch.testing.assert_close(first["action"], expected, rtol=0, atol=1e-5)
+
+    bad = OmegaConf.create({"name": "bad", "policy": "ours", "weight": 1})
+    with pytest.raises(ValueError, match="not 'expert', 'random' or a policy factory"):
+        from data.generate_rollouts import make_controller
+
+        make_controller(bad, "stack_block", np.random.default_rng(0))
