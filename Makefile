@@ -52,7 +52,7 @@ demo: install
 results: install
 	$(PYTHON) -m policies.pipeline experiment=results
 
-# What video buys in demos (conf/experiment/data_efficiency.yaml, ~65 min here after make results): ours and
+# What video buys in demos (conf/experiment/data_efficiency.yaml, 57 min here after make results): ours and
 # Scratch-FM on 10, 25, 50, 100, 200 demos, visual matching -> reports/experiment/data_efficiency.{json,png}.
 # Shares outputs/results with make results (its backbone and 200-demo runs); resumes.
 data-efficiency: install
