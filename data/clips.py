@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import PIL.Image
+import pyarrow as pa
 import torch
 from datasets import Image
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -99,8 +100,29 @@ def episode_columns(root: str | Path, keys: list[str]) -> dict[str, np.ndarray]:
     if missing_video:
         raise ValueError(f"{missing_video} are video keys; use load_episode_frames for them")
     table = LeRobotDataset(repo_id=f"local/{Path(root).name}", root=root, video_backend="pyav").hf_dataset
-    table = table.select_columns([*keys, "episode_index", "frame_index"]).with_format("numpy")
-    return {k: np.asarray(table[k]) for k in [*keys, "episode_index", "frame_index"]}
+    table = table.select_columns([*keys, "episode_index", "frame_index"]).with_format("arrow")
+    return {k: arrow_to_numpy(table[k], k) for k in [*keys, "episode_index", "frame_index"]}
+
+
+def arrow_to_numpy(column: pa.Array | pa.ChunkedArray, name: str = "column") -> np.ndarray:
+    """An arrow column of scalars or (nested) fixed-length lists -> a (rows, *shape) array, read in one go:
+    the datasets library's numpy format converts row by row (10 s for 15k frames here, 0.2 s this way)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    rows, shape, length = len(column), [], len(column)
+    while (
+        pa.types.is_fixed_size_list(column.type)
+        or pa.types.is_list(column.type)
+        or pa.types.is_large_list(column.type)
+    ):
+        column = column.flatten()
+        if length == 0 or len(column) % length:
+            raise ValueError(
+                f"{name}: lists of unequal lengths cannot form an array ({len(column)} values, {length} lists)"
+            )
+        shape.append(len(column) // length)
+        length = len(column)
+    return column.to_numpy(zero_copy_only=False).reshape(rows, *shape)
 
 
 def shift_offsets(n: int, pad: int, gen: torch.Generator | None = None) -> torch.Tensor:

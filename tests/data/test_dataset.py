@@ -56,6 +56,27 @@ def test_demos_run_to_the_horizon_and_succeed(datasets):
         assert (tail[:, 6] == 0).all()
 
 
+def test_columns_read_whole_equal_the_datasets_librarys_rows(datasets):
+    """episode_columns reads arrow columns in one go; values, shapes and dtypes are the per-row reader's."""
+    import pyarrow as pa
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from data.clips import arrow_to_numpy
+
+    root = datasets[0] / "demos"
+    keys = ["observation.state", "action", "observation.environment_state"]
+    fast = episode_columns(root, keys)
+    rows = LeRobotDataset(repo_id="local/demos", root=root).hf_dataset.with_format("numpy")
+    for key in [*keys, "episode_index", "frame_index"]:
+        slow = np.asarray(rows[key])
+        assert fast[key].dtype == slow.dtype and fast[key].shape == slow.shape
+        np.testing.assert_array_equal(fast[key], slow)
+    nested = pa.chunked_array([pa.array([[[1, 2], [3, 4]]]), pa.array([[[5, 6], [7, 8]]])])
+    assert arrow_to_numpy(nested).shape == (2, 2, 2)
+    with pytest.raises(ValueError, match="x: lists of unequal lengths"):
+        arrow_to_numpy(pa.array([[1.0], [2.0, 3.0]]), "x")
+
+
 def test_lossy_video_frames_are_warned_about(tmp_path):
     """A camera stored as encoded video, read where lossless frames are expected, names key and codec."""
     root = tmp_path / "lossy"
