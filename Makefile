@@ -39,8 +39,8 @@ test: install
 test-all: install
 	$(PYTHON) -m pytest -q
 
-# The main job on the quick profile: small datasets -> latent actions -> backbone -> policy (ours and
-# Scratch-FM) -> the SIMPLER-style table (conf/experiment/demo.yaml, ~15 min). Starts from a clean $(DEMO_DIR).
+# make results' recipe shrunk to ~15 min: datasets -> backbone pretrained on the actionless video -> ours and
+# Scratch-FM -> visual matching, the table printed (conf/experiment/demo.yaml). Starts from a clean $(DEMO_DIR).
 demo: install
 	rm -rf $(DEMO_DIR)
 	$(PYTHON) -m policies.pipeline experiment=demo
