@@ -311,7 +311,7 @@ def test_rollouts_accept_a_trained_policy_as_controller(tmp_path):
     first frame with the same noise)."""
     from data.dataset import load_dataset
     from data.generate import close_envs
-    from data.generate_rollouts import generate_rollouts
+    from data.generate_rollouts import generate_rollouts, make_controller
     from policies.vipra import VipraPolicy, make_policy
     from tests.policies.tiny import save_trained, tiny_config
 
@@ -342,6 +342,4 @@ def test_rollouts_accept_a_trained_policy_as_controller(tmp_path):
 
     bad = OmegaConf.create({"name": "bad", "policy": "ours", "weight": 1})
     with pytest.raises(ValueError, match="not 'expert', 'random' or a policy factory"):
-        from data.generate_rollouts import make_controller
-
         make_controller(bad, "stack_block", np.random.default_rng(0))
