@@ -111,10 +111,11 @@ bench-policy: install
 bench-control: install
 	$(PYTHON) -m bench.control run_dir=$(RESULTS_DIR)
 
-# The neural simulator against MuJoCo (generates its rollouts and trains it when missing, ~45 min):
-# agreement over 7 policies, PSNR/SSIM by horizon, throughput -> reports/bench/neural_sim.json.
+# The neural simulator against MuJoCo (generates its rollouts, with make results' and make
+# data-efficiency's checkpoints among their controllers, and trains it when missing, ~75 min): agreement
+# over 12 policies (6 trained checkpoints), PSNR/SSIM by horizon, throughput -> reports/bench/neural_sim.json.
 bench-neural-sim: install
-	$(PYTHON) -m bench.neural_sim
+	$(PYTHON) -m bench.neural_sim run_dir=$(RESULTS_DIR)
 
 # Training samples/s and MFU of the GPU profiles (128x128), fp32/bf16, eager/compiled: reports/bench/train_cuda.json.
 # Prints why and exits 0 where no GPU is visible.

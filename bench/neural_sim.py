@@ -6,7 +6,8 @@
 - Agreement (SIMPLER's protocol): every policy under `bench_neural_sim.policies` (scripted experts with
   increasing noise, the expert that does not turn to the object, random actions, trained checkpoints
   when present) is evaluated by the same harness in MuJoCo and in the neural simulator, on the same
-  seeded scenes; Pearson r and MMRV of the success rates across policies, per task and overall.
+  seeded scenes; Pearson r and MMRV of the success rates across policies, per task and overall, and
+  whether each policy's imagined success lies inside its MuJoCo Wilson 95% interval.
 - Video fidelity (EWMBench-style, no language model): held-out rollouts replayed in the neural simulator
   from their first real frame and state with their real actions; PSNR and SSIM against MuJoCo's frames
   by horizon, the end-effector trajectory (the probe's reading of the imagined frames, and the state
@@ -34,7 +35,7 @@ from data.dataset import load_metadata
 from data.generate import close_envs
 from data.generate_rollouts import generate_rollouts
 from sim.evaluate import evaluate
-from sim.metrics import mmrv, pearson_r
+from sim.metrics import mmrv, pearson_r, wilson_interval
 from world_model.metrics import psnr, ssim
 from world_model.neural_sim.dynamics import ACTION, SUCCESS, world_columns
 from world_model.neural_sim.env import CHECKPOINT_ENV, NeuralTabletopEnv
@@ -118,13 +119,15 @@ def cm(predicted: torch.Tensor, true: torch.Tensor) -> float:
 # ---------------------------------------------------------------------------------------------- agreement
 def agreement(cfg: DictConfig, checkpoint: Path) -> dict:
     bcfg = cfg.bench_neural_sim
-    policies = {}
+    policies, learned = {}, []
     for name, node in bcfg.policies.items():
         path = node.get("path")
         if path is not None and not Path(path).exists():
             print(f"skipping {name}: no checkpoint at {path}")
             continue
         policies[name] = instantiate(node)
+        if path is not None:
+            learned.append(name)
     tasks, protocols = list(cfg.task.tasks), [bcfg.protocol]
     os.environ[CHECKPOINT_ENV] = str(checkpoint)  # read by the neural env in the harness's workers
     runs = {}
@@ -153,8 +156,16 @@ def agreement(cfg: DictConfig, checkpoint: Path) -> dict:
         }
         for t in tasks
     }
+    n = bcfg.episodes * len(tasks)  # episodes per policy in each simulator
+    intervals = {}
+    for name, real, imagined in zip(policies, rates("mujoco", None), rates("neural", None), strict=True):
+        lo, hi = wilson_interval(round(real * n), n)
+        intervals[name] = {"mujoco_ci95": [lo, hi], "neural": imagined, "inside": lo <= imagined <= hi}
     return {
         "policies": list(policies),
+        "learned": learned,
+        "inside_mujoco_interval": intervals,
+        "learned_inside_mujoco_interval": sum(intervals[n]["inside"] for n in learned),
         "success_mujoco": dict(zip(policies, rates("mujoco", None), strict=True)),
         "success_neural": dict(zip(policies, rates("neural", None), strict=True)),
         "grasp_mujoco": {
@@ -211,14 +222,15 @@ def plot(report: dict, path: Path) -> None:
     names = agr["policies"]
     x = [agr["success_mujoco"][n] for n in names]
     y = [agr["success_neural"][n] for n in names]
-    axes[2].scatter(x, y)
+    colours = ["tab:orange" if n in agr["learned"] else "tab:blue" for n in names]
+    axes[2].scatter(x, y, c=colours)
     for n, xi, yi in zip(names, x, y, strict=True):
         axes[2].annotate(n, (xi, yi), fontsize=7)
     axes[2].plot([0, 1], [0, 1], "k:", lw=0.8)
     axes[2].set(
         xlabel="success in MuJoCo",
         ylabel="success in the neural simulator",
-        title=f"agreement: r={agr['pearson_r']:.2f}, MMRV={agr['mmrv']:.3f}",
+        title=f"agreement: r={agr['pearson_r']:.2f}, MMRV={agr['mmrv']:.3f} (orange: trained)",
     )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -237,6 +249,8 @@ def main(cfg: DictConfig) -> None:
         "pearson_r": report["agreement"]["pearson_r"],
         "mmrv": report["agreement"]["mmrv"],
         "n_policies": len(report["agreement"]["policies"]),
+        "n_learned": len(report["agreement"]["learned"]),
+        "learned_inside_mujoco_interval": report["agreement"]["learned_inside_mujoco_interval"],
         "psnr_by_horizon": {str(h): fid["psnr"][h - 1] for h in sorted(set(marks))},
         "ssim_by_horizon": {str(h): fid["ssim"][h - 1] for h in sorted(set(marks))},
         "episodes_per_task": bcfg.episodes,
@@ -247,7 +261,16 @@ def main(cfg: DictConfig) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, json.dumps(report, indent=1) + "\n")
     plot(report, Path(bcfg.figure))
-    keys = ("pearson_r", "mmrv", "n_policies", "psnr_by_horizon", "neural_steps_per_s", "mujoco_steps_per_s")
+    keys = (
+        "pearson_r",
+        "mmrv",
+        "n_policies",
+        "n_learned",
+        "learned_inside_mujoco_interval",
+        "psnr_by_horizon",
+        "neural_steps_per_s",
+        "mujoco_steps_per_s",
+    )
     print(json.dumps({k: report[k] for k in keys}, indent=1))
     print(f"wrote {out} and {bcfg.figure}")
 

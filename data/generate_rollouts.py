@@ -104,6 +104,21 @@ def make_controller(kind: DictConfig, task: str, rng: np.random.Generator, loade
     return ExpertRollout(expert)
 
 
+def check_checkpoints(kinds: list) -> None:
+    """Fail before the first episode, not hundreds in, when a trained policy's checkpoint is missing."""
+    missing = [
+        f"{k.name}: {k.policy.path}"
+        for k in kinds
+        if not isinstance(k.policy, str) and "path" in k.policy and not Path(k.policy.path).exists()
+    ]
+    if missing:
+        raise FileNotFoundError(
+            "rollout kinds name checkpoints that do not exist:\n  " + "\n  ".join(missing) + "\n"
+            "train them first (make results data-efficiency, then run_dir=outputs/results), or drop these "
+            "kinds from data.rollouts.kinds"
+        )
+
+
 def record(env: TabletopEnv, controller, seed: int, ds) -> bool:
     """One full-length episode into `ds`; frame t holds the observation, labels and the action taken."""
     obs, info = env.reset(seed=seed)
@@ -129,6 +144,7 @@ def generate_rollouts(cfg: DictConfig, task_cfg: DictConfig, root: Path) -> dict
     """`cfg.episodes` episodes, tasks in turn, each by a controller kind drawn with `cfg.kinds` weights."""
     tasks, kinds = list(task_cfg.tasks), list(cfg.kinds)
     weights = np.array([k.weight for k in kinds], dtype=float)
+    check_checkpoints(kinds)
     rng = np.random.default_rng(cfg.seed)
     successes: dict[str, list[bool]] = {k.name: [] for k in kinds}
     loaded: dict = {}

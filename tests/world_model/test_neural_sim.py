@@ -343,3 +343,21 @@ def test_rollouts_accept_a_trained_policy_as_controller(tmp_path):
     bad = OmegaConf.create({"name": "bad", "policy": "ours", "weight": 1})
     with pytest.raises(ValueError, match="not 'expert', 'random' or a policy factory"):
         make_controller(bad, "stack_block", np.random.default_rng(0))
+
+
+def test_rollouts_refuse_a_missing_checkpoint_before_the_first_episode(tmp_path):
+    """A kind naming a checkpoint that was never trained fails at once, naming the kind and the path, and
+    writes no dataset (not hundreds of episodes in)."""
+    from data.generate_rollouts import generate_rollouts
+
+    missing = tmp_path / "policy" / "ours-seed9" / "pretrained_model"
+    kinds = [
+        {"name": "expert", "policy": "expert", "noise": 0.005, "weight": 1},
+        {"name": "ours_seed9", "weight": 1,
+         "policy": {"_target_": "policies.vipra.make_policy", "_partial_": True, "path": str(missing)}},
+    ]  # fmt: skip
+    rollouts = OmegaConf.create({"episodes": 2, "protocol": "visual_matching", "seed": 5, "kinds": kinds})
+    task = OmegaConf.create({"tasks": ["stack_block"], "image_size": 32, "fps": 5})
+    with pytest.raises(FileNotFoundError, match=f"ours_seed9: {missing}"):
+        generate_rollouts(rollouts, task, tmp_path / "rollouts")
+    assert not (tmp_path / "rollouts").exists()
