@@ -6,8 +6,11 @@ not, so the world model sees what failing looks like, and how the policies it wi
 frame carries the sim's labels: `success` (the task's test on this frame) and `grasped_now` (both
 fingers on the object).
 
-    python -m data.generate_rollouts                                # outputs/datasets/rollouts
-    python -m data.generate_rollouts data.rollouts.episodes=20 data.rollouts.name=rollouts_small
+    python -m data.generate_rollouts run_dir=outputs/results        # outputs/datasets/rollouts
+    python -m data.generate_rollouts run_dir=outputs/results data.rollouts.episodes=20 data.rollouts.name=rollouts_small
+
+The default kinds include make results' and make data-efficiency's checkpoints (under `run_dir`); a
+missing one stops the run before its first episode.
 """
 
 import sys
