@@ -10,7 +10,8 @@ actions t .. t+H-1 (past the episode's end they repeat the last one and are mask
 `action_is_pad`). Batches are LeRobot batches, so `policy.forward` is the same one lerobot-train
 calls. Images get a random shift of a few pixels. The backbone starts from the pretrained checkpoint
 and learns at `model.policy.backbone_lr_scale` x lr (0 freezes it); with `backbone: null` it starts
-from random weights and learns at the full rate (Scratch-FM). Writes `<out_dir>/pretrained_model`
+from random weights and learns at the full rate (Scratch-FM); with `init_policy` the whole policy starts
+from a trained one's weights (a second stage). Writes `<out_dir>/pretrained_model`
 (`save_pretrained`: config.json + model.safetensors, and the processor pair that normalizes with the
 demos' statistics, as lerobot-train writes it) and resumable training checkpoints in `<out_dir>/checkpoints/last`. With `model.policy.context=state` (state_fm) the
 same loop trains the decoder on the privileged object poses instead of frames; with
@@ -247,6 +248,18 @@ def build_policy(cfg: DictConfig, bank: EpisodeBank) -> VipraPolicy:
     return VipraPolicy(config)
 
 
+def init_from_policy(policy: VipraPolicy, path: str | Path) -> None:
+    """Start from a trained policy's weights (`train.policy.init_policy`): a second finetuning stage, e.g.
+    the shortcut mode trained onto a converged flow-matching decoder. The architecture must match."""
+    weights = Path(path) / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"train.policy.init_policy={path}: no model.safetensors there (expected a pretrained_model "
+            "folder written by policies.train_policy)"
+        )
+    VipraPolicy._load_as_safetensor(policy, str(weights), "cpu", strict=True)
+
+
 def save_pretrained_atomic(policy: VipraPolicy, processors: tuple, out: Path) -> None:
     """`save_pretrained` and the processor pair beside it (policy_preprocessor.json + the statistics'
     safetensors, ...), as lerobot-train writes them, so LeRobot's tools (make_pre_post_processors,
@@ -281,6 +294,8 @@ class PolicyTask(TrainTask):
             self.bank = bank.subset([bank.episodes[i] for i in train_eps])
             self.held_out = bank.subset([bank.episodes[i] for i in held_eps])
         policy = self.model = self.objective = build_policy(cfg, self.bank).to(device)
+        if tcfg.get("init_policy"):
+            init_from_policy(policy, tcfg.init_policy)
         policy.train()
         # The policy learns in normalized units: batches pass through the preprocessor lerobot-train
         # would run, and the pair is saved beside the weights.
@@ -314,6 +329,8 @@ class PolicyTask(TrainTask):
     def describe(self) -> str:
         tcfg = self.tcfg
         origin = f"from {tcfg.backbone}" if tcfg.backbone else "from scratch"
+        if tcfg.get("init_policy"):
+            origin = f"from the policy {tcfg.init_policy}"
         held = f", {len(self.held_out.episodes)} held out" if self.held_out is not None else ""
         return (
             f"policy: {millions(self.model)} parameters, backbone {origin}; "

@@ -254,3 +254,23 @@ def test_table_points_see_the_image_points_where_the_camera_projected_them():
     unit = torch.tensor(camera.to_unit(camera.project(points)), dtype=torch.float32)[None]  # (1, 2, 2)
     seen = TablePoints(camera, [0.06, 0.08])(unit)
     torch.testing.assert_close(seen, torch.tensor(points, dtype=torch.float32)[None], atol=1e-4, rtol=0)
+
+
+def test_a_second_stage_starts_from_the_trained_policys_weights(tmp_path):
+    """train.policy.init_policy: the new run's policy holds the trained one's weights exactly (its own
+    random init gone); a policy of another size, or a folder without weights, is refused by name."""
+    from policies.train_policy import init_from_policy
+
+    torch.manual_seed(0)
+    trained = VipraPolicy(tiny_config())
+    save_trained(trained, tmp_path / "trained")
+    torch.manual_seed(1)
+    second = VipraPolicy(tiny_config(shortcut_fraction=0.25))  # a training-only setting may differ
+    init_from_policy(second, tmp_path / "trained")
+    for key, value in trained.state_dict().items():
+        torch.testing.assert_close(second.state_dict()[key], value, rtol=0, atol=0)
+
+    with pytest.raises(ValueError, match="does not match this policy's config"):
+        init_from_policy(VipraPolicy(tiny_config(dim=16)), tmp_path / "trained")
+    with pytest.raises(FileNotFoundError, match="init_policy=.*no model.safetensors"):
+        init_from_policy(second, tmp_path / "nothing")
