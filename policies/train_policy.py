@@ -11,7 +11,8 @@ actions t .. t+H-1 (past the episode's end they repeat the last one and are mask
 calls. Images get a random shift of a few pixels. The backbone starts from the pretrained checkpoint
 and learns at `model.policy.backbone_lr_scale` x lr (0 freezes it); with `backbone: null` it starts
 from random weights and learns at the full rate (Scratch-FM); with `init_policy` the whole policy starts
-from a trained one's weights (a second stage). Writes `<out_dir>/pretrained_model`
+from a trained one's weights (a second stage). A frozen backbone (lr scale 0, no shift) can read its features
+from `feature_cache`, computed once per demo frame (policies/feature_cache.py). Writes `<out_dir>/pretrained_model`
 (`save_pretrained`: config.json + model.safetensors, and the processor pair that normalizes with the
 demos' statistics, as lerobot-train writes it) and resumable training checkpoints in `<out_dir>/checkpoints/last`. With `model.policy.context=state` (state_fm) the
 same loop trains the decoder on the privileged object poses instead of frames; with
@@ -20,6 +21,7 @@ same loop trains the decoder on the privileged object poses instead of frames; w
 chunk error (against the constant action) are logged every `val_every` steps and in summary.json.
 """
 
+import hashlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ from data.camera import PinholeCamera
 from data.chunks import EpisodeBank, split_episodes
 from data.clips import random_shift, shift_offsets
 from data.dataset import load_metadata
+from policies.feature_cache import check_cacheable, load_or_compute
 from policies.vipra import VipraConfig, VipraPolicy
 from policies.vipra.configuration_vipra import ACTION_KEY, ENV_STATE_KEY, STATE_KEY
 from policies.vipra.modeling_vipra import WAYPOINT_EVENTS, WAYPOINT_KEY, WAYPOINT_PAD_KEY
@@ -311,6 +314,17 @@ class PolicyTask(TrainTask):
         self.grad_clip = policy.config.optimizer_grad_clip_norm
         self.device = device
         self.image_key = None if self.state_context else cfg.task.image_key
+        self.features = None  # a frozen backbone's features per demo row (train.policy.feature_cache)
+        if tcfg.get("feature_cache"):
+            check_cacheable(policy, tcfg.shift)
+            episodes = ",".join(map(str, self.bank.episodes))  # the training demos, in the bank's order
+            describe = {
+                "dataset": str(tcfg.dataset),
+                "episodes": hashlib.sha256(episodes.encode()).hexdigest()[:16],
+            }
+            self.features = load_or_compute(
+                tcfg.feature_cache, policy, len(self.bank), self.unshifted_batch, describe
+            )
         self.model_config = {
             "policy": OmegaConf.to_container(cfg.model.policy, resolve=True),
             "backbone": tcfg.backbone,
@@ -366,6 +380,10 @@ class PolicyTask(TrainTask):
                 f"{fraction}, taken per micro-batch): raise batch_size or lower grad_accum"
             )
 
+    def unshifted_batch(self, rows: torch.Tensor) -> dict:
+        """The preprocessed batch of these training rows, frames unshifted (the feature cache's input)."""
+        return self.preprocess(make_batch(self.bank, rows, self.model.config.chunk_size, self.image_key, 0))
+
     def draw(self, step: int, gen: torch.Generator, size: int):
         rows = torch.randint(len(self.bank), (size,), generator=gen)
         return rows, shift_offsets(size, self.tcfg.shift, gen)
@@ -382,7 +400,10 @@ class PolicyTask(TrainTask):
             offsets[:, positions],
             self.waypoints,
         )
-        return (self.preprocess(batch),)
+        batch = self.preprocess(batch)
+        if self.features is not None:  # the frozen backbone's features of these rows, computed once
+            batch |= self.features.batch(rows[positions], self.device)
+        return (batch,)
 
     def summary(self, last_terms: dict, model: VipraPolicy) -> dict:
         if not last_terms:  # nothing left to train

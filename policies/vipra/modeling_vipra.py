@@ -52,6 +52,10 @@ WAYPOINT_KEY = (
     "waypoint"  # (B, 2, 2) x, y in [-1, 1]: where the hand is at those events, in the image (training)
 )
 WAYPOINT_PAD_KEY = "waypoint_is_pad"  # (B, 2) True where that event does not follow in the episode
+# What a frozen backbone computed beforehand for the batch's frames (policies/feature_cache.py); when present
+# the backbone is not run. Training only: a batch's frames must be the cached rows' own.
+CACHED_CONTEXT_KEY = "cached_backbone_context"  # (B, N, C) the decoder's context tokens
+CACHED_FMAP_KEY = "cached_backbone_fmap"  # (B, c, h, w) the conv stem's map (the waypoint maps read it)
 TABLE_SCALE = 10.0  # metres on the table -> decimetres, O(1) inputs for the waypoint tokens' MLP
 
 
@@ -249,6 +253,9 @@ class VipraPolicy(PreTrainedPolicy):
             )
         if pretrained is not None:
             self.backbone.load_state_dict(pretrained.state_dict())
+        if self.backbone is not None and config.backbone_lr_scale == 0:
+            # Frozen: no gradients, so none enter the clipped norm either (the feature cache's loss equals this)
+            self.backbone.requires_grad_(False)
         self.reset()
 
     # ------------------------------------------------------------------------------------------ setup
@@ -302,14 +309,20 @@ class VipraPolicy(PreTrainedPolicy):
             words = tokenize(list(batch["task"]), self.config.vocab_size).to(state.device)
             context = self.state_context(state, self._vector(batch, ENV_STATE_KEY), words)
             return self.decoder.memory(context, state), None
-        frames = self._context_frames(batch)
-        words = tokenize(list(batch["task"]), self.backbone.cfg.vocab_size).to(frames.device)
-        out = self.backbone(frames, words)
-        context = self.backbone.features(out)
+        words = tokenize(list(batch["task"]), self.backbone.cfg.vocab_size).to(state.device)
+        context, fmap = self.backbone_features(batch, words)
         if self.waypoint_maps is None:
             return self.decoder.memory(context, state), None
-        logits, points, tokens = self.waypoint_maps(out.fmap, self.backbone.word_embed(words), state)
+        logits, points, tokens = self.waypoint_maps(fmap, self.backbone.word_embed(words), state)
         return self.decoder.memory(torch.cat([context, tokens], dim=1), state), (logits, points)
+
+    def backbone_features(self, batch: dict, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The backbone's context tokens (B, N, C) and stem map (B, c, h, w) or None, for the batch's frames
+        t-1, t and words (B, W); or those a frozen backbone computed beforehand, when the batch has them."""
+        if CACHED_CONTEXT_KEY in batch:
+            return batch[CACHED_CONTEXT_KEY], batch.get(CACHED_FMAP_KEY)
+        out = self.backbone(self._context_frames(batch), words)
+        return self.backbone.features(out), out.fmap
 
     # ------------------------------------------------------------------------------------------ training
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:

@@ -4,6 +4,7 @@ overrides for the loss-equality check and the robustness tests."""
 from pathlib import Path
 from types import SimpleNamespace
 
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -52,6 +53,22 @@ def train_function(model: str):
     else:
         from world_model.neural_sim.train import train
     return train
+
+
+def record_losses(train, cfg) -> list[float]:
+    """Run `train(cfg)` and return the loss of every backward pass, in order."""
+    losses, real_backward = [], torch.Tensor.backward
+
+    def backward(self, *args, **kwargs):
+        losses.append(self.item())
+        return real_backward(self, *args, **kwargs)
+
+    torch.Tensor.backward = backward
+    try:
+        train(cfg)
+    finally:
+        torch.Tensor.backward = real_backward
+    return losses
 
 
 def overrides(model: str, inputs: SimpleNamespace, out_dir: Path, steps: int) -> list[str]:

@@ -18,29 +18,20 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.training.runs import compose_cfg, make_labels, make_rollouts, overrides, train_function
+from tests.training.runs import (
+    compose_cfg,
+    make_labels,
+    make_rollouts,
+    overrides,
+    record_losses,
+    train_function,
+)
 
 GOLDEN = Path(__file__).with_name("losses_before_refactor.json")
 STEPS = 20
 RUNS = ["lam", "backbone", "policy", "policy_scratch", "state_fm", "neural_sim"]
 # Bit-exact here; the tolerance leaves room for another CPU's kernels, not for another computation.
 RTOL = 1e-6
-
-
-def record_losses(train, cfg) -> list[float]:
-    """Run `train(cfg)` and return the loss of every backward pass, in order."""
-    losses, real_backward = [], torch.Tensor.backward
-
-    def backward(self, *args, **kwargs):
-        losses.append(self.item())
-        return real_backward(self, *args, **kwargs)
-
-    torch.Tensor.backward = backward
-    try:
-        train(cfg)
-    finally:
-        torch.Tensor.backward = real_backward
-    return losses
 
 
 def run_every_trainer(root: Path, work: Path) -> dict[str, list[float]]:
