@@ -33,7 +33,7 @@ from bench.common import git_commit, write_atomic
 from data.chunks import split_episodes
 from data.dataset import load_metadata
 from data.generate import close_envs
-from data.generate_rollouts import generate_rollouts
+from data.generate_rollouts import check_generated_with, generate_rollouts
 from sim.evaluate import evaluate
 from sim.metrics import mmrv, pearson_r, wilson_interval
 from world_model.metrics import psnr, ssim
@@ -57,8 +57,9 @@ def ensure_model(cfg: DictConfig) -> Path:
             print(generate_rollouts(cfg.data.rollouts, cfg.task, rollouts))
         finally:
             close_envs()
+    check_generated_with(rollouts, cfg.data.rollouts)  # a folder of other kinds is refused, not reused
     found, expected = load_metadata(rollouts).total_episodes, cfg.data.rollouts.episodes
-    if found != expected:  # an older generation: it is used as it is
+    if found != expected:  # an interrupted generation
         warnings.warn(
             f"{rollouts} holds {found} episodes, data.rollouts.episodes asks for {expected}; "
             "delete the folder to generate it afresh",

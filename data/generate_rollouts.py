@@ -13,14 +13,16 @@ The default kinds include make results' and make data-efficiency's checkpoints (
 missing one stops the run before its first episode.
 """
 
+import json
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from data.dataset import EXECUTED_ACTION_KEY, SCENE_SEED_KEY, create_dataset, demo_features
@@ -122,6 +124,32 @@ def check_checkpoints(kinds: list) -> None:
         )
 
 
+KINDS_FILE = "rollout_kinds.json"  # beside the dataset's meta/: the controllers it was generated with
+
+
+def kinds_record(cfg: DictConfig) -> dict:
+    """What identifies a generation: its episodes, seed, protocol and controller kinds (resolved)."""
+    keys = ("episodes", "seed", "protocol", "kinds")
+    return {k: OmegaConf.to_container(cfg, resolve=True)[k] for k in keys}
+
+
+def check_generated_with(root: Path, cfg: DictConfig) -> None:
+    """Refuse rollouts generated with other kinds, seed or count than `cfg` asks for (a stale folder),
+    naming what differs; a folder from before the record is only warned about."""
+    path = Path(root) / KINDS_FILE
+    if not path.exists():
+        warnings.warn(f"{root} has no {KINDS_FILE}: what generated it is unknown", stacklevel=2)
+        return
+    found, expected = json.loads(path.read_text()), kinds_record(cfg)
+    differs = [k for k in expected if found.get(k) != expected[k]]
+    if differs:
+        raise ValueError(
+            f"{root} was generated with other {', '.join(differs)} than data.rollouts asks for "
+            f"(the folder's: {json.dumps({k: found.get(k) for k in differs})[:400]}; asked: "
+            f"{json.dumps({k: expected[k] for k in differs})[:400]}): delete it to generate it afresh"
+        )
+
+
 def record(env: TabletopEnv, controller, seed: int, ds) -> bool:
     """One full-length episode into `ds`; frame t holds the observation, labels and the action taken."""
     obs, info = env.reset(seed=seed)
@@ -158,6 +186,7 @@ def generate_rollouts(cfg: DictConfig, task_cfg: DictConfig, root: Path) -> dict
             controller = make_controller(kind, task, np.random.default_rng(rng.integers(2**31)), loaded)
             successes[kind.name].append(record(env, controller, int(cfg.seed) + i, ds))
         frames = ds.meta.total_frames
+    (root / KINDS_FILE).write_text(json.dumps(kinds_record(cfg), indent=1) + "\n")
     rates = {k: f"{sum(v)}/{len(v)}" for k, v in successes.items()}
     return {"episodes": cfg.episodes, "frames": frames, "successes": rates, "path": str(root)}
 

@@ -361,3 +361,26 @@ def test_rollouts_refuse_a_missing_checkpoint_before_the_first_episode(tmp_path)
     with pytest.raises(FileNotFoundError, match=f"ours_seed9: {missing}"):
         generate_rollouts(rollouts, task, tmp_path / "rollouts")
     assert not (tmp_path / "rollouts").exists()
+
+
+def test_rollouts_of_other_kinds_are_refused_not_reused(tmp_path):
+    """The folder records what generated it; asking for other controllers (or seed, or count) over it is an
+    error naming what differs, and a folder without the record is warned about."""
+    from data.generate import close_envs
+    from data.generate_rollouts import KINDS_FILE, check_generated_with, generate_rollouts
+
+    kinds = [{"name": "expert", "policy": "expert", "noise": 0.005, "weight": 1}]
+    rollouts = OmegaConf.create({"episodes": 1, "protocol": "visual_matching", "seed": 5, "kinds": kinds})
+    task = OmegaConf.create({"tasks": ["stack_block"], "image_size": 32, "fps": 5})
+    try:
+        generate_rollouts(rollouts, task, tmp_path / "rollouts")
+    finally:
+        close_envs()
+    check_generated_with(tmp_path / "rollouts", rollouts)  # the same request: accepted
+
+    other = OmegaConf.merge(rollouts, {"kinds": [{"name": "random", "policy": "random", "weight": 1}]})
+    with pytest.raises(ValueError, match=r"generated with other kinds than data.rollouts asks for .*random"):
+        check_generated_with(tmp_path / "rollouts", other)
+    (tmp_path / "rollouts" / KINDS_FILE).unlink()
+    with pytest.warns(UserWarning, match="what generated it is unknown"):
+        check_generated_with(tmp_path / "rollouts", rollouts)
