@@ -129,8 +129,8 @@ KINDS_FILE = "rollout_kinds.json"  # beside the dataset's meta/: the controllers
 
 def kinds_record(cfg: DictConfig) -> dict:
     """What identifies a generation: its episodes, seed, protocol and controller kinds (resolved)."""
-    keys = ("episodes", "seed", "protocol", "kinds")
-    return {k: OmegaConf.to_container(cfg, resolve=True)[k] for k in keys}
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return {k: resolved[k] for k in ("episodes", "seed", "protocol", "kinds")}
 
 
 def check_generated_with(root: Path, cfg: DictConfig) -> None:
