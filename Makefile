@@ -104,7 +104,7 @@ bench-lam: install datasets
 bench-policy: install
 	test -f $(RESULTS_DIR)/policy/ours-shortcut-ft/summary.json || $(PYTHON) -m policies.train_policy experiment=results \
 		train.policy.backbone=$(RESULTS_DIR)/backbone/ours train.policy.init_policy=$(RESULTS_DIR)/policy/ours/pretrained_model \
-		model.policy.shortcut_fraction=0.25 model.policy.optimizer_lr=3e-4 train.policy.out_dir=$(RESULTS_DIR)/policy/ours-shortcut-ft
+		model.policy.shortcut_fraction=0.25 model.policy.optimizer_lr=3e-4 train.policy.steps=3000 train.policy.out_dir=$(RESULTS_DIR)/policy/ours-shortcut-ft
 	$(PYTHON) -m bench.policy experiment=results
 
 # The real-time loop at 20 and 50 Hz on the MuJoCo robot with make results' ours (~35 min of real-time
