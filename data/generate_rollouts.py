@@ -13,6 +13,7 @@ The default kinds include make results' and make data-efficiency's checkpoints (
 missing one stops the run before its first episode.
 """
 
+import hashlib
 import json
 import sys
 import warnings
@@ -127,15 +128,32 @@ def check_checkpoints(kinds: list) -> None:
 KINDS_FILE = "rollout_kinds.json"  # beside the dataset's meta/: the controllers it was generated with
 
 
+def checkpoint_fingerprints(kinds: list) -> dict[str, str]:
+    """kind name -> a hash of its checkpoint's weight files: a retrained policy at the same path (a new
+    make results) is another controller, though its kind reads the same."""
+    out = {}
+    for kind in kinds:
+        if isinstance(kind.policy, str) or "path" not in kind.policy:
+            continue
+        files = sorted(Path(kind.policy.path).glob("*.safetensors"))
+        digest = hashlib.sha256()
+        for f in files:
+            digest.update(f.read_bytes())
+        out[kind.name] = digest.hexdigest()[:16] if files else "missing"
+    return out
+
+
 def kinds_record(cfg: DictConfig) -> dict:
-    """What identifies a generation: its episodes, seed, protocol and controller kinds (resolved)."""
+    """What identifies a generation: its episodes, seed, protocol, controller kinds (resolved) and the
+    weights of the trained ones."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    return {k: resolved[k] for k in ("episodes", "seed", "protocol", "kinds")}
+    record = {k: resolved[k] for k in ("episodes", "seed", "protocol", "kinds")}
+    return record | {"checkpoints": checkpoint_fingerprints(list(cfg.kinds))}
 
 
 def check_generated_with(root: Path, cfg: DictConfig) -> None:
-    """Refuse rollouts generated with other kinds, seed or count than `cfg` asks for (a stale folder),
-    naming what differs; a folder from before the record is only warned about."""
+    """Refuse rollouts generated with other kinds, seed, count or checkpoint weights than `cfg` asks for
+    (a stale folder), naming what differs; a folder from before the record is only warned about."""
     path = Path(root) / KINDS_FILE
     if not path.exists():
         warnings.warn(f"{root} has no {KINDS_FILE}: what generated it is unknown", stacklevel=2)

@@ -384,3 +384,26 @@ def test_rollouts_of_other_kinds_are_refused_not_reused(tmp_path):
     (tmp_path / "rollouts" / KINDS_FILE).unlink()
     with pytest.warns(UserWarning, match="what generated it is unknown"):
         check_generated_with(tmp_path / "rollouts", rollouts)
+
+
+def test_rollouts_from_retrained_checkpoints_are_refused(tmp_path):
+    """A kind names its policy by path: a policy retrained at the same path (a new make results) is another
+    controller, and the record of its weights tells the two apart."""
+    import json
+
+    from data.generate_rollouts import KINDS_FILE, check_generated_with, kinds_record
+
+    checkpoint = tmp_path / "ours" / "pretrained_model"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "model.safetensors").write_bytes(b"weights of the first run")
+    policy = {"_target_": "policies.vipra.make_policy", "_partial_": True, "path": str(checkpoint)}
+    kinds = [{"name": "expert", "policy": "expert", "weight": 1}, {"name": "ours", "policy": policy, "weight": 1}]
+    rollouts = OmegaConf.create({"episodes": 1, "protocol": "visual_matching", "seed": 5, "kinds": kinds})
+    (tmp_path / "rollouts").mkdir()
+    (tmp_path / "rollouts" / KINDS_FILE).write_text(json.dumps(kinds_record(rollouts)))
+    assert set(kinds_record(rollouts)["checkpoints"]) == {"ours"}  # the expert has no weights
+    check_generated_with(tmp_path / "rollouts", rollouts)
+
+    (checkpoint / "model.safetensors").write_bytes(b"weights of a second run")
+    with pytest.raises(ValueError, match="generated with other checkpoints"):
+        check_generated_with(tmp_path / "rollouts", rollouts)
