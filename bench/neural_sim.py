@@ -33,7 +33,7 @@ from bench.common import git_commit, write_atomic
 from data.chunks import split_episodes
 from data.dataset import load_metadata
 from data.generate import close_envs
-from data.generate_rollouts import check_generated_with, generate_rollouts
+from data.generate_rollouts import check_generated_with, generate_rollouts, generated_with
 from sim.evaluate import evaluate
 from sim.metrics import mmrv, pearson_r, wilson_interval
 from world_model.metrics import psnr, ssim
@@ -67,7 +67,21 @@ def ensure_model(cfg: DictConfig) -> Path:
         )
     if not (out / "summary.json").exists():
         print(train_neural_sim(cfg))
+    check_trained_on(out, rollouts)
     return out
+
+
+def check_trained_on(out: Path, rollouts: Path) -> None:
+    """Refuse a simulator trained on rollouts other than the folder's (regenerated since); one trained before
+    the record is only warned about."""
+    trained_on = json.loads((out / "summary.json").read_text()).get("rollouts")
+    if trained_on is None:
+        warnings.warn(f"{out} does not record the rollouts it was trained on", stacklevel=2)
+    elif trained_on != generated_with(rollouts):
+        raise ValueError(
+            f"the simulator in {out} was trained on other rollouts than {rollouts} holds now (generated "
+            f"since): delete {out} to train it on them"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- fidelity

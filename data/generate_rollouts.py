@@ -151,14 +151,19 @@ def kinds_record(cfg: DictConfig) -> dict:
     return record | {"checkpoints": checkpoint_fingerprints(list(cfg.kinds))}
 
 
+def generated_with(root: str | Path) -> dict | None:
+    """The record a rollouts folder was written with (`kinds_record`), None for a folder from before it."""
+    path = Path(root) / KINDS_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def check_generated_with(root: Path, cfg: DictConfig) -> None:
     """Refuse rollouts generated with other kinds, seed, count or checkpoint weights than `cfg` asks for
     (a stale folder), naming what differs; a folder from before the record is only warned about."""
-    path = Path(root) / KINDS_FILE
-    if not path.exists():
+    found, expected = generated_with(root), kinds_record(cfg)
+    if found is None:
         warnings.warn(f"{root} has no {KINDS_FILE}: what generated it is unknown", stacklevel=2)
         return
-    found, expected = json.loads(path.read_text()), kinds_record(cfg)
     differs = [k for k in expected if found.get(k) != expected[k]]
     if differs:
         raise ValueError(

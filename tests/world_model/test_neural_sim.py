@@ -407,3 +407,26 @@ def test_rollouts_from_retrained_checkpoints_are_refused(tmp_path):
     (checkpoint / "model.safetensors").write_bytes(b"weights of a second run")
     with pytest.raises(ValueError, match="generated with other checkpoints"):
         check_generated_with(tmp_path / "rollouts", rollouts)
+
+
+def test_a_simulator_of_other_rollouts_is_refused(trained, tmp_path):
+    """The simulator's summary records what generated its rollouts; rollouts regenerated since (other kinds,
+    or retrained checkpoints) make it stale, and the bench refuses it rather than judging with it."""
+    import json
+    import shutil
+
+    from bench.neural_sim import check_trained_on
+    from data.generate_rollouts import KINDS_FILE, generated_with
+
+    rollouts = trained.parent / "rollouts"
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["rollouts"] == generated_with(rollouts) is not None
+    check_trained_on(trained, rollouts)
+
+    regenerated = tmp_path / "rollouts"
+    regenerated.mkdir()
+    shutil.copy(rollouts / KINDS_FILE, regenerated / KINDS_FILE)
+    record = json.loads((regenerated / KINDS_FILE).read_text())
+    (regenerated / KINDS_FILE).write_text(json.dumps(record | {"seed": record["seed"] + 1}))
+    with pytest.raises(ValueError, match="trained on other rollouts"):
+        check_trained_on(trained, regenerated)

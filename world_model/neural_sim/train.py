@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from data.chunks import EpisodeBank, split_episodes
+from data.generate_rollouts import generated_with
 from world_model.metrics import psnr
 from world_model.neural_sim.dynamics import (
     ACTION,
@@ -235,6 +236,8 @@ class NeuralSimTask(TrainTask):
             "state_steps": tcfg.state_steps,  # where the phases meet: fixed for a run
             "dataset": str(tcfg.dataset),
         }
+        # What generated the rollouts, in the summary: a simulator of other rollouts is then told apart.
+        self.rollouts_record = generated_with(tcfg.dataset)
         self.phases = {
             "states": (
                 tcfg.state_steps,
@@ -297,7 +300,7 @@ class NeuralSimTask(TrainTask):
 
     def summary(self, last_terms: dict, model: torch.nn.Module) -> dict:
         both = [validate(self.modules, self.val_bank, self.stats, self.tcfg, p) for p in ("states", "frames")]
-        return both[0] | both[1]
+        return both[0] | both[1] | {"rollouts": self.rollouts_record}
 
 
 def phase_schedule(step: int, steps: int, warmup: int) -> float:
