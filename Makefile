@@ -45,14 +45,14 @@ demo: install
 	rm -rf $(DEMO_DIR)
 	$(PYTHON) -m policies.pipeline experiment=demo
 
-# The headline table (conf/experiment/results.yaml, 99 min here): datasets, the backbone pretrained on the
+# The headline table (conf/experiment/results.yaml, 117 min here): datasets, the backbone pretrained on the
 # actionless video, ours and Scratch-FM with 3 seeds each, state_fm, LeRobot's ACT, the expert and random, 50
 # episodes per task and protocol -> reports/experiment/results.{json,md,png}. Resumes from outputs/results
 # (delete it to start over); the wall time of every segment is summed in the table.
 results: install
 	$(PYTHON) -m policies.pipeline experiment=results
 
-# What video buys in demos (conf/experiment/data_efficiency.yaml, 57 min here after make results): ours and
+# What video buys in demos (conf/experiment/data_efficiency.yaml, ~80 min here after make results, estimated): ours and
 # Scratch-FM on 10, 25, 50, 100, 200 demos, visual matching -> reports/experiment/data_efficiency.{json,png}.
 # Shares outputs/results with make results (its backbone and 200-demo runs); resumes.
 data-efficiency: install
