@@ -397,7 +397,10 @@ def test_rollouts_from_retrained_checkpoints_are_refused(tmp_path):
     checkpoint.mkdir(parents=True)
     (checkpoint / "model.safetensors").write_bytes(b"weights of the first run")
     policy = {"_target_": "policies.vipra.make_policy", "_partial_": True, "path": str(checkpoint)}
-    kinds = [{"name": "expert", "policy": "expert", "weight": 1}, {"name": "ours", "policy": policy, "weight": 1}]
+    kinds = [
+        {"name": "expert", "policy": "expert", "weight": 1},
+        {"name": "ours", "policy": policy, "weight": 1},
+    ]
     rollouts = OmegaConf.create({"episodes": 1, "protocol": "visual_matching", "seed": 5, "kinds": kinds})
     (tmp_path / "rollouts").mkdir()
     (tmp_path / "rollouts" / KINDS_FILE).write_text(json.dumps(kinds_record(rollouts)))
