@@ -67,14 +67,20 @@ def ensure_model(cfg: DictConfig) -> Path:
         )
     if not (out / "summary.json").exists():
         print(train_neural_sim(cfg))
-    check_trained_on(out, rollouts)
+    check_trained_on(out, rollouts, cfg.train.neural_sim.state_steps + cfg.train.neural_sim.steps)
     return out
 
 
-def check_trained_on(out: Path, rollouts: Path) -> None:
-    """Refuse a simulator trained on rollouts other than the folder's (regenerated since); one trained before
-    the record is only warned about."""
-    trained_on = json.loads((out / "summary.json").read_text()).get("rollouts")
+def check_trained_on(out: Path, rollouts: Path, total_steps: int) -> None:
+    """Refuse a simulator trained on rollouts other than the folder's (regenerated since) or for another
+    number of steps than the config's; one trained before the rollouts' record is only warned about."""
+    summary = json.loads((out / "summary.json").read_text())
+    if summary.get("steps") != total_steps:
+        raise ValueError(
+            f"the simulator in {out} was trained for {summary.get('steps')} steps, the config asks for "
+            f"{total_steps} (train.neural_sim.state_steps + steps): delete {out} to train it afresh"
+        )
+    trained_on = summary.get("rollouts")
     if trained_on is None:
         warnings.warn(f"{out} does not record the rollouts it was trained on", stacklevel=2)
     elif trained_on != generated_with(rollouts):

@@ -413,8 +413,8 @@ def test_rollouts_from_retrained_checkpoints_are_refused(tmp_path):
 
 
 def test_a_simulator_of_other_rollouts_is_refused(trained, tmp_path):
-    """The simulator's summary records what generated its rollouts; rollouts regenerated since (other kinds,
-    or retrained checkpoints) make it stale, and the bench refuses it rather than judging with it."""
+    """The simulator's summary records what generated its rollouts and its steps; rollouts regenerated since
+    (other kinds, or retrained checkpoints) or another schedule make it stale, and the bench refuses it."""
     import json
     import shutil
 
@@ -424,7 +424,10 @@ def test_a_simulator_of_other_rollouts_is_refused(trained, tmp_path):
     rollouts = trained.parent / "rollouts"
     summary = json.loads((trained / "summary.json").read_text())
     assert summary["rollouts"] == generated_with(rollouts) is not None
-    check_trained_on(trained, rollouts)
+    steps = summary["steps"]
+    check_trained_on(trained, rollouts, steps)
+    with pytest.raises(ValueError, match=f"trained for {steps} steps, the config asks for {steps + 1}"):
+        check_trained_on(trained, rollouts, steps + 1)  # another schedule: retrain, never reuse
 
     regenerated = tmp_path / "rollouts"
     regenerated.mkdir()
@@ -432,4 +435,4 @@ def test_a_simulator_of_other_rollouts_is_refused(trained, tmp_path):
     record = json.loads((regenerated / KINDS_FILE).read_text())
     (regenerated / KINDS_FILE).write_text(json.dumps(record | {"seed": record["seed"] + 1}))
     with pytest.raises(ValueError, match="trained on other rollouts"):
-        check_trained_on(trained, regenerated)
+        check_trained_on(trained, regenerated, steps)
