@@ -10,7 +10,9 @@ Few-step mode, after shortcut models (Frans et al., 2024): the network also take
 d = 0 is plain flow matching (the instantaneous velocity, integrated with K small Euler steps); for
 d > 0 the target is self-consistency, one step of size d equals two steps of d/2, built from the
 network itself with no gradient. Then 1 or 2 steps of d = 1 or 1/2 replace K Euler steps. Step sizes
-are indexed: 0 -> d = 0, k >= 1 -> d = 2^-(k-1) (1, 1/2, 1/4, ...).
+are indexed: 0 -> d = 0, k >= 1 -> d = 2^-(k-1) (1, 1/2, 1/4, ...). Or the target of a step of size d is
+the span the network's own K-step Euler sampler covers from t to t - d (`euler_span_targets`, a distillation
+of the sampler the few steps replace rather than a bootstrap through the finer step sizes).
 
     velocity_fn(x (B, H, A), t (B,), d_index (B,) long) -> (B, H, A)
 """
@@ -80,6 +82,42 @@ def shortcut_targets(
     first = velocity_fn(x_t, t, half_index)
     second = velocity_fn(x_t - half * first, t - d / 2, half_index)
     return x_t, t, d_index, (first + second) / 2
+
+
+@torch.no_grad()
+def euler_span_targets(
+    velocity_fn: VelocityFn,
+    actions: torch.Tensor,
+    noise: torch.Tensor,
+    levels: int,
+    teacher_steps: int,
+    gen: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Distilled targets for step sizes d = 1 .. 2^-(levels-1): returns (x_t, t, d_index, target), the
+    target the `euler_span` of the flow-matching velocity with teacher_steps steps over [0, 1]."""
+    B, device = len(actions), actions.device
+    d_index = torch.randint(1, levels + 1, (B,), generator=gen).to(device)
+    d = step_size(d_index)
+    t = d + (1 - d) * torch.rand(B, generator=gen).to(device)
+    x_t = interpolate(actions, noise, t)
+    return x_t, t, d_index, euler_span(velocity_fn, x_t, t, d, teacher_steps)
+
+
+def euler_span(
+    velocity_fn: VelocityFn, x_t: torch.Tensor, t: torch.Tensor, d: torch.Tensor, teacher_steps: int
+) -> torch.Tensor:
+    """(x_t - x_{t-d}) / d (B, H, A), x_{t-d} reached from x_t by round(d * teacher_steps) (at least one) Euler
+    steps of the flow-matching velocity (index 0). Then 1/d steps of size d from t = 1 land where
+    `euler_sample` with teacher_steps steps does, when d * teacher_steps is a whole number."""
+    shape = (-1, *([1] * (x_t.ndim - 1)))
+    substeps = torch.clamp(torch.round(d * teacher_steps), min=1)
+    h = d / substeps
+    flow = torch.zeros(len(x_t), dtype=torch.long, device=x_t.device)
+    x = x_t
+    for j in range(int(substeps.max())):  # in lockstep: a sample that has covered its span stands still
+        active = (j < substeps).float()
+        x = x - (active * h).view(shape) * velocity_fn(x, t - j * h, flow)
+    return (x_t - x) / d.view(shape)
 
 
 # ---------------------------------------------------------------------------------------------- solver

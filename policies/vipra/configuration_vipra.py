@@ -104,6 +104,9 @@ class VipraConfig(PreTrainedConfig):
     # Few-step mode (shortcut models): this share of each batch learns step sizes 1 .. 2^-(levels-1).
     shortcut_fraction: float = 0.25
     shortcut_levels: int = 4
+    # 0: self-consistency targets (a step of d = two of d/2, bootstrapped); K > 0: a step of d learns the
+    # span the decoder's own K-step Euler sampler covers (distilled: 2 steps then reproduce K Euler steps).
+    shortcut_teacher_steps: int = 0
     few_step: bool = False  # sample with num_few_steps shortcut steps instead of K Euler steps
     num_few_steps: int = 2
 
@@ -137,6 +140,10 @@ class VipraConfig(PreTrainedConfig):
         if self.n_obs_steps != 2:
             raise ValueError(
                 f"the backbone reads frames t-1 and t: n_obs_steps must be 2, got {self.n_obs_steps}"
+            )
+        if self.shortcut_teacher_steps < 0:
+            raise ValueError(
+                f"shortcut_teacher_steps is 0 (self-consistency) or the Euler steps distilled, got {self.shortcut_teacher_steps}"
             )
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not a multiple of heads {self.heads}")

@@ -29,6 +29,7 @@ from torch import nn
 from data.camera import PinholeCamera
 from policies.flow_matching import (
     euler_sample,
+    euler_span_targets,
     interpolate,
     sample_time,
     shortcut_targets,
@@ -351,9 +352,15 @@ class VipraPolicy(PreTrainedPolicy):
         shortcut_loss = torch.zeros((), device=actions.device)
         if n > 0:
             sub = [(key[:n], value[:n]) for key, value in memory]  # the first n samples
-            x_t, t_s, d_index, target = shortcut_targets(
-                lambda x, tt, d: self.decoder(x, tt, d, sub), actions[:n], noise[:n], cfg.shortcut_levels
-            )
+            field = lambda x, tt, d: self.decoder(x, tt, d, sub)  # noqa: E731
+            if cfg.shortcut_teacher_steps > 0:
+                x_t, t_s, d_index, target = euler_span_targets(
+                    field, actions[:n], noise[:n], cfg.shortcut_levels, cfg.shortcut_teacher_steps
+                )
+            else:
+                x_t, t_s, d_index, target = shortcut_targets(
+                    field, actions[:n], noise[:n], cfg.shortcut_levels
+                )
             v_s = self.decoder(x_t, t_s, d_index, sub)
             shortcut_loss = ((v_s - target) ** 2 * keep[:n]).sum() / (keep[:n].sum() * cfg.action_dim)
         loss = fm_loss + shortcut_loss

@@ -6,6 +6,8 @@ import torch
 
 from policies.flow_matching import (
     euler_sample,
+    euler_span,
+    euler_span_targets,
     interpolate,
     sample_time,
     shortcut_targets,
@@ -83,6 +85,31 @@ def test_shortcut_targets_are_the_field_itself_on_straight_paths():
     d = step_size(d_index)
     assert set(d.tolist()) <= {1.0, 0.5, 0.25, 0.125} and (t - d >= -1e-6).all()
     torch.testing.assert_close(x_t, interpolate(actions, noise, t))
+
+
+def test_euler_span_targets_reproduce_the_teacher_sampler_in_few_steps():
+    """On a curved field (Gaussian data), 1 or 2 steps of the distilled targets land exactly where 10 Euler
+    steps of the field do; two bootstrapped half steps of the field do not."""
+    field = gaussian_field(mu=0.7, sigma=0.3)
+    noise = torch.randn(512, 3, 2, generator=torch.Generator().manual_seed(3))
+    teacher = euler_sample(field, noise, steps=10)
+    ones, halves = torch.ones(len(noise)), torch.full((len(noise),), 0.5)
+
+    one_step = noise - euler_span(field, noise, ones, ones, teacher_steps=10)
+    torch.testing.assert_close(one_step, teacher, atol=1e-5, rtol=0)
+    half = noise - 0.5 * euler_span(field, noise, ones, halves, teacher_steps=10)
+    two_steps = half - 0.5 * euler_span(field, half, halves, halves, teacher_steps=10)
+    torch.testing.assert_close(two_steps, teacher, atol=1e-5, rtol=0)
+    bootstrap = noise - 0.5 * field(noise, ones, None)
+    bootstrap = bootstrap - 0.5 * field(bootstrap, halves, None)
+    assert (bootstrap - teacher).abs().max() > 1e-2
+
+    x_t, t, d_index, target = euler_span_targets(
+        field, noise, noise, levels=4, teacher_steps=10, gen=torch.Generator().manual_seed(4)
+    )
+    d = step_size(d_index)
+    assert set(d.tolist()) == {1.0, 0.5, 0.25, 0.125} and (t - d >= -1e-6).all()
+    torch.testing.assert_close(target, euler_span(field, x_t, t, d, teacher_steps=10))
 
 
 def test_step_indices():

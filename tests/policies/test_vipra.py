@@ -26,6 +26,19 @@ def make_batch(B=2, H=6, seed=0) -> dict:
     }
 
 
+def test_distilled_shortcut_targets_train_the_step_sizes():
+    """With shortcut_teacher_steps the shortcut rows learn the decoder's own Euler spans: a positive loss
+    whose gradient reaches the decoder; a negative count is refused by name."""
+    torch.manual_seed(0)
+    policy = VipraPolicy(tiny_config(shortcut_fraction=0.5, shortcut_teacher_steps=10))
+    loss, terms = policy.forward(make_batch())
+    assert terms["shortcut_loss"] > 0
+    loss.backward()
+    assert all(p.grad is not None for p in policy.decoder.parameters())
+    with pytest.raises(ValueError, match="shortcut_teacher_steps"):
+        tiny_config(shortcut_teacher_steps=-1)
+
+
 def test_policy_follows_the_lerobot_contract():
     torch.manual_seed(0)
     policy = VipraPolicy(tiny_config())
