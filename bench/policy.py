@@ -6,6 +6,10 @@
 - chunk_latency_ms: one chunk from the decoder alone (its context already computed), batch 1, per
   number of steps: 10 Euler steps and 1 or 2 shortcut steps; p50 and p99.
 - policy_step_ms: a full select_action that computes a new chunk (processors, backbone, decoder), batch 1.
+- sampler_gap: on demo frames with fixed noise (normalized units, the executed n_action_steps), the
+  mean squared difference between the few-step chunk and the 10-step one from the same noise, over that
+  between two 10-step chunks from different noise (the sampler's own spread): 0 is a few-step mode that
+  reproduces the 10 steps, 1 one that is as far from them as another sample.
 - success_k10 / success_few_step: average success of the same checkpoint with 10 Euler steps and with 2
   shortcut steps on the same scenes, measured with sim.evaluate (bench_policy.episodes per task and
   protocol). The checkpoint must have been trained for shortcut sampling (shortcut_fraction > 0): the
@@ -63,6 +67,29 @@ def latency(policy, repeats: int) -> dict:
     }
 
 
+@torch.inference_mode()
+def sampler_gap(policy, dataset: str, image_key: str, frames: int = 512, seed: int = 0) -> dict:
+    """How far the few-step chunks are from the 10-step ones on demo frames (see the module docstring)."""
+    from data.chunks import EpisodeBank
+    from policies.train_policy import make_batch
+    from policies.vipra.configuration_vipra import ACTION_KEY, STATE_KEY
+
+    model, cfg = policy.policy, policy.config
+    bank = EpisodeBank.load(dataset, image_key, [STATE_KEY, ACTION_KEY])
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(len(bank), generator=gen)[:frames].sort().values
+    memory = model._encode(policy.preprocessor(make_batch(bank, rows, cfg.chunk_size, image_key, shift=0)))
+    velocity = lambda x, t, d: model.decoder(x, t, d, memory)  # noqa: E731
+    shape, n = (len(rows), cfg.chunk_size, cfg.action_dim), cfg.n_action_steps
+    noise, other = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+    k10 = euler_sample(velocity, noise, cfg.num_inference_steps)[:, :n]
+    few_index = steps_to_index(cfg.num_few_steps, shortcut=True)
+    few = euler_sample(velocity, noise, cfg.num_few_steps, few_index)[:, :n]
+    spread = float(((euler_sample(velocity, other, cfg.num_inference_steps)[:, :n] - k10) ** 2).mean())
+    gap = float(((few - k10) ** 2).mean())
+    return {"few_vs_k10_mse": gap, "k10_vs_k10_mse": spread, "ratio": gap / spread, "frames": len(rows)}
+
+
 def check_few_step_trained(policy, path: str) -> None:
     """Few-step sampling of a checkpoint never trained on shortcut targets measures nothing but that."""
     if policy.config.shortcut_fraction <= 0:
@@ -97,6 +124,7 @@ def main(cfg: DictConfig) -> None:
     policy = make_policy(bcfg.policy)
     check_few_step_trained(policy, bcfg.policy)
     result = latency(policy, bcfg.repeats)
+    result["sampler_gap"] = sampler_gap(policy, cfg.train.policy.dataset, cfg.task.image_key)
     rates = success(cfg)
     result |= {
         "success_k10": float(np.mean(list(rates["ours"].values()))),  # over protocols
@@ -115,7 +143,8 @@ def main(cfg: DictConfig) -> None:
     print(
         f"policy bench: chunk p99 {chunk['10_steps_euler']['p99']:.1f} ms (10 steps) / "
         f"{chunk['2_steps_shortcut']['p99']:.1f} ms (2 steps); policy step p99 {result['policy_step_ms']['p99']:.1f} ms; "
-        f"success {100 * result['success_k10']:.1f}% (10 steps) vs {100 * result['success_few_step']:.1f}% (2 steps) "
+        f"success {100 * result['success_k10']:.1f}% (10 steps) vs {100 * result['success_few_step']:.1f}% (2 steps), "
+        f"sampler gap {result['sampler_gap']['ratio']:.3f} of the sampler's spread "
         f"-> {bcfg.out}"
     )
 
