@@ -462,6 +462,7 @@ class ControlLoop:
             report.tick_start.append(now)
 
             self.adapter.observe(self.robot.get_observation())
+            observed = self.clock.now()
             result = self.worker.poll()
             if result is not None:
                 self._take_over(result, tick, report)
@@ -484,16 +485,21 @@ class ControlLoop:
                 watchdog.fresh(now)
                 starving = False
                 action = self.safety(action)
+            sending = self.clock.now()
             self.robot.send_action(dict(zip(self.action_keys, action.tolist(), strict=True)))
             report.actions.append(action)
             report.boundary.append(boundary)
 
-            late = self.clock.now() - (scheduled + dt)
+            sent = self.clock.now()
+            late = sent - (scheduled + dt)
             report.tick_late_s.append(late)
-            if late > 0:
+            if late > 0:  # where the tick's time went: the wake-up, the robot's observation, or the send
+                ms = lambda a, b: f"{(b - a) * 1000:.1f}"  # noqa: E731
                 self._event(
-                    report, tick, "deadline_miss", f"action sent {late * 1000:.1f} ms after the deadline"
-                )
+                    report, tick, "deadline_miss", f"action sent {late * 1000:.1f} ms after the deadline "
+                    f"(woke {ms(scheduled, now)} ms late, observation {ms(now, observed)} ms, planning "
+                    f"{ms(observed, sending)} ms, send {ms(sending, sent)} ms)",
+                )  # fmt: skip
             if self.on_status and self.cfg.status_every_s and now - last_status >= self.cfg.status_every_s:
                 self.on_status(self._status(report, tick))
                 last_status = now
