@@ -113,7 +113,7 @@ bench-control: install
 	$(PYTHON) -m bench.control run_dir=$(RESULTS_DIR)
 
 # The neural simulator against MuJoCo (generates its rollouts, with make results' and make
-# data-efficiency's checkpoints among their controllers, and trains it when missing, 34 min): agreement
+# data-efficiency's checkpoints among their controllers, and trains it when missing, ~45 min): agreement
 # over 12 policies (6 trained checkpoints), PSNR/SSIM by horizon, throughput -> reports/bench/neural_sim.json.
 bench-neural-sim: install
 	$(PYTHON) -m bench.neural_sim run_dir=$(RESULTS_DIR)
