@@ -126,11 +126,16 @@ def main(cfg: DictConfig) -> None:
     result = latency(policy, bcfg.repeats)
     result["sampler_gap"] = sampler_gap(policy, cfg.train.policy.dataset, cfg.task.image_key)
     rates = success(cfg)
+    teacher = policy.config.shortcut_teacher_steps
     result |= {
         "success_k10": float(np.mean(list(rates["ours"].values()))),  # over protocols
         "success_few_step": float(np.mean(list(rates["ours_few_step"].values()))),
         "success_by_protocol": {"k10": rates["ours"], "few_step": rates["ours_few_step"]},
-        "few_step": {"steps": policy.config.num_few_steps, "method": "shortcut (step-size conditioned)"},
+        "few_step": {
+            "steps": policy.config.num_few_steps,
+            "method": "shortcut (step-size conditioned)",
+            "targets": f"distilled from {teacher} Euler steps" if teacher else "self-consistency",
+        },
         "success_source": rates["source"],
         "policy": str(bcfg.policy),
         "threads": bcfg.threads,
