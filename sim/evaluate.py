@@ -2,7 +2,9 @@
 
 Episodes run in waves of `num_envs` parallel envs (gymnasium vector envs); episode i of every task
 and protocol uses seed `seed + i`, so all policies face the same scenes. Success is read at the last
-step, as SIMPLER does; grasp counts episodes in which the source object was grasped at some step.
+step, as SIMPLER does; grasp counts episodes in which the source object was grasped at some step. Each
+wave seeds torch's generator with its first scene's seed, so a policy that samples draws the same noise on
+the same scenes in every run.
 
     python -m sim.evaluate                                  # scripted expert and random policy
     python -m sim.evaluate eval=full 'task.tasks=[stack_block]' eval.num_envs=2
@@ -136,6 +138,10 @@ def run_episodes(
     success, grasped, to_source, to_target = [], [], [], []
     for start in range(0, episodes, n):
         obs, _ = envs.reset(seed=[seed + start + i for i in range(n)])
+        # The policy's own sampling noise (torch's global generator), seeded with the wave's scenes: two
+        # policies that draw alike face the same noise on the same scenes (a paired comparison, e.g. of
+        # one decoder's samplers), and a rerun repeats its episodes.
+        torch.manual_seed(seed + start)
         policy.reset()
         if start == 0:  # the policy's keys for the env's camera and state, checked once
             match = FeatureMap(

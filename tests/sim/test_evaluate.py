@@ -112,3 +112,34 @@ def test_random_policy_samples_inside_action_box():
     assert actions.shape == (256, 7)
     assert np.all(actions >= ACTION_LOW) and np.all(actions <= ACTION_HIGH)
     assert np.all(actions.min(0) < ACTION_LOW + 0.1 * (ACTION_HIGH - ACTION_LOW))  # spans the box
+
+
+class NoiseRecorder:
+    """Draws from torch's global generator at every step, as a sampling policy does; acts with zeros."""
+
+    def __init__(self):
+        self.draws = []
+
+    def reset(self):
+        pass
+
+    def select_action(self, batch):
+        self.draws.append(torch.randn(len(batch["observation.state"]), 3))
+        return torch.zeros(len(batch["observation.state"]), 7)
+
+
+def test_a_sampling_policy_draws_the_same_noise_on_the_same_scenes():
+    envs = make_vector_env("stack_block", "visual_matching", num_envs=2)
+    try:
+        first, second = NoiseRecorder(), NoiseRecorder()
+        run_episodes(first, envs, episodes=4, max_steps=2, seed=7)
+        torch.manual_seed(12345)  # whatever the generator held before
+        run_episodes(second, envs, episodes=4, max_steps=2, seed=7)
+        third = NoiseRecorder()
+        run_episodes(third, envs, episodes=4, max_steps=2, seed=9)
+    finally:
+        envs.close()
+    assert len(first.draws) == 4  # two waves of two steps
+    torch.testing.assert_close(torch.stack(first.draws), torch.stack(second.draws), rtol=0, atol=0)
+    assert not torch.equal(torch.stack(first.draws), torch.stack(third.draws))  # other scenes, other noise
+    assert not torch.equal(first.draws[0], first.draws[2])  # and each wave its own
