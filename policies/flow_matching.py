@@ -93,8 +93,8 @@ def euler_span_targets(
     teacher_steps: int,
     gen: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Distilled targets for step sizes d = 1 .. 2^-(levels-1): returns (x_t, t, d_index, target), the
-    target the `euler_span` of the flow-matching velocity with teacher_steps steps over [0, 1]."""
+    """Distilled targets for step sizes d = 1 .. 2^-(levels-1): returns (x_t, t, d_index, target), each
+    target the `euler_span` of the flow-matching velocity at teacher_steps steps over [0, 1]."""
     B, device = len(actions), actions.device
     d_index = torch.randint(1, levels + 1, (B,), generator=gen).to(device)
     d = step_size(d_index)
