@@ -61,6 +61,18 @@ def steps_to_index(steps: int, shortcut: bool) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- targets
+def draw_steps(
+    actions: torch.Tensor, noise: torch.Tensor, levels: int, gen: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per sample a step-size index in 1..levels, a time t with t - d >= 0 (the step stays on [0, 1]) and
+    the path's point there: (d_index (B,), t (B,), x_t (B, H, A))."""
+    B, device = len(actions), actions.device
+    d_index = torch.randint(1, levels + 1, (B,), generator=gen).to(device)
+    d = step_size(d_index)
+    t = d + (1 - d) * torch.rand(B, generator=gen).to(device)
+    return d_index, t, interpolate(actions, noise, t)
+
+
 @torch.no_grad()
 def shortcut_targets(
     velocity_fn: VelocityFn,
@@ -72,11 +84,8 @@ def shortcut_targets(
     """Self-consistency targets for step sizes d = 1 .. 2^-(levels-1): returns (x_t, t, d_index, target)
     with target = (v(x_t, t, d/2) + v(x_t - d/2 v, t - d/2, d/2)) / 2. The finest level's half step uses
     d = 0, the flow-matching velocity, which anchors the hierarchy."""
-    B, device = len(actions), actions.device
-    d_index = torch.randint(1, levels + 1, (B,), generator=gen).to(device)
+    d_index, t, x_t = draw_steps(actions, noise, levels, gen)
     d = step_size(d_index)
-    t = d + (1 - d) * torch.rand(B, generator=gen).to(device)  # t - d >= 0: the step stays on [0, 1]
-    x_t = interpolate(actions, noise, t)
     half_index = torch.where(d_index < levels, d_index + 1, torch.zeros_like(d_index))
     half = (d / 2).view(-1, *([1] * (actions.ndim - 1)))
     first = velocity_fn(x_t, t, half_index)
@@ -95,12 +104,8 @@ def euler_span_targets(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Distilled targets for step sizes d = 1 .. 2^-(levels-1): returns (x_t, t, d_index, target), each
     target the `euler_span` of the flow-matching velocity at teacher_steps steps over [0, 1]."""
-    B, device = len(actions), actions.device
-    d_index = torch.randint(1, levels + 1, (B,), generator=gen).to(device)
-    d = step_size(d_index)
-    t = d + (1 - d) * torch.rand(B, generator=gen).to(device)
-    x_t = interpolate(actions, noise, t)
-    return x_t, t, d_index, euler_span(velocity_fn, x_t, t, d, teacher_steps)
+    d_index, t, x_t = draw_steps(actions, noise, levels, gen)
+    return x_t, t, d_index, euler_span(velocity_fn, x_t, t, step_size(d_index), teacher_steps)
 
 
 def euler_span(

@@ -493,7 +493,7 @@ class ControlLoop:
             sent = self.clock.now()
             late = sent - (scheduled + dt)
             report.tick_late_s.append(late)
-            if late > 0:  # where the tick's time went: the wake-up, the robot's observation, or the send
+            if late > 0:  # where the tick's time went: wake-up, observation, planning or send
                 ms = lambda a, b: f"{(b - a) * 1000:.1f}"  # noqa: E731
                 self._event(
                     report, tick, "deadline_miss", f"action sent {late * 1000:.1f} ms after the deadline "
