@@ -197,3 +197,36 @@ def test_change_map_learns_where_the_next_frame_differs():
     assert (peaks[2:, 0] < -0.2).all() and (peaks[2:, 1] > 0.2).all()  # bottom left
     with pytest.raises(ValueError, match="change_map draws on the conv stem"):
         BackboneConfig(**(TINY.to_dict() | {"change_map": True}))
+
+
+def test_change_prior_is_the_mean_map_and_scores_it():
+    """The held-out prior is the mean of the training frames' change targets, and `evaluate` scores it as
+    the cross-entropy of that one map against every target (between the floor and the uniform map's)."""
+    from world_model.backbone.model import change_target
+    from world_model.backbone.train import evaluate, mean_change_map
+    from world_model.layers import heatmap_cross_entropy
+
+    torch.manual_seed(0)
+    frames = torch.full((12, 3, 32, 32), 10, dtype=torch.uint8)  # still, except for two blobs
+    frames[3:6, :, 4:10, 4:10] = 255  # episode 0 changes at the top left from frame 3 on
+    frames[9:, :, 20:26, 20:26] = 255  # episode 1 at the bottom right
+    no_codes = {"codes": torch.full((12, 2), -1)}  # frames alone: no latent actions
+    bank = EpisodeBank.from_arrays(frames, no_codes, torch.tensor([0] * 6 + [1] * 6), ["move it"] * 12)
+    prior = mean_change_map(bank, horizon=3, size=16)
+    rows = torch.arange(12)
+    target, moved = change_target(frames.float() / 255, frames[bank.window(rows, 3).future].float() / 255, 16)
+    assert prior.shape == (256,) and torch.allclose(prior.sum(), torch.tensor(1.0))
+    assert prior.view(16, 16)[2:5, 2:5].sum() > 0.4 and prior.view(16, 16)[10:13, 10:13].sum() > 0.4
+
+    cfg = BackboneConfig(
+        **(
+            TINY.to_dict()
+            | {"stem": "conv", "stem_channels": 8, "stem_stride": 2, "change_map": True, "layers": 0}
+        )
+    )
+    scores = evaluate(VideoBackbone(cfg), bank, majority_code=0, change_prior=prior, num=12)
+    expected = heatmap_cross_entropy(
+        prior.clamp_min(1e-12).log().expand(int(moved.sum()), -1).view(-1, 16, 16), target[moved]
+    )
+    assert scores["change_ce_prior"] == pytest.approx(expected.item(), rel=1e-5)
+    assert scores["change_ce_floor"] < scores["change_ce_prior"] < torch.log(torch.tensor(256.0)).item()

@@ -86,7 +86,15 @@ def make_batch(
 
 # ---------------------------------------------------------------------------------------------- eval
 @torch.no_grad()
-def evaluate(model: VideoBackbone, bank: EpisodeBank, majority_code: int, num: int = 256) -> dict:
+def evaluate(
+    model: VideoBackbone,
+    bank: EpisodeBank,
+    majority_code: int,
+    change_prior: torch.Tensor | None = None,
+    num: int = 256,
+) -> dict:
+    """Held-out scores against trivial answers; `change_prior` (g * g,) is the training frames' mean change
+    map (`mean_change_map`), the answer a change map that ignores the frame would give."""
     model.eval()
     cfg = model.cfg
     rows = torch.linspace(0, len(bank) - 1, min(num, len(bank))).round().long()
@@ -110,15 +118,31 @@ def evaluate(model: VideoBackbone, bank: EpisodeBank, majority_code: int, num: i
         target, moved = change_target(frames[:, 1], future, out.fmap.shape[-1])
         logits = model.change_logits(out, words)[moved]
         scores["change_ce"] = heatmap_cross_entropy(logits, target[moved]).item()
+        # the targets' own entropy: the lowest cross-entropy any map can reach
         scores["change_ce_floor"] = (
             -(target[moved] * target[moved].clamp_min(1e-12).log()).sum(-1).mean().item()
         )
+        if change_prior is not None:
+            prior = change_prior.to(target).clamp_min(1e-12).log().expand_as(target[moved])
+            scores["change_ce_prior"] = heatmap_cross_entropy(prior.view_as(logits), target[moved]).item()
     if model.cfg.keypoint_forecast:  # frame t+H's keypoints forecast, against "they stay where they are"
         actual = model.keypoints_of(future)
         scores["forecast_mse"] = torch.mean((model.forecast_keypoints(out, words) - actual) ** 2).item()
         scores["static_forecast_mse"] = torch.mean((model.keypoints_of(frames[:, 1]) - actual) ** 2).item()
     model.train()
     return scores
+
+
+def mean_change_map(
+    bank: EpisodeBank, horizon: int, size: int, num: int = 2048, seed: int = 0
+) -> torch.Tensor:
+    """(size * size,) the mean of `change_target` over a fixed sample of the bank's frames: where changes
+    usually happen, whatever the frame shows."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.randint(len(bank), (min(num, len(bank)),), generator=gen)
+    w = bank.window(rows, horizon)
+    target, moved = change_target(bank.frames[rows].float() / 255, bank.frames[w.future].float() / 255, size)
+    return target[moved].mean(0)
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -209,6 +233,10 @@ class BackboneTask(TrainTask):
         self.val_bank = bank.subset([bank.episodes[i] for i in val_eps])
         labelled = self.train_bank.columns["codes"][self.train_bank.columns["codes"] >= 0]
         self.majority = int(torch.bincount(labelled, minlength=num_codes).argmax())
+        self.change_prior = None
+        if model_cfg.change_map:  # the stem's map is image / stem_stride wide
+            size = model_cfg.image_size // model_cfg.stem_stride
+            self.change_prior = mean_change_map(self.train_bank, model_cfg.horizon, size, seed=tcfg.seed)
         self.model_config = model_cfg.to_dict()
         self.meta = {"dataset": str(tcfg.dataset), "embodiment": tcfg.embodiment}
 
@@ -237,10 +265,10 @@ class BackboneTask(TrainTask):
         return tuple(t.to(self.device) for t in batch)
 
     def validate(self, step: int, model: VideoBackbone) -> dict[str, float]:
-        return evaluate(model, self.val_bank, self.majority)
+        return evaluate(model, self.val_bank, self.majority, self.change_prior)
 
     def summary(self, last_terms: dict, model: VideoBackbone) -> dict:
-        return evaluate(model, self.val_bank, self.majority)
+        return evaluate(model, self.val_bank, self.majority, self.change_prior)
 
 
 def train(cfg: DictConfig) -> dict:
