@@ -15,6 +15,7 @@ STATE_KEY = "observation.state"
 ENV_STATE_KEY = "observation.environment_state"  # privileged object poses: only state_fm reads them
 ACTION_KEY = "action"
 CONTEXTS = ("video", "state")
+DECODER_READS = ("all", "waypoints")
 
 
 @LRSchedulerConfig.register_subclass("warmup_cosine")
@@ -92,6 +93,11 @@ class VipraConfig(PreTrainedConfig):
     # with where the hand is in the same units, as state_fm compares object poses with the state.
     camera_calibration: dict | None = None
     waypoint_heights: list[float] = field(default_factory=list)
+    # What of the backbone the decoder reads besides the robot state. "all": the pooled image tokens, the
+    # instruction token and the waypoint tokens. "waypoints": only the instruction and the waypoint tokens,
+    # a bottleneck like state_fm's object poses: with few demos the decoder cannot recall a scene from its
+    # pixels, and where the objects are reaches it only through the waypoint maps.
+    decoder_reads: str = "all"
 
     # Action dimensions whose command is binary, 0 or 1 (the tabletop's gripper: conf/task), snapped by
     # the postprocessor to the nearer of the two: a sampled 0.7 would squeeze with part of the force and
@@ -156,6 +162,10 @@ class VipraConfig(PreTrainedConfig):
                 f"{self.context!r}, stem {bb.stem!r}, {self.binary_action_dims})"
             )
 
+        if self.decoder_reads not in DECODER_READS:
+            raise ValueError(f"decoder_reads must be one of {DECODER_READS}, got {self.decoder_reads!r}")
+        if self.decoder_reads == "waypoints" and not self.waypoint_weight:
+            raise ValueError("decoder_reads='waypoints' needs the waypoint maps: set waypoint_weight > 0")
         if self.camera_calibration and len(self.waypoint_heights) != 2:
             raise ValueError(
                 "a calibrated camera sees the waypoints on planes at waypoint_heights: give one height (m) "

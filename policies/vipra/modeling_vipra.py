@@ -315,6 +315,9 @@ class VipraPolicy(PreTrainedPolicy):
         if self.waypoint_maps is None:
             return self.decoder.memory(context, state), None
         logits, points, tokens = self.waypoint_maps(fmap, self.backbone.word_embed(words), state)
+        if self.config.decoder_reads == "waypoints":  # the instruction token, after the pooled ones
+            pooled = (self.backbone.cfg.grid // self.backbone.cfg.pool) ** 2
+            context = context[:, pooled : pooled + 1]
         return self.decoder.memory(torch.cat([context, tokens], dim=1), state), (logits, points)
 
     def backbone_features(self, batch: dict, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -287,3 +287,35 @@ def test_a_second_stage_starts_from_the_trained_policys_weights(tmp_path):
         init_from_policy(VipraPolicy(tiny_config(dim=16)), tmp_path / "trained")
     with pytest.raises(FileNotFoundError, match="init_policy=.*no model.safetensors"):
         init_from_policy(second, tmp_path / "nothing")
+
+
+def test_decoder_reading_only_the_waypoints_ignores_the_image_tokens():
+    """decoder_reads='waypoints': the decoder's memory is the instruction token, the two waypoint tokens
+    and the state, so a change of the pooled image tokens that leaves the stem's map alone changes no
+    action; with 'all' it does."""
+    from policies.vipra.modeling_vipra import WAYPOINT_KEY, WAYPOINT_PAD_KEY
+
+    conv = TINY_BACKBONE.to_dict() | {"stem": "conv", "stem_stride": 2, "stem_channels": 16, "layers": 0}
+    batch = make_batch(B=2) | {
+        WAYPOINT_KEY: torch.zeros(2, 2, 2),
+        WAYPOINT_PAD_KEY: torch.zeros(2, 2, dtype=torch.bool),
+    }
+    noise = torch.randn(2, 6, 7, generator=torch.Generator().manual_seed(1))
+    chunks = {}
+    for reads in ("waypoints", "all"):
+        torch.manual_seed(0)
+        policy = VipraPolicy(
+            tiny_config(waypoint_weight=1.0, binary_action_dims=[6], backbone=conv, decoder_reads=reads)
+        ).eval()
+        memory = policy._encode(batch)
+        assert memory[0][0].shape[2] == (1 + 2 + 1 if reads == "waypoints" else 4 + 1 + 6 + 2 + 1)
+        original = policy.predict_action_chunk(batch, noise=noise)
+        with torch.no_grad():  # the patch embedding feeds the pooled tokens, not the stem's map
+            policy.backbone.stem.to_tokens.weight.add_(1.0)
+        chunks[reads] = (original, policy.predict_action_chunk(batch, noise=noise))
+    torch.testing.assert_close(*chunks["waypoints"])
+    assert not torch.allclose(*chunks["all"])
+    with pytest.raises(ValueError, match="waypoint_weight > 0"):
+        tiny_config(backbone=conv, decoder_reads="waypoints")
+    with pytest.raises(ValueError, match="decoder_reads must be one of"):
+        tiny_config(backbone=conv, decoder_reads="pixels")
