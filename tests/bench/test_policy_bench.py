@@ -18,7 +18,7 @@ def policy_at_64px(**kw):
         IMAGE_KEY: PolicyFeature(FeatureType.VISUAL, (3, 64, 64)),
         "observation.state": PolicyFeature(FeatureType.STATE, (7,)),
     }
-    backbone = TINY_BACKBONE.to_dict() | {"image_size": 64}
+    backbone = TINY_BACKBONE.to_dict() | {"image_size": 64} | kw.pop("backbone", {})
     return processed(VipraPolicy(tiny_config(input_features=features, backbone=backbone, **kw)).eval())
 
 
