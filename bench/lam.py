@@ -9,7 +9,10 @@ and the picture reports/figures/lam_grid.png.
   codebook_usage, perplexity: codes on those clips.
 - probe_r2_translation: a ridge probe from one transition's latents (N tokens x code_dim) to the true
   end-effector translation of that step, fitted on 70% of the labelled demo episodes, R^2 on the rest
-  (averaged over x, y, z).
+  (averaged over x, y, z; each axis in probe_r2_translation_xyz, and along the camera's axes in
+  probe_r2_translation_camera_right_up_back). probe_r2_translation_before_quantizer: the same probe on
+  the inverse dynamics' latents before quantization (what the quantizer loses); *_mlp: a two-layer MLP
+  probe instead of the ridge (what the latents hold that a linear map cannot read).
 - feature_probe_rms_cm (with bench_lam.backbone): how well the backbone pretrained on the actionless
   video localizes the object to pick, the place and the hand: bench.localization's linear heatmap probe
   of its frozen conv-stem map, fitted on 70% of the demo episodes, RMS cm on the rest (and the same
@@ -40,11 +43,12 @@ from data.clips import episode_columns, flow_targets, load_episode_frames, to_ui
 from sim.env import TabletopEnv
 from sim.experts import ExpertController, PlayController
 from sim.tasks import get_task
-from world_model.lam.label import label_frames
+from world_model.lam.label import encode_transitions
 from world_model.lam.model import LatentActionModel, load_lam
 from world_model.lam.quantize import code_stats
 from world_model.lam.train import train
 from world_model.metrics import psnr
+from world_model.training.checkpoint import read_trained_meta
 
 MIN_MOVE = 0.03  # m: clips that move less have no direction to agree on
 MAX_ANGLE_DEG = 60.0
@@ -90,11 +94,40 @@ def apply_ridge(w: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.hstack([x, np.ones((len(x), 1))]) @ w
 
 
+def r2_per_axis(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """R^2 of each output dimension."""
+    return 1 - ((y - pred) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)
+
+
 def r2_score(y: np.ndarray, pred: np.ndarray) -> float:
     """R^2 per output dimension, averaged (scikit-learn's uniform average)."""
-    ss_res = ((y - pred) ** 2).sum(0)
-    ss_tot = ((y - y.mean(0)) ** 2).sum(0)
-    return float(np.mean(1 - ss_res / ss_tot))
+    return float(np.mean(r2_per_axis(y, pred)))
+
+
+def mlp_probe_r2(
+    x: np.ndarray, y: np.ndarray, fit: np.ndarray, steps: int = 3000, seed: int = 0
+) -> np.ndarray:
+    """R^2 per output of a two-layer MLP fitted to the `fit` rows of (x, y), scored on the others: what
+    the features hold that a linear map cannot read (an NSVQ code's vector is a category, not a coordinate)."""
+    torch.manual_seed(seed)
+    mean, std, scale = x[fit].mean(0), x[fit].std(0) + 1e-6, y[fit].std(0)
+    inputs = torch.tensor((x - mean) / std, dtype=torch.float32)
+    targets = torch.tensor(y / scale, dtype=torch.float32)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(x.shape[1], 256), torch.nn.ReLU(), torch.nn.Linear(256, 256), torch.nn.ReLU(),
+        torch.nn.Linear(256, y.shape[1]),
+    )  # fmt: skip
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-2)
+    rows = torch.from_numpy(np.flatnonzero(fit))
+    for _ in range(steps):
+        batch = rows[torch.randint(len(rows), (256,))]
+        loss = (net(inputs[batch]) - targets[batch]).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        pred = net(inputs[torch.from_numpy(~fit)]).numpy() * scale
+    return r2_per_axis(y[~fit], pred)
 
 
 def transition_features(model: LatentActionModel, codes: torch.Tensor) -> np.ndarray:
@@ -102,24 +135,58 @@ def transition_features(model: LatentActionModel, codes: torch.Tensor) -> np.nda
     return model.latents_from_codes(codes).flatten(1).detach().numpy()
 
 
-def probe_translation(model: LatentActionModel, demos: Path, image_key: str, state_key: str, seed: int):
-    """Fit the translation probe on labelled robot demos; returns (weights, R^2 on held-out episodes)."""
+def probe_translation(
+    model: LatentActionModel,
+    demos: Path,
+    image_key: str,
+    state_key: str,
+    seed: int,
+    exclude: tuple[int, ...] | list[int] = (),
+    camera: PinholeCamera | None = None,
+):
+    """Fit the translation probe on labelled robot demos: returns (weights, R^2 on held-out episodes,
+    details). The details add R^2 per axis (and with the camera's calibration, along its right, up and
+    backward axes: a fixed camera sees the last only as a change of scale) and the same probe on the
+    latents before quantization, which tells what the quantizer loses from what the inverse dynamics
+    found. `exclude`: episodes the model was trained on with their actions (ours_lam_supervised), left
+    out of fit and score."""
     frames = load_episode_frames(demos, image_key)
+    frames = {ep: f for ep, f in frames.items() if ep not in set(exclude)}
     cols = episode_columns(demos, [state_key])
-    xs, ys, eps = [], [], []
+    xs, xs_continuous, ys, eps = [], [], [], []
     for ep, ep_frames in frames.items():
         rows = cols["episode_index"] == ep
         xyz = cols[state_key][rows][np.argsort(cols["frame_index"][rows]), :3]
-        codes = label_frames(model, ep_frames)[:-1]  # the last frame has no transition
-        xs.append(transition_features(model, codes))
-        ys.append(np.diff(xyz, axis=0))
-        eps.append(np.full(len(codes), ep))
+        codes, latents = encode_transitions(model, ep_frames)
+        k = model.cfg.frame_stride  # the last k frames have no transition
+        xs.append(transition_features(model, codes[:-k]))
+        xs_continuous.append(latents[:-k].flatten(1).numpy())
+        ys.append(xyz[k:] - xyz[:-k])
+        eps.append(np.full(len(codes) - k, ep))
     x, y, ep_of = np.concatenate(xs), np.concatenate(ys), np.concatenate(eps)
     order = np.random.default_rng(seed).permutation(sorted(frames))
-    fit_eps = set(order[: int(0.7 * len(order))].tolist())
-    fit = np.isin(ep_of, list(fit_eps))
+    fit = np.isin(ep_of, order[: int(0.7 * len(order))])
     w = fit_ridge(x[fit], y[fit])
-    return w, r2_score(y[~fit], apply_ridge(w, x[~fit])), {"fit": int(fit.sum()), "scored": int((~fit).sum())}
+    pred = apply_ridge(w, x[~fit])
+    r2_axes = r2_per_axis(y[~fit], pred)
+    x_continuous = np.concatenate(xs_continuous)
+    w_continuous = fit_ridge(x_continuous[fit], y[fit])
+    details = {
+        "probe_r2_translation_xyz": [float(v) for v in r2_axes],
+        "probe_r2_translation_before_quantizer": r2_score(
+            y[~fit], apply_ridge(w_continuous, x_continuous[~fit])
+        ),
+        "probe_r2_translation_mlp": float(mlp_probe_r2(x, y, fit, seed=seed).mean()),
+        "probe_r2_translation_mlp_before_quantizer": float(
+            mlp_probe_r2(x_continuous, y, fit, seed=seed).mean()
+        ),
+        "probe_transitions": {"fit": int(fit.sum()), "scored": int((~fit).sum())},
+    }
+    if camera is not None:
+        to_camera = camera.rotation.T  # a linear probe's answer turns with its target
+        r2_camera = r2_per_axis(y[~fit] @ to_camera, pred @ to_camera)
+        details["probe_r2_translation_camera_right_up_back"] = [float(v) for v in r2_camera]
+    return w, float(r2_axes.mean()), details
 
 
 # ---------------------------------------------------------------------------------------------- transfer
@@ -170,16 +237,17 @@ def probe_displacement(
 def transfer(
     model: LatentActionModel, w: np.ndarray, tasks, image_size: int, fps: int, pairs: int, seed: int
 ) -> dict:
-    T = model.cfg.clip_len
+    T, k = model.cfg.clip_len, model.cfg.frame_stride
+    span = (T - 1) * k  # steps from a clip's first frame to its last
     hand_pred, self_pred, true = [], [], []
     for hand, robot, hand_xyz, robot_xyz in paired_episodes(tasks, pairs, image_size, fps, seed):
-        starts = torch.arange(0, len(hand) - T + 1, T - 1)
-        idx = starts[:, None] + torch.arange(T)
+        starts = torch.arange(0, len(hand) - span, span)
+        idx = starts[:, None] + k * torch.arange(T)
         hand_clips, robot_clips = hand[idx].float() / 255, robot[idx].float() / 255
         first = robot_clips[:, 0]
         hand_pred.append(probe_displacement(model, w, first, model.encode(hand_clips).z_q))
         self_pred.append(probe_displacement(model, w, first, model.encode(robot_clips).z_q))
-        true.append(robot_xyz[starts + T - 1] - robot_xyz[starts])
+        true.append(robot_xyz[(starts + span).numpy()] - robot_xyz[starts.numpy()])
         assert np.abs(hand_xyz - robot_xyz).max() < 0.02, "replayed actions should move both hands alike"
     true = np.concatenate(true)
     moving = np.linalg.norm(true, axis=1) >= MIN_MOVE
@@ -238,7 +306,7 @@ def grid_figure(
                 ax.set_title(columns[c], fontsize=9)
             if c == 0:
                 ax.set_ylabel("robot" if r < per_embodiment else "hand", fontsize=9)
-    fig.suptitle(f"latent action model: held-out clips, k = {bank.clip_len - 1}", fontsize=10)
+    fig.suptitle(f"latent action model: held-out clips, k = {(bank.clip_len - 1) * bank.stride}", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
 
@@ -259,7 +327,9 @@ def heldout_bank(model: LatentActionModel, out_dir: Path, image_key: str):
     state = json.loads((out_dir / "checkpoints/last/state.json").read_text())
     episodes = state["val_episodes"]
     bank = Clips.of(
-        EpisodeBank.load(state["dataset"], image_key, ["embodiment"], episodes), model.cfg.clip_len
+        EpisodeBank.load(state["dataset"], image_key, ["embodiment"], episodes),
+        model.cfg.clip_len,
+        model.cfg.frame_stride,
     )
     return bank, bank.bank.columns["embodiment"][bank.starts].reshape(-1).long()
 
@@ -306,11 +376,19 @@ def main(cfg: DictConfig) -> None:
     bank, embodiment = heldout_bank(model, out_dir, cfg.task.image_key)
     result = score_video(model, bank, embodiment)
     demos = Path(cfg.data.root) / cfg.data.demos.name
-    w, r2, probe_sizes = probe_translation(
-        model, demos, cfg.task.image_key, cfg.task.state_key, cfg.bench_lam.seed
+    supervised = read_trained_meta(out_dir, "latent-action").get("supervised_episodes", [])
+    w, r2, probe_details = probe_translation(
+        model,
+        demos,
+        cfg.task.image_key,
+        cfg.task.state_key,
+        cfg.bench_lam.seed,
+        exclude=supervised,
+        camera=PinholeCamera.from_config(cfg.task.camera, cfg.task.image_size) if cfg.task.camera else None,
     )
     result["probe_r2_translation"] = r2
-    result["probe_transitions"] = probe_sizes
+    result["probe_excluded_supervised_episodes"] = supervised
+    result |= probe_details
     result |= transfer(
         model,
         w,

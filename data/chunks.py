@@ -138,16 +138,20 @@ class Clips:
     bank: EpisodeBank
     clip_len: int
     starts: torch.Tensor  # (M,) bank row of each clip's first frame, in dataset order
+    stride: int = 1  # frames between a clip's frames
 
     @classmethod
-    def of(cls, bank: EpisodeBank, clip_len: int) -> "Clips":
+    def of(cls, bank: EpisodeBank, clip_len: int, stride: int = 1) -> "Clips":
+        """Every clip of `clip_len` frames `stride` frames apart (a clip spans (clip_len - 1) * stride steps)."""
         if clip_len < 2:
             raise ValueError(f"a clip needs clip_len >= 2 frames, got {clip_len}")
+        if stride < 1:
+            raise ValueError(f"a clip's frames must be stride >= 1 frames apart, got {stride}")
         rows = torch.arange(len(bank))
-        starts = rows[rows + clip_len - 1 <= bank.episode_end]
+        starts = rows[rows + (clip_len - 1) * stride <= bank.episode_end]
         if not len(starts):
-            raise ValueError(f"no episode has {clip_len} frames: no clip can be sampled")
-        return cls(bank, clip_len, starts)
+            raise ValueError(f"no episode has {(clip_len - 1) * stride + 1} frames: no clip can be sampled")
+        return cls(bank, clip_len, starts, stride)
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -163,5 +167,5 @@ class Clips:
 
     def clips(self, idx: torch.Tensor) -> torch.Tensor:
         """(B,) clip indices -> (B, T, 3, H, W) float in [0, 1]"""
-        frame_idx = self.starts[idx][:, None] + torch.arange(self.clip_len)
+        frame_idx = self.starts[idx][:, None] + self.stride * torch.arange(self.clip_len)
         return self.bank.frames[frame_idx].float() / 255

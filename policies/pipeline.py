@@ -21,6 +21,7 @@ run_dir/pipeline_time.json, so the table's wall time is the whole run's. Which p
     robot_video_only  backbone/robot_video_only (robot episodes) -> policy/...
     hand_video_only   backbone/hand_video_only (hand episodes) -> policy/...
     ours_latent       lam -> labels -> backbone/ours_latent (+ latent actions) -> policy/...
+    ours_lam_supervised  lam_supervised (+ true actions of 6 demos) -> labels -> backbone/... -> policy/...
     scratch_fm        policy/scratch_fm[-seed<k>] (same network, no backbone checkpoint)
     state_fm          policy/state_fm (the privileged-state ceiling: model/policy=state_fm)
     lerobot_baseline  act (LeRobot's ACT through lerobot's trainer)
@@ -36,6 +37,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+# A backbone that also predicts the latent-action codes of the frames ahead (ViPRA's recipe).
+LATENT_ACTIONS = [
+    "train.backbone.labels=${train.lam.out_dir}/labels/${data.video.name}.safetensors",
+    "train.backbone.loss.action=1.0",
+    "model.backbone.layers=1",
+]
 # policy -> (latent action model run or None, backbone overrides); None: no pretraining.
 PRETRAINING = {
     "ours": (None, []),
@@ -43,17 +50,12 @@ PRETRAINING = {
     "no_future_frame": (None, ["train.backbone.loss.frame=0"]),
     "robot_video_only": (None, ["train.backbone.embodiment=robot"]),
     "hand_video_only": (None, ["train.backbone.embodiment=hand"]),
-    "ours_latent": (
-        "lam",
-        [
-            "train.backbone.labels=${train.lam.out_dir}/labels/${data.video.name}.safetensors",
-            "train.backbone.loss.action=1.0",
-            "model.backbone.layers=1",
-        ],
-    ),
+    "ours_latent": ("lam", LATENT_ACTIONS),
+    "ours_lam_supervised": ("lam_supervised", LATENT_ACTIONS),
     "scratch_fm": None,
 }
-LAM_OVERRIDES = {"lam": []}
+# latent action model run -> its overrides: lam_supervised reads the true actions of a few demos (LAOM).
+LAM_OVERRIDES = {"lam": [], "lam_supervised": ["train.lam.action_supervision.weight=1.0"]}
 CEILING = {"state_fm": ["model/policy=state_fm", "train/policy=state_fm", "train.policy.backbone=null"]}
 UNTRAINED = ("scripted", "random")
 EXTRA_EVAL = {"ours_few_step": "ours"}  # evaluated from another policy's runs

@@ -26,6 +26,20 @@ def test_clips_are_consecutive_frames_inside_one_episode(datasets):
     assert int(clips.clip_episode[last_of_first_episode + 1]) == 1  # the next clip starts the next episode
 
 
+def test_strided_clips_skip_frames_and_stay_inside_one_episode(datasets):
+    root, _, _ = datasets
+    bank = EpisodeBank.load(root / "demos", IMAGE, [])
+    every, strided = Clips.of(bank, 4), Clips.of(bank, 4, stride=3)
+    lengths = torch.bincount(bank.episode_index)
+    assert len(strided) == int((lengths - 9).clamp_min(0).sum())  # a clip spans 3 x 3 steps: 10 frames
+    i = torch.tensor([5])
+    torch.testing.assert_close(strided.clips(i)[0], bank.frames[5 + 3 * torch.arange(4)].float() / 255)
+    assert (bank.episode_index[strided.starts + 9] == bank.episode_index[strided.starts]).all()
+    assert torch.equal(every.clips(i), Clips.of(bank, 4, stride=1).clips(i))
+    with pytest.raises(ValueError, match="stride >= 1"):
+        Clips.of(bank, 4, stride=0)
+
+
 def test_clips_of_an_episode_subset_are_that_episodes(datasets):
     root, _, _ = datasets
     bank = EpisodeBank.load(root / "video", IMAGE, [])

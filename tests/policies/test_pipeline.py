@@ -160,6 +160,16 @@ def test_pipeline_plans_every_stage_of_the_table(tmp_path):
     modules = [m for m, _ in stages(cfg, ["experiment=full"])]
     assert modules.count("world_model.lam.train") == 1  # ours_latent's latent actions
     assert modules.count("world_model.backbone.train") == 6 and modules.count("policies.train_policy") == 7
+    # The supervised variant has its own latent action model, which alone reads the demos' actions.
+    cfg.pipeline.policies = ["ours_latent", "ours_lam_supervised"]
+    lams = {
+        next(a for a in args if a.startswith("train.lam.out_dir=")).split("/")[-1]: args
+        for m, args in stages(cfg, [])
+        if m == "world_model.lam.train"
+    }
+    assert sorted(lams) == ["lam", "lam_supervised"]
+    assert "train.lam.action_supervision.weight=1.0" in lams["lam_supervised"]
+    assert not any("action_supervision" in a for a in lams["lam"])
     cfg.pipeline.policies = ["ours", "nonsense"]
     with pytest.raises(ValueError, match="unknown policies"):
         stages(cfg, [])

@@ -123,6 +123,24 @@ def test_ssim_psnr_and_ramp():
     assert ramp(0, 0, 0) == 1.0
 
 
+def test_motion_mask_scores_where_the_frame_changed():
+    from world_model.lam.losses import masked_mse, motion_mask
+
+    clips = moving_squares(4)  # a 4-pixel square moving one pixel per frame on black
+    prev, real = clips[:, :-1], clips[:, 1:]
+    mask = motion_mask(prev, real, pad=1)
+    assert mask.shape == (4, 3, 1, 16, 16)
+    # The one-pixel strips the square left and entered, dilated by a pixel: 3 x 6 on each side.
+    assert (mask.flatten(2).sum(-1) == 2 * 3 * 6).all()
+    assert (mask * (prev + real).amax(2, keepdim=True)).sum() > 0  # it covers the square's edges
+    copy_error = prev - real
+    # Copying is wrong on the 8 pixels that changed: 8 / 36 of the mask, 8 / 256 of the frame.
+    assert masked_mse(copy_error, mask).item() == pytest.approx(8 / 36)
+    assert copy_error.pow(2).mean().item() == pytest.approx(8 / 256)
+    assert masked_mse(torch.zeros_like(real), mask) == 0
+    assert masked_mse(copy_error, torch.zeros_like(mask)) == 0  # a still clip: no motion, no term
+
+
 def test_frozen_flow_net_passes_gradients_to_inputs_only():
     net = FlowNet(width=8)
     a, b = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16, requires_grad=True)
@@ -154,12 +172,12 @@ def train_cfg(root, out_dir, steps: int, **train_overrides):
             "val_fraction": 0.2,
             "dead_codes": {"every": 2, "until": 1.0},
             "loss": {"flow": {"start": 1, "warmup": 2}},
+            "action_supervision": {"dataset": str(root / "demos")},
         }  # fmt: skip
     )
     train.merge_with(train_overrides)
-    return OmegaConf.create(
-        {"model": {"lam": model}, "train": {"lam": train}, "task": {"image_key": "observation.images.image"}}
-    )
+    task = {"image_key": "observation.images.image", "action_key": "action"}
+    return OmegaConf.create({"model": {"lam": model}, "train": {"lam": train}, "task": task})
 
 
 def test_decoder_flow_term_is_computed_only_when_weighted(datasets, tmp_path):
@@ -175,7 +193,13 @@ def test_decoder_flow_term_is_computed_only_when_weighted(datasets, tmp_path):
 
 
 def test_labels_cover_every_transition_once(datasets, tmp_path):
-    from world_model.lam.label import label_dataset, label_frames, window_starts, write_labels
+    from world_model.lam.label import (
+        encode_transitions,
+        label_dataset,
+        label_frames,
+        window_starts,
+        write_labels,
+    )
     from world_model.lam.model import load_lam
     from world_model.lam.train import train
 
@@ -193,9 +217,56 @@ def test_labels_cover_every_transition_once(datasets, tmp_path):
     frames = torch.rand(7, 3, 64, 64).mul(255).to(torch.uint8)
     window = model.encode(frames[3:7][None].float() / 255).codes[0]
     assert torch.equal(label_frames(model, frames)[3:6], window)
+    # The latents before quantization are the inverse dynamics' output for that window, and quantize to the codes.
+    codes_of_frames, latents = encode_transitions(model, frames)
+    assert torch.allclose(latents[3:6], model.idm(frames[3:7][None].float() / 255)[0], atol=1e-5)
+    assert torch.equal(model.quantizer(latents[:6]).codes, codes_of_frames[:6])
+    assert (codes_of_frames[-1] == -1).all() and (latents[-1] == 0).all()
+    # A stride-2 model labels transition i -> i+2: what it gives every other frame, from each offset.
+    model.cfg.frame_stride = 2
+    strided_codes = encode_transitions(model, frames)[0]
+    model.cfg.frame_stride = 1
+    for offset in (0, 1):
+        assert torch.equal(strided_codes[offset::2], label_frames(model, frames[offset::2]))
+    assert (strided_codes[-2:] == -1).all() and (strided_codes[:-2] >= 0).all()
     write_labels(labels, model, tmp_path / "labels.safetensors", {"dataset": "demos"})
     back = load_file(tmp_path / "labels.safetensors")
     assert torch.equal(back["codes"], codes) and back["codebook"].shape == (8, model.cfg.code_dim)
+
+
+def test_action_supervision_puts_the_action_into_the_quantized_latents():
+    from world_model.lam.train import action_loss
+
+    torch.manual_seed(0)
+    clips = moving_squares(16)
+    directions = torch.tensor([(0.0, 1), (0, -1), (1, 0), (-1, 0)])  # (dx, dy) of moving_squares' 4 motions
+    actions = directions[torch.arange(16) % 4][:, None].expand(16, 3, 2)  # (B, T-1, 2)
+    model = LatentActionModel(LAMConfig(**TINY, tokens_per_step=1))  # NSVQ, 8 codes
+    head = torch.nn.Linear(model.cfg.code_dim, 2)
+    params = [*model.idm.parameters(), *model.quantizer.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=3e-3)
+    first = action_loss(model, head, clips, actions).item()
+    for _ in range(200):
+        loss = action_loss(model, head, clips, actions)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()  # the nearest codes themselves, without NSVQ's substituted noise
+    assert action_loss(model, head, clips, actions).item() < 0.02 * first
+
+
+def test_supervised_training_reads_a_few_demos_and_says_which(datasets, tmp_path):
+    from world_model.lam.model import load_lam
+    from world_model.lam.train import train
+    from world_model.training.checkpoint import read_trained_meta
+
+    supervision = {"weight": 1.0, "episodes": 1, "batch_size": 2}
+    summary = train(train_cfg(datasets[0], tmp_path, steps=2, action_supervision=supervision))
+    assert np.isfinite(summary["action_loss"])
+    assert read_trained_meta(tmp_path, "latent-action")["supervised_episodes"] == [0]
+    assert (tmp_path / "checkpoints" / "last" / "action_head.safetensors").exists()
+    load_lam(tmp_path)  # inference needs only the model
+    assert "action_loss" not in train(train_cfg(datasets[0], tmp_path / "plain", steps=1))
 
 
 def test_probe_helpers_recover_a_linear_map():

@@ -5,7 +5,8 @@
 
 Writes one safetensors file (default `<checkpoint>/labels/<dataset>.safetensors`, atomically) with,
 for every frame i of the dataset in its own order:
-    codes          (F, N) int64   codes of the transition i -> i+1 (-1 on the last frame of an episode)
+    codes          (F, N) int64   codes of the transition i -> i+k, k the model's frame_stride (1 by
+                                  default; -1 on the last k frames of an episode)
     episode_index  (F,)   int64
     frame_index    (F,)   int64
 and the model's codebook (`codebook`, (num_codes, code_dim)) so a consumer can turn codes into latents
@@ -37,20 +38,47 @@ def window_starts(length: int, clip_len: int) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def label_frames(model: LatentActionModel, frames: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """One episode (L, 3, H, W) uint8 -> codes (L, N) of each transition i -> i+1; the last row is -1."""
-    T, N = model.cfg.clip_len, model.cfg.tokens_per_step
+def encode_transitions(
+    model: LatentActionModel, frames: torch.Tensor, batch_size: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One episode (L, 3, H, W) uint8 -> codes (L, N) of each transition i -> i+k (k: the model's
+    frame_stride) and the inverse dynamics' latents before quantization (L, N, code_dim); the last k rows,
+    which have no frame k steps on, are -1 (codes) and 0 (latents)."""
+    k, N, D = model.cfg.frame_stride, model.cfg.tokens_per_step, model.cfg.code_dim
     codes = torch.full((len(frames), N), -1, dtype=torch.long)
+    latents = torch.zeros(len(frames), N, D)
+    for offset in range(min(k, len(frames))):  # a stride-k model reads every k-th frame, from each offset
+        sub_codes, sub_latents = encode_consecutive(model, frames[offset::k], batch_size)
+        codes[offset::k], latents[offset::k] = sub_codes, sub_latents
+    return codes, latents
+
+
+def encode_consecutive(
+    model: LatentActionModel, frames: torch.Tensor, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """encode_transitions of frames the model reads as consecutive: windows of clip_len frames that
+    overlap by one cover every transition once."""
+    T, N, D = model.cfg.clip_len, model.cfg.tokens_per_step, model.cfg.code_dim
+    codes = torch.full((len(frames), N), -1, dtype=torch.long)
+    latents = torch.zeros(len(frames), N, D)
     by_length: dict[int, list[int]] = {}
     for start, n in window_starts(len(frames), T):
         by_length.setdefault(n, []).append(start)
     for n, starts in by_length.items():  # windows of one length go through the model together
         for chunk in torch.tensor(starts).split(batch_size):
             clips = frames[chunk[:, None] + torch.arange(n)].float() / 255  # (B, n, 3, H, W)
-            batch_codes = model.encode(clips).codes  # (B, n-1, N)
-            for start, c in zip(chunk.tolist(), batch_codes, strict=True):
-                codes[start : start + n - 1] = c
-    return codes
+            model.check_frames(clips)
+            z = model.idm(clips)  # (B, n-1, N, D)
+            batch_codes = model.quantizer(z).codes  # (B, n-1, N)
+            for start, window_codes, window_latents in zip(chunk.tolist(), batch_codes, z, strict=True):
+                codes[start : start + n - 1] = window_codes
+                latents[start : start + n - 1] = window_latents
+    return codes, latents
+
+
+def label_frames(model: LatentActionModel, frames: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """One episode (L, 3, H, W) uint8 -> codes (L, N) of each transition i -> i+k; the last k rows are -1."""
+    return encode_transitions(model, frames, batch_size)[0]
 
 
 def label_dataset(model: LatentActionModel, root: str | Path, image_key: str, batch_size: int = 64) -> dict:

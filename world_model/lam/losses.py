@@ -1,4 +1,5 @@
-"""Training losses of the latent action model beside L1 and SSIM: optical-flow consistency, with warm-ups.
+"""Training losses of the latent action model beside L1 and SSIM: optical-flow consistency, the error
+where the frame changed, and warm-ups.
 
 No pretrained network can be downloaded here, so the perceptual term is structural (SSIM, Gaussian
 window, computed in torch) and the flow term uses a small flow estimator this project trains itself:
@@ -43,6 +44,21 @@ class FlowNet(nn.Module):
         """The same function with the weights detached: gradients reach the inputs only."""
         params = {name: p.detach() for name, p in self.named_parameters()}
         return torch.func.functional_call(self, params, (a, b))
+
+
+def motion_mask(
+    prev: torch.Tensor, real: torch.Tensor, threshold: float = 0.05, pad: int = 2
+) -> torch.Tensor:
+    """Frames (B, S, 3, H, W) and the frames after them -> (B, S, 1, H, W): 1 where a pixel changed by more
+    than `threshold` in some channel, dilated by `pad` pixels (where the moved thing came from and went)."""
+    changed = ((real - prev).abs().amax(2, keepdim=True) > threshold).float()
+    dilated = F.max_pool2d(changed.flatten(0, 1), 2 * pad + 1, stride=1, padding=pad)
+    return dilated.view_as(changed)
+
+
+def masked_mse(error: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error (B, S, 3, H, W) over the pixels of a mask (B, S, 1, H, W); 0 where none is set."""
+    return (error.pow(2) * mask).sum() / (mask.sum() * error.shape[2]).clamp_min(1.0)
 
 
 def ramp(step: int, start: int, warmup: int) -> float:

@@ -30,6 +30,7 @@ class LAMConfig:
     image_size: int = 64
     patch_size: int = 8  # 64x64 -> 64 patch tokens per frame
     clip_len: int = 8  # frames per clip: T - 1 transitions, one latent action each
+    frame_stride: int = 1  # frames between a clip's frames: one latent action spans this many steps
     dim: int = 96
     heads: int = 4
     mlp_ratio: float = 4.0
@@ -49,6 +50,8 @@ class LAMConfig:
             )
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not a multiple of heads {self.heads}")
+        if self.frame_stride < 1:
+            raise ValueError(f"frame_stride must be >= 1, got {self.frame_stride}")
         if self.quantizer not in ("nsvq", "vq", "fsq"):
             raise ValueError(f"quantizer must be nsvq, vq or fsq, got {self.quantizer!r}")
         if self.quantizer == "fsq":

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from data.chunks import Clips, EpisodeBank, split_episodes
 from data.clips import flow_targets, to_uint8_hwc
-from world_model.lam.losses import FlowNet, ramp
+from world_model.lam.losses import FlowNet, masked_mse, motion_mask, ramp
 from world_model.lam.model import LAMConfig, LatentActionModel
 from world_model.lam.quantize import code_stats
 from world_model.metrics import psnr, ssim
@@ -27,20 +27,48 @@ from world_model.training.trainer import Trainer, TrainTask, millions, print_run
 
 
 # ---------------------------------------------------------------------------------------------- data
-def load_banks(cfg: DictConfig, image_key: str, clip_len: int, image_size: int) -> tuple[Clips, Clips]:
-    """The clips of the training and the held-out episodes."""
-    bank = EpisodeBank.load(cfg.dataset, image_key, columns=[])
+def check_size(bank: EpisodeBank, dataset, image_key: str, image_size: int) -> None:
     size = bank.frames.shape[-2:]
     if tuple(size) != (image_size, image_size):
         raise ValueError(
-            f"{image_key!r} in {cfg.dataset} is {size[0]}x{size[1]}, the model takes {image_size}x{image_size}; "
+            f"{image_key!r} in {dataset} is {size[0]}x{size[1]}, the model takes {image_size}x{image_size}; "
             "set task.image_size to match (or regenerate the data at that size)"
         )
+
+
+def load_banks(cfg: DictConfig, image_key: str, model_cfg: LAMConfig) -> tuple[Clips, Clips]:
+    """The clips of the training and the held-out episodes."""
+    bank = EpisodeBank.load(cfg.dataset, image_key, columns=[])
+    check_size(bank, cfg.dataset, image_key, model_cfg.image_size)
     train_eps, val_eps = split_episodes(len(bank.episodes), cfg.val_fraction, cfg.seed)
-    pick = bank.episodes
-    return Clips.of(bank.subset([pick[i] for i in train_eps]), clip_len), Clips.of(
-        bank.subset([pick[i] for i in val_eps]), clip_len
+    pick, clip_len, stride = bank.episodes, model_cfg.clip_len, model_cfg.frame_stride
+    return Clips.of(bank.subset([pick[i] for i in train_eps]), clip_len, stride), Clips.of(
+        bank.subset([pick[i] for i in val_eps]), clip_len, stride
     )
+
+
+class LabelledClips:
+    """The first `episodes` episodes of a labelled demo dataset as clips, with each transition's action
+    standardized: what `ours_lam_supervised` reads its few true actions from (LAOM's 2.5% of labels)."""
+
+    def __init__(self, scfg: DictConfig, image_key: str, action_key: str, clip_len: int, image_size: int):
+        bank = EpisodeBank.load(scfg.dataset, image_key, [action_key], episodes=list(range(scfg.episodes)))
+        check_size(bank, scfg.dataset, image_key, image_size)
+        self.windows = Clips.of(bank, clip_len)
+        self.episodes = bank.episodes
+        actions = bank.columns[action_key]  # (F, A): the action at frame i moves i -> i+1
+        # Constant dimensions (unused rotations) get a target of zero rather than a division by zero.
+        self.targets = (actions - actions.mean(0)) / actions.std(0).clamp_min(1e-6)
+        self.targets[:, actions.std(0) < 1e-6] = 0
+        self.action_dim = actions.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) clip indices -> clips (B, T, 3, H, W) and the standardized actions of their T-1 transitions."""
+        rows = self.windows.starts[idx][:, None] + torch.arange(self.windows.clip_len - 1)
+        return self.windows.clips(idx), self.targets[rows]
 
 
 # ---------------------------------------------------------------------------------------------- loss
@@ -68,6 +96,9 @@ def compute_loss(
     error = out.predicted - real
     terms = {
         "mse": error.pow(2).mean(),
+        # The robot moves 1-2 pixels a step at 64x64: over the whole frame, copying it costs little and the
+        # latents that say where it went are worth little. Scored where the frame changed, they are not.
+        "mse_motion": masked_mse(error, motion_mask(clips[:, :-1], real)),
         "l1": error.abs().mean(),
         "ssim": 1 - ssim(pred_j, real_j),
         "flow": (flow_net.frozen(prev_j, pred_j) - flow_real.detach()).abs().mean(),
@@ -86,20 +117,41 @@ def compute_loss(
     return total, terms, weights, out
 
 
-class Objective(torch.nn.Module):
-    """The model and the flow estimator it trains beside, as one module whose forward is the loss, so
-    that one DDP wrapper sees every parameter (and `flow_net.frozen` stays inside the forward)."""
+def action_loss(model: LatentActionModel, head: torch.nn.Module, clips: torch.Tensor, actions: torch.Tensor):
+    """MSE of the true (standardized) actions (B, T-1, A) read linearly off the clips' quantized latents."""
+    latents = model.encode(clips).z_q.flatten(2)  # (B, T-1, N * code_dim)
+    return (head(latents) - actions).pow(2).mean()
 
-    def __init__(self, model: LatentActionModel, flow_net: FlowNet, loss_cfg: DictConfig):
+
+class Objective(torch.nn.Module):
+    """The model and the flow estimator it trains beside (and with action supervision, its action head),
+    as one module whose forward is the loss, so that one DDP wrapper sees every parameter (and
+    `flow_net.frozen` stays inside the forward)."""
+
+    def __init__(
+        self,
+        model: LatentActionModel,
+        flow_net: FlowNet,
+        loss_cfg: DictConfig,
+        action_head: torch.nn.Module | None = None,
+        action_weight: float = 0.0,
+    ):
         super().__init__()
         self.model, self.flow_net, self.loss_cfg = model, flow_net, loss_cfg
+        self.action_head, self.action_weight = action_head, action_weight
 
-    def forward(self, clips: torch.Tensor, step: int, j: torch.Tensor):
-        """-> (loss, terms): the loss terms, their weights (weight/<term>) and the codes' batch statistics."""
+    def forward(self, clips: torch.Tensor, step: int, j: torch.Tensor, labelled: tuple | None = None):
+        """-> (loss, terms): the loss terms, their weights (weight/<term>) and the codes' batch statistics.
+        `labelled`: demo clips and their actions, for the action supervision term."""
+        supervised = {}
+        if labelled is not None:  # first, so the codebook's record of recent latents is the video's
+            supervised["action"] = action_loss(self.model, self.action_head, *labelled)
         total, terms, weights, out = compute_loss(self.model, self.flow_net, clips, step, self.loss_cfg, j=j)
+        if supervised:
+            total = total + self.action_weight * supervised["action"]
         stats = code_stats(out.codes.flatten(), self.model.quantizer.num_codes)
         logged = {"quantizer_loss": out.quantizer_loss, "batch_perplexity": stats["perplexity"]}
-        return total, terms | {f"weight/{k}": w for k, w in weights.items()} | logged
+        return total, terms | supervised | {f"weight/{k}": w for k, w in weights.items()} | logged
 
 
 # ---------------------------------------------------------------------------------------------- eval
@@ -115,7 +167,9 @@ def evaluate(model, bank: Clips, num_clips: int, batch_size: int = 32) -> dict:
         out = model(clips)
         rollout = model.decode(clips[:, 0], out.latents)  # frame t+k from frame t and the latents alone
         # Another clip's latents: how much of the prediction comes from the latents, not the frame alone.
-        shuffled = model.decode(clips[:, 0], out.latents.roll(1, dims=0))
+        # The clips are in dataset order, so a neighbour is the same episode a few steps on (moving much
+        # alike): half a batch away is another episode.
+        shuffled = model.decode(clips[:, 0], out.latents.roll(max(1, len(chunk) // 2), dims=0))
         pred_db.append(psnr(rollout[:, -1], clips[:, -1]))
         copy_db.append(psnr(clips[:, 0], clips[:, -1]))
         shuffled_db.append(psnr(shuffled[:, -1], clips[:, -1]))
@@ -139,35 +193,65 @@ class LAMTask(TrainTask):
         model_cfg = LAMConfig(**OmegaConf.to_container(cfg.model.lam, resolve=True))
         self.model, flow_net = LatentActionModel(model_cfg).to(device), FlowNet().to(device)
         self.modules = {"model": self.model, "flow_net": flow_net}
-        self.objective = Objective(self.model, flow_net, tcfg.loss)
+        self.labelled, head, sup = None, None, tcfg.get("action_supervision")
+        if sup is not None and sup.weight > 0:  # ours_lam_supervised; off, the model never sees an action
+            if model_cfg.frame_stride != 1:
+                raise ValueError(
+                    "action supervision reads one action per transition: it needs frame_stride 1"
+                )
+            self.labelled = LabelledClips(
+                sup, cfg.task.image_key, cfg.task.action_key, model_cfg.clip_len, model_cfg.image_size
+            )
+            latent_dim = model_cfg.tokens_per_step * model_cfg.code_dim
+            head = self.modules["action_head"] = torch.nn.Linear(latent_dim, self.labelled.action_dim).to(
+                device
+            )
+        self.objective = Objective(
+            self.model, flow_net, tcfg.loss, head, sup.weight if head is not None else 0.0
+        )
         self.lr, self.weight_decay, self.lr_floor = tcfg.lr, tcfg.weight_decay, tcfg.lr_min / tcfg.lr
         self.device, self.clip_len = device, model_cfg.clip_len
-        self.train_bank, self.val_bank = load_banks(
-            tcfg, cfg.task.image_key, model_cfg.clip_len, model_cfg.image_size
-        )
+        self.train_bank, self.val_bank = load_banks(tcfg, cfg.task.image_key, model_cfg)
         self.model_config = model_cfg.to_dict()
         self.meta = {
             "val_episodes": self.val_bank.episodes,
             "dataset": str(tcfg.dataset),
             "image_key": cfg.task.image_key,
         }
+        if self.labelled is not None:  # benchmarks score the latents on other episodes than these
+            self.meta["supervised_episodes"] = self.labelled.episodes
 
     def describe(self) -> str:
+        supervised = (
+            f"; true actions of {len(self.labelled)} clips of {len(self.labelled.episodes)} demo episodes"
+            if self.labelled is not None
+            else ""
+        )
         return (
             f"latent action model: {millions(self.model)} parameters; "
             f"{len(self.train_bank)} training clips, {len(self.val_bank)} held out "
-            f"({len(self.val_bank.episodes)} episodes)"
+            f"({len(self.val_bank.episodes)} episodes){supervised}"
         )
 
     def draw(self, step: int, gen: torch.Generator, size: int):
         rows = torch.randint(len(self.train_bank), (size,), generator=gen)
-        return rows, torch.randint(
-            self.clip_len - 1, (size,), generator=gen
-        )  # the transition each clip scores
+        transitions = torch.randint(self.clip_len - 1, (size,), generator=gen)  # the one each clip scores
+        # One labelled clip per row; each micro-batch reads the first batch_size / batch of its rows' share.
+        labelled = (
+            torch.randint(len(self.labelled), (size,), generator=gen) if self.labelled is not None else None
+        )
+        return rows, transitions, labelled
 
     def micro_batch(self, draw, positions: torch.Tensor, step: int) -> tuple:
-        rows, transitions = draw
-        return self.train_bank.clips(rows[positions]).to(self.device), step, transitions[positions]
+        rows, transitions, labelled = draw
+        clips = self.train_bank.clips(rows[positions]).to(self.device)
+        if labelled is None:
+            return clips, step, transitions[positions]
+        share = self.tcfg.action_supervision.batch_size / self.tcfg.batch_size
+        demo_clips, actions = self.labelled.batch(
+            labelled[positions][: max(1, round(len(positions) * share))]
+        )
+        return clips, step, transitions[positions], (demo_clips.to(self.device), actions.to(self.device))
 
     def after_step(self, step: int, trainer) -> dict[str, float]:
         replaced = revive_dead_codes(self.model, step, self.tcfg)
@@ -179,7 +263,8 @@ class LAMTask(TrainTask):
         return evaluate(model, self.val_bank, self.tcfg.val_clips)
 
     def summary(self, last_terms: dict, model: LatentActionModel) -> dict:
-        return evaluate(model, self.val_bank, self.tcfg.val_clips)
+        supervised = {"action_loss": float(last_terms["action"])} if "action" in last_terms else {}
+        return evaluate(model, self.val_bank, self.tcfg.val_clips) | supervised
 
 
 def train(cfg: DictConfig) -> dict:
