@@ -151,7 +151,8 @@ def probe_translation(
     found. `exclude`: episodes the model was trained on with their actions (ours_lam_supervised), left
     out of fit and score."""
     frames = load_episode_frames(demos, image_key)
-    frames = {ep: f for ep, f in frames.items() if ep not in set(exclude)}
+    excluded = set(exclude)
+    frames = {ep: f for ep, f in frames.items() if ep not in excluded}
     cols = episode_columns(demos, [state_key])
     xs, xs_continuous, ys, eps = [], [], [], []
     for ep, ep_frames in frames.items():
