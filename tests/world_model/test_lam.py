@@ -37,7 +37,17 @@ def test_shapes(quantizer):
     assert model.encode(torch.rand(1, 2, 3, 16, 16)).codes.shape == (1, 1, 4)
 
 
-@pytest.mark.parametrize("quantizer", ["nsvq", "vq", "fsq"])
+def test_continuous_latents_pass_unquantized_and_have_no_codes():
+    model = LatentActionModel(LAMConfig(**TINY, quantizer="none"))
+    clips = torch.rand(2, 4, 3, 16, 16)
+    out = model(clips)
+    assert out.codes is None and out.quantizer_loss == 0
+    assert torch.equal(out.latents, model.idm(clips))
+    with pytest.raises(ValueError, match="continuous"):
+        model.latents_from_codes(torch.zeros(1, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("quantizer", ["nsvq", "vq", "fsq", "none"])
 def test_gradients_reach_the_encoder_through_the_quantizer(quantizer):
     model = LatentActionModel(LAMConfig(**TINY, quantizer=quantizer))
     clips = torch.rand(2, 4, 3, 16, 16)
@@ -90,7 +100,7 @@ def test_bad_frames_are_explained(frames, message):
 def test_bad_config_is_explained():
     with pytest.raises(ValueError, match="multiple of patch_size"):
         LAMConfig(image_size=30, patch_size=8)
-    with pytest.raises(ValueError, match="nsvq, vq or fsq"):
+    with pytest.raises(ValueError, match="nsvq, vq, fsq or none"):
         LAMConfig(quantizer="kmeans")
 
 
@@ -222,6 +232,11 @@ def test_labels_cover_every_transition_once(datasets, tmp_path):
     assert torch.allclose(latents[3:6], model.idm(frames[3:7][None].float() / 255)[0], atol=1e-5)
     assert torch.equal(model.quantizer(latents[:6]).codes, codes_of_frames[:6])
     assert (codes_of_frames[-1] == -1).all() and (latents[-1] == 0).all()
+    # The probe reads the code's vector, whether it comes from the codes or from the latents.
+    from bench.lam import transition_features
+
+    by_codes = model.latents_from_codes(codes_of_frames[:6]).flatten(1).detach().numpy()
+    assert np.allclose(transition_features(model, latents[:6]), by_codes)
     # A stride-2 model labels transition i -> i+2: what it gives every other frame, from each offset.
     model.cfg.frame_stride = 2
     strided_codes = encode_transitions(model, frames)[0]
@@ -232,6 +247,24 @@ def test_labels_cover_every_transition_once(datasets, tmp_path):
     write_labels(labels, model, tmp_path / "labels.safetensors", {"dataset": "demos"})
     back = load_file(tmp_path / "labels.safetensors")
     assert torch.equal(back["codes"], codes) and back["codebook"].shape == (8, model.cfg.code_dim)
+
+
+def test_continuous_model_trains_and_refuses_to_label(datasets, tmp_path):
+    from world_model.lam.label import encode_transitions, label_dataset
+    from world_model.lam.model import load_lam
+    from world_model.lam.train import train
+
+    cfg = train_cfg(datasets[0], tmp_path, steps=2)
+    cfg.model.lam.quantizer = "none"
+    summary = train(cfg)
+    assert np.isfinite(summary["psnr_pred"]) and "codebook_usage" not in summary
+    model = load_lam(tmp_path)
+    frames = torch.rand(7, 3, 64, 64).mul(255).to(torch.uint8)
+    codes, latents = encode_transitions(model, frames)
+    assert codes is None
+    assert torch.allclose(latents[3:6], model.idm(frames[3:7][None].float() / 255)[0], atol=1e-5)
+    with pytest.raises(ValueError, match="continuous"):
+        label_dataset(model, datasets[0] / "demos", "observation.images.image")
 
 
 def test_action_supervision_puts_the_action_into_the_quantized_latents():

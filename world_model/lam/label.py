@@ -42,15 +42,15 @@ def encode_transitions(
     model: LatentActionModel, frames: torch.Tensor, batch_size: int = 64
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One episode (L, 3, H, W) uint8 -> codes (L, N) of each transition i -> i+k (k: the model's
-    frame_stride) and the inverse dynamics' latents before quantization (L, N, code_dim); the last k rows,
-    which have no frame k steps on, are -1 (codes) and 0 (latents)."""
+    frame_stride; None for a continuous model) and the inverse dynamics' latents before quantization
+    (L, N, code_dim); the last k rows, which have no frame k steps on, are -1 (codes) and 0 (latents)."""
     k, N, D = model.cfg.frame_stride, model.cfg.tokens_per_step, model.cfg.code_dim
     codes = torch.full((len(frames), N), -1, dtype=torch.long)
     latents = torch.zeros(len(frames), N, D)
     for offset in range(min(k, len(frames))):  # a stride-k model reads every k-th frame, from each offset
         sub_codes, sub_latents = encode_consecutive(model, frames[offset::k], batch_size)
         codes[offset::k], latents[offset::k] = sub_codes, sub_latents
-    return codes, latents
+    return (None if model.cfg.quantizer == "none" else codes), latents
 
 
 def encode_consecutive(
@@ -69,10 +69,11 @@ def encode_consecutive(
             clips = frames[chunk[:, None] + torch.arange(n)].float() / 255  # (B, n, 3, H, W)
             model.check_frames(clips)
             z = model.idm(clips)  # (B, n-1, N, D)
-            batch_codes = model.quantizer(z).codes  # (B, n-1, N)
-            for start, window_codes, window_latents in zip(chunk.tolist(), batch_codes, z, strict=True):
-                codes[start : start + n - 1] = window_codes
-                latents[start : start + n - 1] = window_latents
+            batch_codes = model.quantizer(z).codes  # (B, n-1, N); None when continuous
+            for i, start in enumerate(chunk.tolist()):
+                if batch_codes is not None:
+                    codes[start : start + n - 1] = batch_codes[i]
+                latents[start : start + n - 1] = z[i]
     return codes, latents
 
 
@@ -83,6 +84,11 @@ def label_frames(model: LatentActionModel, frames: torch.Tensor, batch_size: int
 
 def label_dataset(model: LatentActionModel, root: str | Path, image_key: str, batch_size: int = 64) -> dict:
     """Codes for every frame of a dataset, aligned with its frame order (see the module docstring)."""
+    if model.cfg.quantizer == "none":
+        raise ValueError(
+            "this latent action model is continuous (quantizer none): it has no codes to label a dataset "
+            "with, and the backbone's latent-action target is codes; label with a quantized model"
+        )
     episode_frames = load_episode_frames(root, image_key)
     size = model.cfg.image_size
     first = next(iter(episode_frames.values()))

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from world_model.lam.quantize import FSQ, NSVQ, Quantized, VectorQuantizer
+from world_model.lam.quantize import FSQ, NSVQ, Continuous, Quantized, VectorQuantizer
 from world_model.layers import SpaceTimeBlock, patchify, unpatchify, warp
 from world_model.training.checkpoint import load_trained
 
@@ -38,7 +38,7 @@ class LAMConfig:
     fdm_layers: int = 3
     tokens_per_step: int = 4  # N latent tokens per transition (LAPA 4, ViPRA 16)
     code_dim: int = 16
-    quantizer: str = "nsvq"  # nsvq | vq | fsq
+    quantizer: str = "nsvq"  # nsvq | vq | fsq | none (continuous latents, no codes)
     num_codes: int = 8  # codebook size for nsvq / vq
     fsq_levels: list[int] = field(default_factory=lambda: [2, 2, 2])  # fsq: code_dim = len(levels)
     max_flow: float = 24.0  # pixels: bound on the decoder's sampling offsets (tanh)
@@ -52,8 +52,8 @@ class LAMConfig:
             raise ValueError(f"dim {self.dim} is not a multiple of heads {self.heads}")
         if self.frame_stride < 1:
             raise ValueError(f"frame_stride must be >= 1, got {self.frame_stride}")
-        if self.quantizer not in ("nsvq", "vq", "fsq"):
-            raise ValueError(f"quantizer must be nsvq, vq or fsq, got {self.quantizer!r}")
+        if self.quantizer not in ("nsvq", "vq", "fsq", "none"):
+            raise ValueError(f"quantizer must be nsvq, vq, fsq or none, got {self.quantizer!r}")
         if self.quantizer == "fsq":
             self.code_dim = len(self.fsq_levels)
 
@@ -66,6 +66,8 @@ class LAMConfig:
 
 
 def make_quantizer(cfg: LAMConfig) -> nn.Module:
+    if cfg.quantizer == "none":
+        return Continuous()
     if cfg.quantizer == "fsq":
         return FSQ(tuple(cfg.fsq_levels))
     cls = NSVQ if cfg.quantizer == "nsvq" else VectorQuantizer
@@ -155,7 +157,7 @@ class LAMOutput:
     )  # (B, T-1, 3, H, W) frames 1..T-1, each from the real frame before and its latents
     flow: torch.Tensor  # (B, T-1, 2, H, W) the decoder's backward flow from each frame to the one before
     latents: torch.Tensor  # (B, T-1, N, code_dim) quantized latent actions
-    codes: torch.Tensor  # (B, T-1, N) code indices
+    codes: torch.Tensor | None  # (B, T-1, N) code indices; None for continuous latents
     quantizer_loss: torch.Tensor  # scalar
 
 
@@ -195,6 +197,8 @@ class LatentActionModel(nn.Module):
 
     def latents_from_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """(..., N) code indices -> (..., N, code_dim) quantized latents (for labels read back from disk)."""
+        if isinstance(self.quantizer, Continuous):
+            raise ValueError("this latent action model is continuous (quantizer none): it has no codes")
         if isinstance(self.quantizer, FSQ):
             return self.quantizer.codes_to_latents(codes)
         return self.quantizer.codebook[codes]

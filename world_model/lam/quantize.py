@@ -1,4 +1,4 @@
-"""Quantizers for latent actions: VQ and NSVQ with dead-code replacement, and FSQ.
+"""Quantizers for latent actions: VQ and NSVQ with dead-code replacement, FSQ, and none (continuous).
 
 All take continuous latents z of shape (..., D) and return a `Quantized` with the quantized latents
 (same shape, differentiable with respect to z), the integer code of each vector, and the auxiliary
@@ -18,7 +18,7 @@ from torch import nn
 @dataclass
 class Quantized:
     z_q: torch.Tensor  # (..., D) quantized latents; gradients reach the input through them
-    codes: torch.Tensor  # (...,) int64 code index of each latent vector
+    codes: torch.Tensor | None  # (...,) int64 code index of each latent vector; None when continuous
     loss: torch.Tensor  # scalar auxiliary loss (codebook and commitment terms), 0 for FSQ
 
 
@@ -172,8 +172,22 @@ class FSQ(nn.Module):
         return (steps + offset) / top
 
 
-def code_stats(codes: torch.Tensor, num_codes: int) -> dict:
-    """Fraction of the codebook in use and the perplexity of the code distribution."""
+class Continuous(nn.Module):
+    """No quantization (LAOM, Nikulin et al. 2025): the inverse dynamics' latents pass as they are, and
+    the only bottleneck is their size (tokens x code_dim numbers per transition). There are no codes:
+    consumers that need them (the backbone's code targets, code usage) must refuse this model."""
+
+    num_codes = None
+
+    def forward(self, z: torch.Tensor) -> Quantized:
+        return Quantized(z, None, z.new_zeros(()))
+
+
+def code_stats(codes: torch.Tensor | None, num_codes: int | None) -> dict:
+    """Fraction of the codebook in use and the perplexity of the code distribution (none for continuous
+    latents, which have no codes)."""
+    if codes is None:
+        return {}
     p = torch.bincount(codes, minlength=num_codes).float()
     p = p / p.sum()
     perplexity = torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()).item()

@@ -149,8 +149,10 @@ class Objective(torch.nn.Module):
         total, terms, weights, out = compute_loss(self.model, self.flow_net, clips, step, self.loss_cfg, j=j)
         if supervised:
             total = total + self.action_weight * supervised["action"]
-        stats = code_stats(out.codes.flatten(), self.model.quantizer.num_codes)
-        logged = {"quantizer_loss": out.quantizer_loss, "batch_perplexity": stats["perplexity"]}
+        logged = {"quantizer_loss": out.quantizer_loss}
+        if out.codes is not None:
+            stats = code_stats(out.codes.flatten(), self.model.quantizer.num_codes)
+            logged["batch_perplexity"] = stats["perplexity"]
         return total, terms | supervised | {f"weight/{k}": w for k, w in weights.items()} | logged
 
 
@@ -174,12 +176,13 @@ def evaluate(model, bank: Clips, num_clips: int, batch_size: int = 32) -> dict:
         copy_db.append(psnr(clips[:, 0], clips[:, -1]))
         shuffled_db.append(psnr(shuffled[:, -1], clips[:, -1]))
         step_db.append(psnr(out.predicted, clips[:, 1:]).mean(1) - psnr(clips[:, :-1], clips[:, 1:]).mean(1))
-        codes.append(out.codes.flatten())
+        if out.codes is not None:
+            codes.append(out.codes.flatten())
     model.train()
     db = {k: torch.cat(v).mean().item() for k, v in (("psnr_pred", pred_db), ("psnr_copy_last", copy_db))}
     db["latent_gain_db"] = db["psnr_pred"] - torch.cat(shuffled_db).mean().item()
     db["one_step_gain_db"] = torch.cat(step_db).mean().item()  # next frame vs copying the previous one
-    return db | code_stats(torch.cat(codes), model.quantizer.num_codes)
+    return db | code_stats(torch.cat(codes) if codes else None, model.quantizer.num_codes)
 
 
 # ---------------------------------------------------------------------------------------------- training
