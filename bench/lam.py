@@ -12,7 +12,9 @@ and the picture reports/figures/lam_grid.png.
   (averaged over x, y, z; each axis in probe_r2_translation_xyz, and along the camera's axes in
   probe_r2_translation_camera_right_up_back). probe_r2_translation_before_quantizer: the same probe on
   the inverse dynamics' latents before quantization (what the quantizer loses); *_mlp: a two-layer MLP
-  probe instead of the ridge (what the latents hold that a linear map cannot read).
+  probe instead of the ridge (what the latents hold that a linear map cannot read);
+  probe_r2_translation_supervised_idm: the ceiling, a small CNN trained with the true translations to read
+  them off the same frame pairs, same split (what any latent of one transition could hold).
 - feature_probe_rms_cm (with bench_lam.backbone): how well the backbone pretrained on the actionless
   video localizes the object to pick, the place and the hand: bench.localization's linear heatmap probe
   of its frozen conv-stem map, fitted on 70% of the demo episodes, RMS cm on the rest (and the same
@@ -131,6 +133,42 @@ def mlp_probe_r2(
     return r2_per_axis(y[~fit], pred)
 
 
+def supervised_idm_r2(
+    before: torch.Tensor, after: torch.Tensor, y: np.ndarray, fit: np.ndarray, steps: int, seed: int = 0
+) -> np.ndarray:
+    """The probe's ceiling: R^2 per axis of a small CNN trained, with the true translations y (M, 3), to
+    read a transition's translation off its two frames (M, 3, H, W) uint8, on the `fit` rows, scored on
+    the others. What any latent of one transition could hold at this resolution and camera."""
+    torch.manual_seed(seed)
+    scale = torch.tensor(y[fit].std(0), dtype=torch.float32)
+    targets = torch.tensor(y, dtype=torch.float32) / scale
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(6, 32, 5, stride=2, padding=2), torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 64, 3, stride=2, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(64, 64, 3, stride=2, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(64, 64, 3, stride=2, padding=1), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.LazyLinear(256), torch.nn.ReLU(), torch.nn.Linear(256, 3),
+    )  # fmt: skip
+
+    def inputs(rows: torch.Tensor) -> torch.Tensor:
+        a, b = before[rows].float() / 255, after[rows].float() / 255
+        return torch.cat([a * 2 - 1, 4 * (b - a)], dim=1)  # the frame and its change, as the LAM sees them
+
+    net(inputs(torch.arange(2)))  # materialize the lazy layer before the optimizer takes its parameters
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-2)
+    rows = torch.from_numpy(np.flatnonzero(fit))
+    for _ in range(steps):
+        batch = rows[torch.randint(len(rows), (64,))]
+        loss = (net(inputs(batch)) - targets[batch]).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        scored = torch.from_numpy(np.flatnonzero(~fit))
+        pred = torch.cat([net(inputs(chunk)) for chunk in scored.split(512)]) * scale
+    return r2_per_axis(y[~fit], pred.numpy())
+
+
 @torch.no_grad()
 def transition_features(model: LatentActionModel, latents: torch.Tensor) -> np.ndarray:
     """(M, N, code_dim) latents before quantization -> (M, N * code_dim) quantized latents (the code's
@@ -146,18 +184,20 @@ def probe_translation(
     seed: int,
     exclude: tuple[int, ...] | list[int] = (),
     camera: PinholeCamera | None = None,
+    idm_ceiling_steps: int = 0,
 ):
     """Fit the translation probe on labelled robot demos: returns (weights, R^2 on held-out episodes,
     details). The details add R^2 per axis (and with the camera's calibration, along its right, up and
     backward axes: a fixed camera sees the last only as a change of scale) and the same probe on the
     latents before quantization, which tells what the quantizer loses from what the inverse dynamics
     found. `exclude`: episodes the model was trained on with their actions (ours_lam_supervised), left
-    out of fit and score."""
+    out of fit and score. `idm_ceiling_steps` > 0: also the ceiling, supervised_idm_r2 on the same
+    transitions and split."""
     frames = load_episode_frames(demos, image_key)
     excluded = set(exclude)
     frames = {ep: f for ep, f in frames.items() if ep not in excluded}
     cols = episode_columns(demos, [state_key])
-    xs, xs_continuous, ys, eps = [], [], [], []
+    xs, xs_continuous, ys, eps, before, after = [], [], [], [], [], []
     for ep, ep_frames in frames.items():
         rows = cols["episode_index"] == ep
         xyz = cols[state_key][rows][np.argsort(cols["frame_index"][rows]), :3]
@@ -167,6 +207,8 @@ def probe_translation(
         xs_continuous.append(latents[:-k].flatten(1).numpy())
         ys.append(xyz[k:] - xyz[:-k])
         eps.append(np.full(len(latents) - k, ep))
+        before.append(ep_frames[:-k])
+        after.append(ep_frames[k:])
     x, y, ep_of = np.concatenate(xs), np.concatenate(ys), np.concatenate(eps)
     order = np.random.default_rng(seed).permutation(sorted(frames))
     fit = np.isin(ep_of, order[: int(0.7 * len(order))])
@@ -186,6 +228,10 @@ def probe_translation(
         ),
         "probe_transitions": {"fit": int(fit.sum()), "scored": int((~fit).sum())},
     }
+    if idm_ceiling_steps > 0:
+        ceiling = supervised_idm_r2(torch.cat(before), torch.cat(after), y, fit, idm_ceiling_steps, seed)
+        details["probe_r2_translation_supervised_idm"] = float(ceiling.mean())
+        details["probe_r2_translation_supervised_idm_xyz"] = [float(v) for v in ceiling]
     if camera is not None:
         to_camera = camera.rotation.T  # a linear probe's answer turns with its target
         r2_camera = r2_per_axis(y[~fit] @ to_camera, pred @ to_camera)
@@ -389,6 +435,7 @@ def main(cfg: DictConfig) -> None:
         cfg.bench_lam.seed,
         exclude=supervised,
         camera=PinholeCamera.from_config(cfg.task.camera, cfg.task.image_size) if cfg.task.camera else None,
+        idm_ceiling_steps=cfg.bench_lam.idm_ceiling_steps,
     )
     result["probe_r2_translation"] = r2
     result["probe_excluded_supervised_episodes"] = supervised

@@ -313,3 +313,22 @@ def test_probe_helpers_recover_a_linear_map():
     assert r2_score(y, apply_ridge(w, x)) == pytest.approx(1.0, abs=1e-6)
     assert r2_score(y, np.broadcast_to(y.mean(0), y.shape)) == pytest.approx(0.0, abs=1e-9)
     assert cosine(np.array([[1.0, 0, 0]]), np.array([[2.0, 0, 0]]))[0] == pytest.approx(1.0)
+
+
+def test_supervised_idm_ceiling_reads_motion_and_not_noise():
+    from bench.lam import supervised_idm_r2
+
+    rng = np.random.default_rng(0)
+    n, size = 400, 16
+    before = torch.zeros(n, 3, size, size, dtype=torch.uint8)
+    after = torch.zeros_like(before)
+    shift = rng.integers(-2, 3, size=(n, 2))
+    for i, (dy, dx) in enumerate(shift):
+        y, x = rng.integers(3, size - 7, size=2)
+        before[i, :, y : y + 4, x : x + 4] = 255
+        after[i, :, y + dy : y + dy + 4, x + dx : x + dx + 4] = 255
+    motion = np.c_[shift, shift.sum(1)].astype(float)
+    fit = np.arange(n) < 300
+    assert supervised_idm_r2(before, after, motion, fit, steps=200).mean() > 0.6
+    noise = rng.normal(size=(n, 3))  # nothing in the frames says this
+    assert supervised_idm_r2(before, after, noise, fit, steps=200).mean() < 0.1
