@@ -40,7 +40,7 @@ def window_starts(length: int, clip_len: int) -> list[tuple[int, int]]:
 @torch.no_grad()
 def encode_transitions(
     model: LatentActionModel, frames: torch.Tensor, batch_size: int = 64
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """One episode (L, 3, H, W) uint8 -> codes (L, N) of each transition i -> i+k (k: the model's
     frame_stride; None for a continuous model) and the inverse dynamics' latents before quantization
     (L, N, code_dim); the last k rows, which have no frame k steps on, are -1 (codes) and 0 (latents)."""
