@@ -249,6 +249,27 @@ def test_labels_cover_every_transition_once(datasets, tmp_path):
     assert torch.equal(back["codes"], codes) and back["codebook"].shape == (8, model.cfg.code_dim)
 
 
+@pytest.mark.parametrize("quantizer", ["nsvq", "vq", "fsq", "none"])
+def test_probe_features_are_the_quantized_vectors(quantizer):
+    from bench.lam import transition_features
+    from world_model.lam.quantize import code_stats
+
+    model = LatentActionModel(LAMConfig(**TINY, quantizer=quantizer))
+    model(torch.rand(2, 4, 3, 16, 16))  # the first training batch seeds the VQ codebooks
+    model.eval()
+    latents = model.idm(torch.rand(3, 4, 3, 16, 16)).detach().flatten(0, 1)  # (9, N, D)
+    codes = model.quantizer(latents).codes
+    expected = latents if quantizer == "none" else model.latents_from_codes(codes)
+    assert np.allclose(transition_features(model, latents), expected.detach().flatten(1).numpy(), atol=1e-6)
+    if quantizer == "none":  # no codes, no code statistics
+        assert codes is None and code_stats(codes, model.quantizer.num_codes) == {}
+    else:
+        assert set(code_stats(codes.flatten(), model.quantizer.num_codes)) == {"codebook_usage", "perplexity"}
+    model.train()
+    with pytest.raises(ValueError, match="eval mode"):
+        transition_features(model, latents)
+
+
 def test_continuous_model_trains_and_refuses_to_label(datasets, tmp_path):
     from world_model.lam.label import encode_transitions, label_dataset
     from world_model.lam.model import load_lam

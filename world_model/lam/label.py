@@ -50,14 +50,14 @@ def encode_transitions(
     for offset in range(min(k, len(frames))):  # a stride-k model reads every k-th frame, from each offset
         sub_codes, sub_latents = encode_consecutive(model, frames[offset::k], batch_size)
         codes[offset::k], latents[offset::k] = sub_codes, sub_latents
-    return (None if model.cfg.quantizer == "none" else codes), latents
+    return (None if model.cfg.continuous else codes), latents
 
 
 def encode_consecutive(
     model: LatentActionModel, frames: torch.Tensor, batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """encode_transitions of frames the model reads as consecutive: windows of clip_len frames that
-    overlap by one cover every transition once."""
+    overlap by one cover every transition once. (A continuous model's codes stay -1: it has none.)"""
     T, N, D = model.cfg.clip_len, model.cfg.tokens_per_step, model.cfg.code_dim
     codes = torch.full((len(frames), N), -1, dtype=torch.long)
     latents = torch.zeros(len(frames), N, D)
@@ -77,14 +77,15 @@ def encode_consecutive(
     return codes, latents
 
 
-def label_frames(model: LatentActionModel, frames: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """One episode (L, 3, H, W) uint8 -> codes (L, N) of each transition i -> i+k; the last k rows are -1."""
+def label_frames(model: LatentActionModel, frames: torch.Tensor, batch_size: int = 64) -> torch.Tensor | None:
+    """One episode (L, 3, H, W) uint8 -> codes (L, N) of each transition i -> i+k; the last k rows are -1
+    (None for a continuous model)."""
     return encode_transitions(model, frames, batch_size)[0]
 
 
 def label_dataset(model: LatentActionModel, root: str | Path, image_key: str, batch_size: int = 64) -> dict:
     """Codes for every frame of a dataset, aligned with its frame order (see the module docstring)."""
-    if model.cfg.quantizer == "none":
+    if model.cfg.continuous:
         raise ValueError(
             "this latent action model is continuous (quantizer none): it has no codes to label a dataset "
             "with, and the backbone's latent-action target is codes; label with a quantized model"

@@ -58,6 +58,11 @@ class LAMConfig:
             self.code_dim = len(self.fsq_levels)
 
     @property
+    def continuous(self) -> bool:
+        """Latents pass unquantized (quantizer none): the model has no codes."""
+        return self.quantizer == "none"
+
+    @property
     def patches_per_frame(self) -> int:
         return (self.image_size // self.patch_size) ** 2
 
@@ -156,7 +161,7 @@ class LAMOutput:
         torch.Tensor
     )  # (B, T-1, 3, H, W) frames 1..T-1, each from the real frame before and its latents
     flow: torch.Tensor  # (B, T-1, 2, H, W) the decoder's backward flow from each frame to the one before
-    latents: torch.Tensor  # (B, T-1, N, code_dim) quantized latent actions
+    latents: torch.Tensor  # (B, T-1, N, code_dim) quantized latent actions (as they are when continuous)
     codes: torch.Tensor | None  # (B, T-1, N) code indices; None for continuous latents
     quantizer_loss: torch.Tensor  # scalar
 
@@ -182,7 +187,7 @@ class LatentActionModel(nn.Module):
             raise ValueError(f"clips must have 2..{cfg.clip_len} frames, got {frames.shape[1]}")
 
     def encode(self, frames: torch.Tensor) -> Quantized:
-        """(B, T, 3, H, W) -> quantized latent actions of the T-1 transitions."""
+        """(B, T, 3, H, W) -> quantized latent actions of the T-1 transitions (unquantized if continuous)."""
         self.check_frames(frames)
         return self.quantizer(self.idm(frames))
 
@@ -197,7 +202,7 @@ class LatentActionModel(nn.Module):
 
     def latents_from_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """(..., N) code indices -> (..., N, code_dim) quantized latents (for labels read back from disk)."""
-        if isinstance(self.quantizer, Continuous):
+        if self.cfg.continuous:
             raise ValueError("this latent action model is continuous (quantizer none): it has no codes")
         if isinstance(self.quantizer, FSQ):
             return self.quantizer.codes_to_latents(codes)

@@ -1,8 +1,8 @@
 """Quantizers for latent actions: VQ and NSVQ with dead-code replacement, FSQ, and none (continuous).
 
 All take continuous latents z of shape (..., D) and return a `Quantized` with the quantized latents
-(same shape, differentiable with respect to z), the integer code of each vector, and the auxiliary
-loss to add to the training loss (zero for FSQ). Small codebooks with several tokens per transition
+(same shape, differentiable with respect to z), the integer code of each vector (none for the
+continuous `Continuous`), and the auxiliary loss to add to the training loss (zero for FSQ and none). Small codebooks with several tokens per transition
 are the norm here (ViPRA: 8 codes x 16 tokens; LAPA: 8 x 4), so collapse onto a few codes is the
 failure to watch: VQ and NSVQ count code usage and `replace_dead_codes` re-seeds unused codes from
 recent latents.
@@ -19,7 +19,7 @@ from torch import nn
 class Quantized:
     z_q: torch.Tensor  # (..., D) quantized latents; gradients reach the input through them
     codes: torch.Tensor | None  # (...,) int64 code index of each latent vector; None when continuous
-    loss: torch.Tensor  # scalar auxiliary loss (codebook and commitment terms), 0 for FSQ
+    loss: torch.Tensor  # scalar auxiliary loss (codebook and commitment terms), 0 for FSQ and continuous
 
 
 class _Codebook(nn.Module):
