@@ -107,12 +107,6 @@ def stages(cfg: DictConfig, base: list[str]) -> list[tuple[str, list[str]]]:
     if not (Path(cfg.data.root) / cfg.data.video.name / "meta" / "info.json").is_file():
         out.append(("data.generate", base))
     lams = sorted({PRETRAINING[p][0] for p in trained if PRETRAINING.get(p) and PRETRAINING[p][0]})
-    if lams and cfg.model.lam.quantizer == "none":  # refused now, not after the LAM's training
-        latent = sorted(p for p in trained if PRETRAINING.get(p) and PRETRAINING[p][0])
-        raise ValueError(
-            f"the backbones of {latent} predict latent-action codes, and model.lam.quantizer=none "
-            "(continuous latents) has no codes to label the video with"
-        )
     for lam in lams:
         lam_dir = run_dir / lam
         out.append(("world_model.lam.train", [*base, f"train.lam.out_dir={lam_dir}", *LAM_OVERRIDES[lam]]))

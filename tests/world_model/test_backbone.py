@@ -79,6 +79,76 @@ def test_loss_ignores_codes_past_the_episode_end():
     assert none["action_ce"].item() == 0.0
 
 
+def test_continuous_latents_are_regressed_where_labelled():
+    """With latent_dim > 0 the queries regress a continuous LAM's latents: MSE over the labelled steps
+    (NaN marks the rest), and the decoder's step tokens embed the predicted latents."""
+    cfg = BackboneConfig(**(TINY.to_dict() | {"latent_dim": 3}))
+    model = VideoBackbone(cfg)
+    frames, words = torch.rand(2, 2, 3, 32, 32), tokenize(["a", "b"], cfg.vocab_size)
+    out = model(frames, words)
+    assert out.logits is None and out.latents.shape == (2, 5, 2, 3)
+    assert model.features(out).shape == (2, cfg.num_context_tokens, 32)
+    targets = torch.randn(2, 5, 2, 3)
+    targets[1, 3:] = float("nan")  # past the episode's end
+    loss, terms = backbone_loss(out, torch.rand(2, 3, 32, 32), targets, frame_weight=1.0, action_weight=1.0)
+    valid = ~targets[..., 0, 0].isnan()
+    torch.testing.assert_close(terms["action_mse"], ((out.latents[valid] - targets[valid]) ** 2).mean())
+    assert torch.isfinite(loss) and "action_ce" not in terms
+    _, none = backbone_loss(out, torch.rand(2, 3, 32, 32), torch.full_like(targets, float("nan")), 1.0, 1.0)
+    assert none["action_mse"].item() == 0.0
+    with pytest.raises(ValueError, match="do not match the predictions"):
+        backbone_loss(out, torch.rand(2, 3, 32, 32), targets[..., :2], 1.0, 1.0)
+    with pytest.raises(ValueError, match="latent_dim must be >= 0"):
+        BackboneConfig(latent_dim=-1)
+    # The queries learn the latents of a fixed batch (the head has a signal to fit).
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(60):
+        _, terms = backbone_loss(model(frames, words), frames[:, 1], targets, 0.0, 1.0)
+        first = terms["action_mse"].item() if first is None else first
+        optimizer.zero_grad()
+        terms["action_mse"].backward()
+        optimizer.step()
+    assert terms["action_mse"].item() < 0.1 * first
+
+
+def test_backbone_pretrains_on_a_continuous_lams_latents(datasets, tmp_path):
+    """A LAM without a quantizer labels the video with its latents; the backbone trains on them
+    standardized, scores them against their mean, and records their size in its config."""
+    from types import SimpleNamespace
+
+    from tests.training.runs import compose_cfg, make_labels, overrides, train_function
+    from world_model.backbone.model import load_backbone
+    from world_model.backbone.train import load_labelled_video
+
+    root = datasets[0]
+    lam_overrides = [
+        *overrides("lam", SimpleNamespace(root=root), tmp_path / "lam", 2),
+        "model.lam.quantizer=none",
+    ]
+    train_function("lam")(compose_cfg(lam_overrides))
+    labels = make_labels(root, tmp_path, lam_dir=tmp_path / "lam")
+    bank, shape = load_labelled_video(root / "video", labels, "observation.images.image", None)
+    lam_cfg = compose_cfg(lam_overrides).model.lam
+    assert shape == {
+        "num_codes": 8,
+        "tokens_per_step": lam_cfg.tokens_per_step,
+        "latent_dim": lam_cfg.code_dim,
+    }
+    latents = bank.columns["latents"]
+    labelled = latents[~latents[:, 0, 0].isnan()]
+    assert 0 < len(labelled) < len(latents)  # each episode's last frame has no transition
+    torch.testing.assert_close(labelled.mean(0), torch.zeros_like(labelled[0]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(labelled.std(0), torch.ones_like(labelled[0]), atol=1e-4, rtol=0)
+    run = overrides("backbone", SimpleNamespace(root=root, labels=labels), tmp_path / "backbone", 3)
+    summary = train_function("backbone")(compose_cfg(run))
+    assert {"action_mse", "constant_mse", "action_r2"} <= set(summary) and "action_acc" not in summary
+    model = load_backbone(tmp_path / "backbone")
+    assert model.cfg.latent_dim == lam_cfg.code_dim
+    out = model(torch.rand(2, 2, 3, 64, 64), tokenize(["stack the block"] * 2, model.cfg.vocab_size))
+    assert torch.isfinite(model.features(out)).all()
+
+
 def test_tokenize_is_stable_and_padded():
     ids = tokenize(["Put the carrot on the plate", "stack"], vocab_size=64, max_words=8)
     assert (

@@ -206,7 +206,7 @@ def test_labels_cover_every_transition_once(datasets, tmp_path):
     from world_model.lam.label import (
         encode_transitions,
         label_dataset,
-        label_frames,
+        latent_labels,
         window_starts,
         write_labels,
     )
@@ -226,7 +226,7 @@ def test_labels_cover_every_transition_once(datasets, tmp_path):
     # A window's codes are what the model gives that window on its own.
     frames = torch.rand(7, 3, 64, 64).mul(255).to(torch.uint8)
     window = model.encode(frames[3:7][None].float() / 255).codes[0]
-    assert torch.equal(label_frames(model, frames)[3:6], window)
+    assert torch.equal(latent_labels(model, frames)[3:6], window)
     # The latents before quantization are the inverse dynamics' output for that window, and quantize to the codes.
     codes_of_frames, latents = encode_transitions(model, frames)
     assert torch.allclose(latents[3:6], model.idm(frames[3:7][None].float() / 255)[0], atol=1e-5)
@@ -242,7 +242,7 @@ def test_labels_cover_every_transition_once(datasets, tmp_path):
     strided_codes = encode_transitions(model, frames)[0]
     model.cfg.frame_stride = 1
     for offset in (0, 1):
-        assert torch.equal(strided_codes[offset::2], label_frames(model, frames[offset::2]))
+        assert torch.equal(strided_codes[offset::2], latent_labels(model, frames[offset::2]))
     assert (strided_codes[-2:] == -1).all() and (strided_codes[:-2] >= 0).all()
     write_labels(labels, model, tmp_path / "labels.safetensors", {"dataset": "demos"})
     back = load_file(tmp_path / "labels.safetensors")
@@ -270,8 +270,8 @@ def test_probe_features_are_the_quantized_vectors(quantizer):
         transition_features(model, latents)
 
 
-def test_continuous_model_trains_and_refuses_to_label(datasets, tmp_path):
-    from world_model.lam.label import encode_transitions, label_dataset
+def test_continuous_model_trains_and_labels_with_its_latents(datasets, tmp_path):
+    from world_model.lam.label import encode_transitions, label_dataset, write_labels
     from world_model.lam.model import load_lam
     from world_model.lam.train import train
 
@@ -284,8 +284,16 @@ def test_continuous_model_trains_and_refuses_to_label(datasets, tmp_path):
     codes, latents = encode_transitions(model, frames)
     assert codes is None
     assert torch.allclose(latents[3:6], model.idm(frames[3:7][None].float() / 255)[0], atol=1e-5)
-    with pytest.raises(ValueError, match="continuous"):
-        label_dataset(model, datasets[0] / "demos", "observation.images.image")
+    # No codes to label with: the labels are the latents, NaN where a transition has no next frame.
+    labels = label_dataset(model, datasets[0] / "demos", "observation.images.image")
+    assert "codes" not in labels
+    latents, episodes = labels["latents"], labels["episode_index"].numpy()
+    last_of_episode = torch.from_numpy(np.r_[episodes[1:] != episodes[:-1], True])
+    assert latents.shape == (len(episodes), model.cfg.tokens_per_step, model.cfg.code_dim)
+    assert latents[last_of_episode].isnan().all() and latents[~last_of_episode].isfinite().all()
+    write_labels(labels, model, tmp_path / "labels.safetensors", {})
+    back = load_file(tmp_path / "labels.safetensors")
+    assert set(back) == {"latents", "episode_index", "frame_index"}  # no codebook: there is none
 
 
 def test_action_supervision_puts_the_action_into_the_quantized_latents():

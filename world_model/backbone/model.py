@@ -7,12 +7,15 @@ ahead and the H latent actions in between (ViPRA's pretraining task, at CPU scal
                  + 1 instruction token (bag of hashed words) + H*N latent-action queries
       └─ transformer (bidirectional over all tokens)
            ├─ patch tokens  -> frame t+H as frame t plus a predicted change      (MSE)
-           └─ action queries -> logits over the latent-action codebook, per step (cross-entropy)
+           └─ action queries -> logits over the latent-action codebook, per step (cross-entropy),
+                               or a continuous LAM's latents, per step (MSE on standardized latents)
 
 Latent actions are the frozen latent action model's discrete codes, so the targets are ViPRA's
-discrete tokens trained with cross-entropy. `features` returns what the action decoder reads:
-pooled patch tokens, the instruction token and one token per future step carrying the predicted
-latent actions (their hidden state plus the expected code embedding), and with `keypoints` one token
+discrete tokens trained with cross-entropy; a LAM without a quantizer (LAOM's continuous latents)
+labels the video with its latents instead, and the queries regress them (`latent_dim` > 0).
+`features` returns what the action decoder reads: pooled patch tokens, the instruction token and one
+token per future step carrying the predicted latent actions (their hidden state plus the embedding of
+the expected code, or of the predicted latents), and with `keypoints` one token
 of the conv stem's spatial-softmax keypoints (where things are: the image policies' spatial prior).
 
 Pretraining can also teach the keypoints (`backbone_loss`'s optional terms): `KeypointDecoder` draws frame
@@ -48,6 +51,9 @@ class BackboneConfig:
     horizon: int = 14  # H: predict frame t+H and the H latent actions t -> t+H (ViPRA's 14)
     tokens_per_step: int = 4  # N: latent tokens per transition, as the latent action model names them
     num_codes: int = 8  # the latent action model's codebook size
+    # > 0: the latent actions are a continuous LAM's latents of this size per token (quantizer none),
+    # regressed; 0: they are codes of a codebook of num_codes, classified.
+    latent_dim: int = 0
     vocab_size: int = 512  # hashed instruction words
     dim: int = 128
     heads: int = 4
@@ -97,6 +103,8 @@ class BackboneConfig:
             )
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not a multiple of heads {self.heads}")
+        if self.latent_dim < 0:
+            raise ValueError(f"latent_dim must be >= 0 (0: codes), got {self.latent_dim}")
         if self.stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
         if self.stem_stride not in (2, 4):
@@ -159,10 +167,11 @@ def tokenize(instructions: list[str], vocab_size: int, max_words: int = 16) -> t
 class BackboneOutput:
     hidden: torch.Tensor  # (B, P + 1 + H*N, C) final tokens: patches, instruction, action queries
     frame: torch.Tensor  # (B, 3, H, W) predicted frame t+H (unclamped)
-    logits: torch.Tensor  # (B, H, N, K) latent-action code logits per future step
+    logits: torch.Tensor | None  # (B, H, N, K) latent-action code logits per future step; None if continuous
     keypoints: torch.Tensor | None = None  # (B, 2 * keypoints) x then y in [-1, 1] (conv stem), else None
     descriptors: torch.Tensor | None = None  # (B, keypoints, keypoint_descriptor) with keypoint_descriptor
     fmap: torch.Tensor | None = None  # (B, stem_channels, H/s, W/s) the conv stem's map, else None
+    latents: torch.Tensor | None = None  # (B, H, N, latent_dim) predicted continuous latents, else None
 
 
 class ConvStem(nn.Module):
@@ -260,8 +269,12 @@ class VideoBackbone(nn.Module):
         self.to_pixels = nn.Linear(C, 3 * cfg.patch_size**2)
         nn.init.zeros_(self.to_pixels.weight)  # start as "nothing changes"
         nn.init.zeros_(self.to_pixels.bias)
-        self.to_logits = nn.Linear(C, cfg.num_codes)
-        self.code_embed = nn.Linear(cfg.tokens_per_step * cfg.num_codes, C)  # expected codes -> a token
+        if cfg.latent_dim:  # continuous latents: regressed, and embedded as they are predicted
+            self.to_latents = nn.Linear(C, cfg.latent_dim)
+            self.code_embed = nn.Linear(cfg.tokens_per_step * cfg.latent_dim, C)
+        else:
+            self.to_logits = nn.Linear(C, cfg.num_codes)
+            self.code_embed = nn.Linear(cfg.tokens_per_step * cfg.num_codes, C)  # expected codes -> a token
 
     def check_inputs(self, frames: torch.Tensor, words: torch.Tensor) -> None:
         size = self.cfg.image_size
@@ -296,7 +309,12 @@ class VideoBackbone(nn.Module):
         hidden = self.norm(x[:, 0])  # (B, L, C)
         P = cfg.num_patches
         change = unpatchify(self.to_pixels(hidden[:, None, :P]), cfg.patch_size, cfg.image_size)[:, 0]
-        logits = self.to_logits(hidden[:, P + 1 :]).view(B, cfg.horizon, cfg.tokens_per_step, cfg.num_codes)
+        queries = hidden[:, P + 1 :].view(B, cfg.horizon, cfg.tokens_per_step, cfg.dim)
+        if cfg.latent_dim:
+            return BackboneOutput(
+                hidden, now + change, None, keypoints, descriptors, fmap, self.to_latents(queries)
+            )
+        logits = self.to_logits(queries)  # (B, H, N, K)
         return BackboneOutput(hidden, now + change, logits, keypoints, descriptors, fmap)
 
     def locate(self, fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -328,7 +346,8 @@ class VideoBackbone(nn.Module):
         grid = out.hidden[:, :P].transpose(1, 2).reshape(B, C, g, g)
         pooled = F.avg_pool2d(grid, cfg.pool).flatten(2).transpose(1, 2)  # (B, (g/pool)^2, C)
         steps = out.hidden[:, P + 1 :].view(B, cfg.horizon, cfg.tokens_per_step, C).mean(2)  # (B, H, C)
-        expected = self.code_embed(out.logits.softmax(-1).flatten(2))  # (B, H, C): the predicted latents
+        predicted = out.latents if out.logits is None else out.logits.softmax(-1)  # expected codes
+        expected = self.code_embed(predicted.flatten(2))  # (B, H, C): the predicted latent actions
         tokens = [pooled, out.hidden[:, P : P + 1], steps + expected]
         if out.keypoints is not None:
             tokens.append(self.keypoint_embed(keypoint_vector(out))[:, None])  # (B, 1, C)
@@ -350,6 +369,30 @@ def change_target(now: torch.Tensor, future: torch.Tensor, size: int) -> tuple[t
     return change / total.clamp_min(1e-8), total[:, 0] > 1e-3 * size * size
 
 
+def latent_action_loss(out: BackboneOutput, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The latent-action terms: codes (B, H, N) with -1 where no label exists -> cross-entropy and top-1
+    accuracy; continuous latents (B, H, N, D), standardized, NaN where no label exists -> MSE."""
+    if out.latents is not None:
+        if targets.shape != out.latents.shape:
+            raise ValueError(
+                f"continuous latent targets {tuple(targets.shape)} do not match the predictions "
+                f"{tuple(out.latents.shape)} (B, horizon, tokens_per_step, latent_dim)"
+            )
+        valid = ~targets[..., 0, 0].isnan()  # (B, H): a transition is labelled whole or not at all
+        if not valid.any():
+            return {"action_mse": out.latents.sum() * 0}
+        return {"action_mse": F.mse_loss(out.latents[valid], targets[valid])}
+    valid = targets >= 0
+    if not valid.any():  # a batch entirely past episode ends: nothing to score
+        zero = out.logits.sum() * 0
+        return {"action_ce": zero, "action_acc": zero}
+    logits, codes = out.logits[valid], targets[valid]
+    return {
+        "action_ce": F.cross_entropy(logits, codes),
+        "action_acc": (logits.argmax(-1) == codes).float().mean(),
+    }
+
+
 def backbone_loss(
     out: BackboneOutput,
     future: torch.Tensor,
@@ -366,22 +409,18 @@ def backbone_loss(
     change_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """future (B, 3, H, W) in [0, 1]; codes (B, H, N) with -1 where no label exists (past an episode's end
-    or a video without latent actions); `drawn` the keypoint decoder's frame t, scored against `now`,
-    each pixel weighted by `detail_weights(now, keypoint_detail)`; `forecast` (predicted, actual) keypoints
+    or a video without latent actions), or continuous latents (`latent_action_loss`); `drawn` the keypoint
+    decoder's frame t, scored against `now`, each pixel weighted by `detail_weights(now, keypoint_detail)`;
+    `forecast` (predicted, actual) keypoints
     of frame t+H, the actual ones a fixed target (no gradient); `change` the change map's logits (B, h, w),
     scored against where frame t+H differs from `now` (`change_target`).
 
-    Returns the weighted loss and its terms (unweighted), with the top-1 accuracy of the code predictions.
+    Returns the weighted loss and its terms (unweighted), with the top-1 accuracy of code predictions.
     """
     frame = F.mse_loss(out.frame, future)
-    valid = codes >= 0
-    if valid.any():
-        action = F.cross_entropy(out.logits[valid], codes[valid])
-        accuracy = (out.logits[valid].argmax(-1) == codes[valid]).float().mean()
-    else:  # a batch entirely past episode ends: nothing to score
-        action = accuracy = out.logits.sum() * 0
+    terms = {"frame_mse": frame} | latent_action_loss(out, codes)
+    action = terms["action_mse"] if out.latents is not None else terms["action_ce"]
     loss = frame_weight * frame + action_weight * action
-    terms = {"frame_mse": frame, "action_ce": action, "action_acc": accuracy}
     if drawn is not None:
         weights = detail_weights(now, keypoint_detail)
         terms["keypoint_mse"] = F.mse_loss(drawn, now)

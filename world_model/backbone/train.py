@@ -8,10 +8,11 @@
         train.backbone.loss.keypoints=10 model.backbone.stem=conv model.backbone.keypoints=32   # frames alone
 
 Each sample is a frame t of the video with frame t-1, its episode's instruction, frame t+H and the H
-latent-action codes from t (-1 past the episode's end, ignored by the loss). Frames are decoded once
-into memory and shifted by a few pixels per sample (the same shift for all of a sample's frames).
-Held-out episodes measure what the backbone predicts against trivial answers: the frame MSE against
-copying frame t, the code accuracy against always naming the most common code.
+latent-action codes from t (-1 past the episode's end, ignored by the loss), or a continuous LAM's H
+latents (NaN past the end). Frames are decoded once into memory and shifted by a few pixels per sample
+(the same shift for all of a sample's frames). Held-out episodes measure what the backbone predicts
+against trivial answers: the frame MSE against copying frame t, the code accuracy against always naming
+the most common code (continuous latents: R^2 against their mean).
 """
 
 from pathlib import Path
@@ -39,11 +40,15 @@ def load_labelled_video(
     embodiment: str | None,
     tokens_per_step: int = 4,
     num_codes: int = 8,
-):
+) -> tuple[EpisodeBank, dict]:
     """The video dataset in memory with its latent-action codes as the `codes` column (F, N); with no
-    `labels`, codes of -1 (no latent action anywhere: pretraining on the frames alone). Returns the bank,
-    the codebook size and the tokens per step (the labels', or the given ones)."""
+    `labels`, codes of -1 (no latent action anywhere: pretraining on the frames alone). A continuous
+    LAM's labels become the `latents` column (F, N, D) instead, each dimension standardized over the
+    labelled transitions (NaN where there is none). Returns the bank and the labels' shape as
+    BackboneConfig names it (num_codes, tokens_per_step, latent_dim: 0 for codes); the given one
+    without labels."""
     bank = EpisodeBank.load(dataset, image_key, columns=["embodiment"] if embodiment else [])
+    shape = {"num_codes": num_codes, "tokens_per_step": tokens_per_step, "latent_dim": 0}
     if labels is None:
         bank.columns["codes"] = torch.full((len(bank), tokens_per_step), -1, dtype=torch.long)
     else:
@@ -56,14 +61,27 @@ def load_labelled_video(
         label = load_file(labels)
         if not torch.equal(label["episode_index"], bank.episode_index):
             raise ValueError(f"labels {labels} do not match the frames of {dataset} (was it regenerated?)")
-        bank.columns["codes"] = label["codes"]
-        num_codes, tokens_per_step = int(label["codebook"].shape[0]), int(label["codes"].shape[1])
+        if "latents" in label:  # a continuous latent action model's
+            bank.columns["latents"] = standardized(label["latents"])
+            shape["tokens_per_step"], shape["latent_dim"] = label["latents"].shape[1:]
+        else:
+            bank.columns["codes"] = label["codes"]
+            shape["num_codes"], shape["tokens_per_step"] = len(label["codebook"]), label["codes"].shape[1]
     if embodiment is not None:
         if embodiment not in EMBODIMENTS:
             raise ValueError(f"embodiment must be one of {list(EMBODIMENTS)} or null, got {embodiment!r}")
         keep = bank.columns["embodiment"].flatten() == EMBODIMENTS[embodiment]
         bank = bank.subset(torch.unique(bank.episode_index[keep]).tolist())
-    return bank, num_codes, tokens_per_step
+    return bank, {k: int(v) for k, v in shape.items()}
+
+
+def standardized(latents: torch.Tensor) -> torch.Tensor:
+    """(F, N, D) latents, NaN rows unlabelled -> each of the N x D dimensions at zero mean and unit
+    variance over the labelled rows: every dimension weighs alike in the MSE, whatever the LAM's scale."""
+    labelled = latents[~latents[:, 0, 0].isnan()]
+    if not len(labelled):
+        raise ValueError("the continuous latent-action labels have no labelled transition")
+    return (latents - labelled.mean(0)) / labelled.std(0).clamp_min(1e-6)
 
 
 def make_batch(
@@ -74,14 +92,18 @@ def make_batch(
     shift: int,
     offsets: torch.Tensor | None = None,
 ):
-    """Rows of frames t -> (frames (B, 2, 3, H, W), words, future (B, 3, H, W), codes (B, H, N)).
-    `offsets` (2, B) are the random shifts (`data.clips.shift_offsets`)."""
+    """Rows of frames t -> (frames (B, 2, 3, H, W), words, future (B, 3, H, W), latent actions): codes
+    (B, H, N), -1 past the episode's end, or continuous latents (B, H, N, D), NaN past it. `offsets`
+    (2, B) are the random shifts (`data.clips.shift_offsets`)."""
     w = bank.window(rows, horizon)
     frames = torch.cat([bank.frames[w.context], bank.frames[w.future][:, None]], dim=1).float() / 255
     frames = random_shift(frames, shift, offsets=offsets)
-    codes = bank.columns["codes"][w.chunk].masked_fill(w.chunk_is_pad[..., None], -1)
+    if "latents" in bank.columns:
+        targets = bank.columns["latents"][w.chunk].masked_fill(w.chunk_is_pad[..., None, None], float("nan"))
+    else:
+        targets = bank.columns["codes"][w.chunk].masked_fill(w.chunk_is_pad[..., None], -1)
     words = tokenize([bank.tasks[i] for i in rows.tolist()], vocab)
-    return frames[:, :2], words, frames[:, 2], codes
+    return frames[:, :2], words, frames[:, 2], targets
 
 
 # ---------------------------------------------------------------------------------------------- eval
@@ -89,27 +111,24 @@ def make_batch(
 def evaluate(
     model: VideoBackbone,
     bank: EpisodeBank,
-    majority_code: int,
+    majority_code: int | None,
     change_prior: torch.Tensor | None = None,
     num: int = 256,
 ) -> dict:
-    """Held-out scores against trivial answers; `change_prior` (g * g,) is the training frames' mean change
+    """Held-out scores against trivial answers: codes against the training video's most common code
+    (`majority_code`), continuous latents against their mean (zero, standardized); `change_prior` (g * g,) is the training frames' mean change
     map (`mean_change_map`), the answer a change map that ignores the frame would give."""
     model.eval()
     cfg = model.cfg
     rows = torch.linspace(0, len(bank) - 1, min(num, len(bank))).round().long()
     device = next(model.parameters()).device
     batch = make_batch(bank, rows, cfg.horizon, cfg.vocab_size, shift=0)
-    frames, words, future, codes = (t.to(device) for t in batch)
+    frames, words, future, targets = (t.to(device) for t in batch)
     out = model(frames, words)
-    valid = codes >= 0
     scores = {
         "frame_mse": torch.mean((out.frame.clamp(0, 1) - future) ** 2).item(),
         "copy_mse": torch.mean((frames[:, 1] - future) ** 2).item(),
-    }
-    if valid.any():  # (video without latent actions has no codes to score)
-        scores["action_acc"] = (out.logits.argmax(-1)[valid] == codes[valid]).float().mean().item()
-        scores["majority_acc"] = (codes[valid] == majority_code).float().mean().item()
+    } | latent_action_scores(out, targets, majority_code)
     if out.keypoints is not None:  # frame t drawn back from the keypoints, against its mean colour
         drawn = model.keypoint_decoder(out.keypoints, out.descriptors).clamp(0, 1)
         scores["keypoint_mse"] = torch.mean((drawn - frames[:, 1]) ** 2).item()
@@ -131,6 +150,25 @@ def evaluate(
         scores["static_forecast_mse"] = torch.mean((model.keypoints_of(frames[:, 1]) - actual) ** 2).item()
     model.train()
     return scores
+
+
+def latent_action_scores(out, targets: torch.Tensor, majority_code: int | None) -> dict[str, float]:
+    """Codes: top-1 accuracy and the majority code's; continuous latents: MSE and R^2 against predicting
+    their mean. Nothing where no transition is labelled (video without latent actions)."""
+    if out.latents is not None:
+        valid = ~targets[..., 0, 0].isnan()
+        if not valid.any():
+            return {}
+        mse = (out.latents[valid] - targets[valid]).pow(2).mean().item()
+        constant = targets[valid].pow(2).mean().item()  # standardized over the training video: mean 0
+        return {"action_mse": mse, "constant_mse": constant, "action_r2": 1 - mse / constant}
+    valid = targets >= 0
+    if not valid.any():
+        return {}
+    return {
+        "action_acc": (out.logits.argmax(-1)[valid] == targets[valid]).float().mean().item(),
+        "majority_acc": (targets[valid] == majority_code).float().mean().item(),
+    }
 
 
 def mean_change_map(
@@ -184,7 +222,7 @@ class Objective(torch.nn.Module):
 class BackboneTask(TrainTask):
     """The video-prediction backbone on actionless video labelled with latent-action codes."""
 
-    progress_keys = ("frame_mse", "action_acc", "keypoint_mse", "forecast_mse", "change_ce")
+    progress_keys = ("frame_mse", "action_acc", "action_mse", "keypoint_mse", "forecast_mse", "change_ce")
 
     def __init__(self, cfg: DictConfig, device: torch.device):
         tcfg = self.tcfg = cfg.train.backbone
@@ -210,7 +248,7 @@ class BackboneTask(TrainTask):
                 "model.backbone.stem=conv and model.backbone.keypoints > 0"
             )
         defaults = BackboneConfig()
-        bank, num_codes, tokens = load_labelled_video(
+        bank, label_shape = load_labelled_video(
             tcfg.dataset,
             tcfg.labels,
             cfg.task.image_key,
@@ -218,7 +256,8 @@ class BackboneTask(TrainTask):
             arch.pop("tokens_per_step", defaults.tokens_per_step),
             arch.pop("num_codes", defaults.num_codes),
         )
-        model_cfg = BackboneConfig(**arch, num_codes=num_codes, tokens_per_step=tokens)
+        arch.pop("latent_dim", None)  # the labels say
+        model_cfg = BackboneConfig(**arch, **label_shape)
         if model_cfg.image_size != bank.frames.shape[-1]:
             raise ValueError(
                 f"{cfg.task.image_key!r} in {tcfg.dataset} is {bank.frames.shape[-1]} pixels wide, the backbone "
@@ -231,8 +270,10 @@ class BackboneTask(TrainTask):
         train_eps, val_eps = split_episodes(len(bank.episodes), tcfg.val_fraction, tcfg.seed)
         self.train_bank = bank.subset([bank.episodes[i] for i in train_eps])
         self.val_bank = bank.subset([bank.episodes[i] for i in val_eps])
-        labelled = self.train_bank.columns["codes"][self.train_bank.columns["codes"] >= 0]
-        self.majority = int(torch.bincount(labelled, minlength=num_codes).argmax())
+        self.majority = None  # the most common code, the trivial answer the held-out codes are scored against
+        if "codes" in self.train_bank.columns:
+            labelled = self.train_bank.columns["codes"][self.train_bank.columns["codes"] >= 0]
+            self.majority = int(torch.bincount(labelled, minlength=model_cfg.num_codes).argmax())
         self.change_prior = None
         if model_cfg.change_map:  # the stem's map is image / stem_stride wide
             size = model_cfg.image_size // model_cfg.stem_stride

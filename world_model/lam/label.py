@@ -1,4 +1,4 @@
-"""Label every frame transition of a LeRobotDataset with the latent-action codes of a trained model.
+"""Label every frame transition of a LeRobotDataset with the latent actions of a trained model.
 
     python -m world_model.lam.label                                     # demos, with outputs/lam
     python -m world_model.lam.label label.dataset=outputs/datasets/video label.checkpoint=outputs/lam
@@ -10,7 +10,9 @@ for every frame i of the dataset in its own order:
     episode_index  (F,)   int64
     frame_index    (F,)   int64
 and the model's codebook (`codebook`, (num_codes, code_dim)) so a consumer can turn codes into latents
-without loading the model. Episodes are cut into windows of the model's clip length that share their
+without loading the model. A continuous model (quantizer none) has no codes: its file holds
+    latents        (F, N, code_dim) float32   the inverse dynamics' latents (NaN on the last k frames)
+instead of codes and codebook, which the backbone regresses. Episodes are cut into windows of the model's clip length that share their
 boundary frame, so each transition is labelled once; the encoder is causal in time, so a transition's
 code depends on the frames before it in its window, never on later ones.
 """
@@ -77,19 +79,19 @@ def encode_consecutive(
     return codes, latents
 
 
-def label_frames(model: LatentActionModel, frames: torch.Tensor, batch_size: int = 64) -> torch.Tensor | None:
-    """One episode (L, 3, H, W) uint8 -> codes (L, N) of each transition i -> i+k; the last k rows are -1
-    (None for a continuous model)."""
-    return encode_transitions(model, frames, batch_size)[0]
+def latent_labels(model: LatentActionModel, frames: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """One episode (L, 3, H, W) uint8 -> the label of each transition i -> i+k: codes (L, N), -1 on the
+    last k rows; or for a continuous model its latents (L, N, code_dim), NaN on the last k rows."""
+    codes, latents = encode_transitions(model, frames, batch_size)
+    if codes is not None:
+        return codes
+    latents[-model.cfg.frame_stride :] = float("nan")
+    return latents
 
 
 def label_dataset(model: LatentActionModel, root: str | Path, image_key: str, batch_size: int = 64) -> dict:
-    """Codes for every frame of a dataset, aligned with its frame order (see the module docstring)."""
-    if model.cfg.continuous:
-        raise ValueError(
-            "this latent action model is continuous (quantizer none): it has no codes to label a dataset "
-            "with, and the backbone's latent-action target is codes; label with a quantized model"
-        )
+    """Codes (or a continuous model's latents) for every frame of a dataset, aligned with its frame order
+    (see the module docstring)."""
     episode_frames = load_episode_frames(root, image_key)
     size = model.cfg.image_size
     first = next(iter(episode_frames.values()))
@@ -98,27 +100,28 @@ def label_dataset(model: LatentActionModel, root: str | Path, image_key: str, ba
             f"{image_key!r} in {root} is {first.shape[-2]}x{first.shape[-1]}, the model takes {size}x{size}"
         )
     columns = episode_columns(root, [])
-    codes = torch.cat(
+    labels = torch.cat(
         [
-            label_frames(model, f, batch_size)
+            latent_labels(model, f, batch_size)
             for f in tqdm(episode_frames.values(), desc="labelling", unit="ep")
         ]
     )
-    if len(codes) != len(columns["episode_index"]):
+    if len(labels) != len(columns["episode_index"]):
         raise RuntimeError(
-            f"decoded {len(codes)} frames but the dataset table has {len(columns['episode_index'])}"
+            f"decoded {len(labels)} frames but the dataset table has {len(columns['episode_index'])}"
         )
     return {
-        "codes": codes,
+        ("latents" if model.cfg.continuous else "codes"): labels,
         "episode_index": torch.from_numpy(columns["episode_index"].astype(np.int64)),
         "frame_index": torch.from_numpy(columns["frame_index"].astype(np.int64)),
     }
 
 
 def write_labels(labels: dict, model: LatentActionModel, path: Path, meta: dict) -> None:
-    tensors = labels | {
-        "codebook": model.latents_from_codes(torch.arange(model.quantizer.num_codes)).contiguous()
-    }
+    tensors = dict(labels)
+    if not model.cfg.continuous:
+        codebook = model.latents_from_codes(torch.arange(model.quantizer.num_codes))
+        tensors["codebook"] = codebook.contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file(tensors, tmp, metadata={k: json.dumps(v) for k, v in meta.items()})
@@ -141,11 +144,15 @@ def main(cfg: DictConfig) -> None:
         "model_config": model.cfg.to_dict(),
     }
     write_labels(labels, model, out, meta)
-    valid = labels["codes"][labels["codes"][:, 0] >= 0]
-    used = torch.unique(valid).numel()
-    print(
-        f"labelled {len(valid)} transitions of {dataset} ({used}/{model.quantizer.num_codes} codes used) -> {out}"
-    )
+    if model.cfg.continuous:
+        valid = labels["latents"][~labels["latents"][:, 0, 0].isnan()]
+        print(f"labelled {len(valid)} transitions of {dataset} with continuous latents -> {out}")
+    else:
+        valid = labels["codes"][labels["codes"][:, 0] >= 0]
+        used = torch.unique(valid).numel()
+        print(
+            f"labelled {len(valid)} transitions of {dataset} ({used}/{model.quantizer.num_codes} codes used) -> {out}"
+        )
     print("command: python -m world_model.lam.label " + " ".join(sys.argv[1:]))
 
 

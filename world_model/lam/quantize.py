@@ -175,7 +175,7 @@ class FSQ(nn.Module):
 class Continuous(nn.Module):
     """No quantization (LAOM, Nikulin et al. 2025): the inverse dynamics' latents pass as they are, and
     the only bottleneck is their size (tokens x code_dim numbers per transition). There are no codes:
-    consumers that need them (the backbone's code targets, code usage) must refuse this model."""
+    code usage is not measured, and the video's labels are the latents themselves (lam.label)."""
 
     num_codes = None
 
