@@ -1,0 +1,93 @@
+"""How well a pretrained backbone predicts a continuous LAM's latent actions, step by step of its horizon,
+on its own held-out video episodes, beside how predictable the latents are from the previous ones.
+
+    python -m bench.backbone_latents outputs/lam_exp/run_cont_s3/backbone/ours_latent
+    python -m bench.backbone_latents RUN --out reports/.../backbone_latents.json
+
+The run's config.yaml names the video, its labels and the held-out split, so the score is on the episodes the
+backbone never trained on. R^2 is against the held-out latents' own mean, per horizon step k (the latent
+action of t+k-1 from frames t-1, t and the instruction). The persistence reference is the R^2 of a least-squares
+fit of each labelled latent from the one `lag` frames before it in the same episode (all labelled frames): what
+a reader of the current motion could say about the next.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from bench.common import stamp, write_report
+from data.chunks import split_episodes
+from world_model.backbone.model import load_backbone
+from world_model.backbone.train import load_labelled_video, make_batch
+
+
+def r2_by_step(predicted: torch.Tensor, targets: torch.Tensor) -> list[float]:
+    """predicted, targets (B, H, N, D), targets NaN where unlabelled -> R^2 of each of the H steps against
+    the targets' mean at that step."""
+    scores = []
+    for k in range(targets.shape[1]):
+        valid = ~targets[:, k, 0, 0].isnan()
+        p, t = predicted[valid, k], targets[valid, k]
+        scores.append(float(1 - (p - t).pow(2).mean() / (t - t.mean(0)).pow(2).mean()))
+    return scores
+
+
+def persistence_r2(latents: torch.Tensor, episode_index: torch.Tensor, lag: int) -> float:
+    """(F, N, D) latents (NaN unlabelled) -> R^2 of a linear fit of each one from the one `lag` frames before."""
+    z = latents.flatten(1)
+    labelled = ~z[:, 0].isnan()
+    pair = labelled[:-lag] & labelled[lag:] & (episode_index[:-lag] == episode_index[lag:])
+    before, after = z[:-lag][pair], z[lag:][pair]
+    x = torch.cat([before, torch.ones(len(before), 1)], dim=1)
+    fit = x @ torch.linalg.lstsq(x, after).solution
+    return float(1 - (fit - after).pow(2).mean() / (after - after.mean(0)).pow(2).mean())
+
+
+@torch.no_grad()
+def score(run: Path, max_frames: int = 2048, batch_size: int = 256) -> dict:
+    cfg = OmegaConf.load(run / "config.yaml")
+    tcfg = cfg.train.backbone
+    model = load_backbone(run)
+    if not model.cfg.latent_dim:
+        raise ValueError(f"the backbone in {run} predicts codes, not continuous latents (latent_dim 0)")
+    bank, _ = load_labelled_video(tcfg.dataset, tcfg.labels, cfg.task.image_key, tcfg.embodiment)
+    _, val_eps = split_episodes(len(bank.episodes), tcfg.val_fraction, tcfg.seed)
+    val = bank.subset([bank.episodes[i] for i in val_eps])
+    rows = torch.linspace(0, len(val) - 1, min(max_frames, len(val))).round().long()
+    predicted, targets = [], []
+    for chunk in rows.split(batch_size):
+        frames, words, _, latents = make_batch(val, chunk, model.cfg.horizon, model.cfg.vocab_size, shift=0)
+        predicted.append(model(frames, words).latents)
+        targets.append(latents)
+    steps = r2_by_step(torch.cat(predicted), torch.cat(targets))
+    latents = bank.columns["latents"]
+    return {
+        "r2_by_step": [round(r, 4) for r in steps],
+        "r2_mean_over_steps": round(sum(steps) / len(steps), 4),
+        "persistence_r2": {
+            f"lag_{lag}": round(persistence_r2(latents, bank.episode_index, lag), 4) for lag in (1, 3)
+        },
+        "heldout_episodes": len(val_eps),
+        "heldout_frames_scored": len(rows),
+        "labels": str(tcfg.labels),
+        "run": str(run),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="a backbone run folder trained on continuous latents")
+    parser.add_argument("--out", type=Path, help="write the scores there as JSON too")
+    args = parser.parse_args()
+    result = score(args.run) | stamp("python -m bench.backbone_latents " + " ".join(sys.argv[1:]))
+    print(json.dumps(result, indent=1))
+    if args.out:
+        write_report(args.out, result)
+
+
+if __name__ == "__main__":
+    main()

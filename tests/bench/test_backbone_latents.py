@@ -1,0 +1,28 @@
+"""bench.backbone_latents: R^2 per horizon step over the labelled steps, and the persistence reference."""
+
+import pytest
+import torch
+
+from bench.backbone_latents import persistence_r2, r2_by_step
+
+
+def test_r2_by_step_scores_each_step_over_its_labelled_rows():
+    torch.manual_seed(0)
+    targets = torch.randn(64, 3, 2, 4)
+    predicted = targets.clone()
+    predicted[:, 1] = targets[:, 1].mean(0)  # step 2: the mean, R^2 0
+    predicted[:, 2] += torch.randn_like(targets[:, 2])  # step 3: noise as large as the signal, R^2 ~ 0
+    targets[40:, 0] = float("nan")  # unlabelled rows are left out, not scored as errors
+    predicted[40:, 0] = 100.0
+    exact, mean, noisy = r2_by_step(predicted, targets)
+    assert exact == pytest.approx(1.0) and mean == pytest.approx(0.0, abs=1e-6) and noisy < 0.2
+
+
+def test_persistence_reads_a_latent_that_carries_over_and_not_across_episodes():
+    torch.manual_seed(0)
+    slow = torch.randn(400, 1, 2).cumsum(0) * 0.1  # a random walk: the next is the current plus a little
+    episodes = torch.arange(400) // 100
+    assert persistence_r2(slow, episodes, lag=1) > 0.9
+    assert persistence_r2(torch.randn(400, 1, 2), episodes, lag=1) < 0.05  # independent steps
+    slow[99::100] = float("nan")  # each episode's last frame has no transition
+    assert persistence_r2(slow, episodes, lag=1) > 0.9
