@@ -116,8 +116,9 @@ def evaluate(
     num: int = 256,
 ) -> dict:
     """Held-out scores against trivial answers: codes against the training video's most common code
-    (`majority_code`), continuous latents against their mean (zero, standardized); `change_prior` (g * g,) is the training frames' mean change
-    map (`mean_change_map`), the answer a change map that ignores the frame would give."""
+    (`majority_code`), continuous latents against the video's mean latent (zero, standardized);
+    `change_prior` (g * g,) is the training frames' mean change map (`mean_change_map`), the answer a
+    change map that ignores the frame would give."""
     model.eval()
     cfg = model.cfg
     rows = torch.linspace(0, len(bank) - 1, min(num, len(bank))).round().long()
@@ -220,7 +221,7 @@ class Objective(torch.nn.Module):
 
 
 class BackboneTask(TrainTask):
-    """The video-prediction backbone on actionless video labelled with latent-action codes."""
+    """The video-prediction backbone on actionless video labelled with latent actions (codes or latents)."""
 
     progress_keys = ("frame_mse", "action_acc", "action_mse", "keypoint_mse", "forecast_mse", "change_ce")
 

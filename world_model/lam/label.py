@@ -12,9 +12,10 @@ for every frame i of the dataset in its own order:
 and the model's codebook (`codebook`, (num_codes, code_dim)) so a consumer can turn codes into latents
 without loading the model. A continuous model (quantizer none) has no codes: its file holds
     latents        (F, N, code_dim) float32   the inverse dynamics' latents (NaN on the last k frames)
-instead of codes and codebook, which the backbone regresses. Episodes are cut into windows of the model's clip length that share their
-boundary frame, so each transition is labelled once; the encoder is causal in time, so a transition's
-code depends on the frames before it in its window, never on later ones.
+instead of codes and codebook, which the backbone regresses. Episodes are cut into windows of the
+model's clip length that share their boundary frame, so each transition is labelled once; the encoder
+is causal in time, so a transition's label depends on the frames before it in its window, never on
+later ones.
 """
 
 import json
