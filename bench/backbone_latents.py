@@ -20,6 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from bench.common import stamp, write_report
+from bench.lam import apply_ridge, fit_ridge
 from data.chunks import split_episodes
 from world_model.backbone.model import load_backbone
 from world_model.backbone.train import load_labelled_video, make_batch
@@ -41,10 +42,9 @@ def persistence_r2(latents: torch.Tensor, episode_index: torch.Tensor, lag: int)
     z = latents.flatten(1)
     labelled = ~z[:, 0].isnan()
     pair = labelled[:-lag] & labelled[lag:] & (episode_index[:-lag] == episode_index[lag:])
-    before, after = z[:-lag][pair], z[lag:][pair]
-    x = torch.cat([before, torch.ones(len(before), 1)], dim=1)
-    fit = x @ torch.linalg.lstsq(x, after).solution
-    return float(1 - (fit - after).pow(2).mean() / (after - after.mean(0)).pow(2).mean())
+    before, after = z[:-lag][pair].numpy(), z[lag:][pair].numpy()
+    fit = apply_ridge(fit_ridge(before, after), before)
+    return float(1 - ((fit - after) ** 2).mean() / ((after - after.mean(0)) ** 2).mean())
 
 
 @torch.no_grad()

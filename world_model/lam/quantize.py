@@ -2,10 +2,10 @@
 
 All take continuous latents z of shape (..., D) and return a `Quantized` with the quantized latents
 (same shape, differentiable with respect to z), the integer code of each vector (none for the
-continuous `Continuous`), and the auxiliary loss to add to the training loss (zero for FSQ and none). Small codebooks with several tokens per transition
-are the norm here (ViPRA: 8 codes x 16 tokens; LAPA: 8 x 4), so collapse onto a few codes is the
-failure to watch: VQ and NSVQ count code usage and `replace_dead_codes` re-seeds unused codes from
-recent latents.
+continuous `Continuous`), and the auxiliary loss to add to the training loss (zero for FSQ and none).
+Small codebooks with several tokens per transition are the norm here (ViPRA: 8 codes x 16 tokens;
+LAPA: 8 x 4), so collapse onto a few codes is the failure to watch: VQ and NSVQ count code usage and
+`replace_dead_codes` re-seeds unused codes from recent latents.
 """
 
 from dataclasses import dataclass
