@@ -8,7 +8,9 @@ The run's config.yaml names the video, its labels and the held-out split, so the
 backbone never trained on. R^2 is against the held-out latents' own mean, per horizon step k (the latent
 action of t+k-1 from frames t-1, t and the instruction). The persistence reference is the R^2 of a least-squares
 fit of each labelled latent from the one `lag` frames before it in the same episode (all labelled frames): what
-a reader of the current motion could say about the next.
+a reader of the current motion could say about the next. `by_group` splits the held-out frames by embodiment
+(robot, hand) and kind (task: one of the suite's instructions; play: wandering, waving, pushing things about),
+each group's R^2 against its own mean: play is motion no frame foretells.
 """
 
 import argparse
@@ -22,8 +24,12 @@ from omegaconf import OmegaConf
 from bench.common import stamp, write_report
 from bench.lam import apply_ridge, fit_ridge
 from data.chunks import split_episodes
+from data.clips import episode_columns
+from data.generate import PLAY_INSTRUCTIONS
 from world_model.backbone.model import load_backbone
-from world_model.backbone.train import load_labelled_video, make_batch
+from world_model.backbone.train import EMBODIMENTS, load_labelled_video, make_batch
+
+PLAY_PREFIXES = tuple(template.split("{")[0] for template in PLAY_INSTRUCTIONS.values())
 
 
 def r2_by_step(predicted: torch.Tensor, targets: torch.Tensor) -> list[float]:
@@ -35,6 +41,27 @@ def r2_by_step(predicted: torch.Tensor, targets: torch.Tensor) -> list[float]:
         p, t = predicted[valid, k], targets[valid, k]
         scores.append(float(1 - (p - t).pow(2).mean() / (t - t.mean(0)).pow(2).mean()))
     return scores
+
+
+def group_names(embodiment: torch.Tensor, tasks: list[str]) -> list[str]:
+    """(B,) embodiment ids and B instructions -> "<embodiment>_<task|play>" per row."""
+    names = {v: k for k, v in EMBODIMENTS.items()}
+    kinds = ["play" if task.startswith(PLAY_PREFIXES) else "task" for task in tasks]
+    return [f"{names[int(e)]}_{kind}" for e, kind in zip(embodiment.tolist(), kinds, strict=True)]
+
+
+def r2_by_group(predicted: torch.Tensor, targets: torch.Tensor, groups: list[str]) -> dict:
+    """R^2 at the horizon's first step and averaged over its steps, within each group of rows."""
+    out = {}
+    for name in sorted(set(groups)):
+        rows = torch.tensor([g == name for g in groups])
+        steps = r2_by_step(predicted[rows], targets[rows])
+        out[name] = {
+            "r2_step_1": round(steps[0], 4),
+            "r2_mean_over_steps": round(sum(steps) / len(steps), 4),
+            "frames": int(rows.sum()),
+        }
+    return out
 
 
 def persistence_r2(latents: torch.Tensor, episode_index: torch.Tensor, lag: int) -> float:
@@ -63,7 +90,13 @@ def score(run: Path, max_frames: int = 2048, batch_size: int = 256) -> dict:
         frames, words, _, latents = make_batch(val, chunk, model.cfg.horizon, model.cfg.vocab_size, shift=0)
         predicted.append(model(frames, words).latents)
         targets.append(latents)
-    steps = r2_by_step(torch.cat(predicted), torch.cat(targets))
+    predicted, targets = torch.cat(predicted), torch.cat(targets)
+    steps = r2_by_step(predicted, targets)
+    table = episode_columns(tcfg.dataset, ["embodiment"])
+    embodiment = dict(zip(table["episode_index"].tolist(), table["embodiment"].reshape(-1).tolist()))
+    groups = group_names(
+        torch.tensor([embodiment[int(val.episode_index[r])] for r in rows]), [val.tasks[r] for r in rows]
+    )
     latents = bank.columns["latents"]
     return {
         "r2_by_step": [round(r, 4) for r in steps],
@@ -71,6 +104,7 @@ def score(run: Path, max_frames: int = 2048, batch_size: int = 256) -> dict:
         "persistence_r2": {
             f"lag_{lag}": round(persistence_r2(latents, bank.episode_index, lag), 4) for lag in (1, 3)
         },
+        "by_group": r2_by_group(predicted, targets, groups),
         "heldout_episodes": len(val_eps),
         "heldout_frames_scored": len(rows),
         "labels": str(tcfg.labels),

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bench.backbone_latents import persistence_r2, r2_by_step
+from bench.backbone_latents import group_names, persistence_r2, r2_by_group, r2_by_step
 
 
 def test_r2_by_step_scores_each_step_over_its_labelled_rows():
@@ -26,3 +26,17 @@ def test_persistence_reads_a_latent_that_carries_over_and_not_across_episodes():
     assert persistence_r2(torch.randn(400, 1, 2), episodes, lag=1) < 0.05  # independent steps
     slow[99::100] = float("nan")  # each episode's last frame has no transition
     assert persistence_r2(slow, episodes, lag=1) > 0.9
+
+
+def test_groups_split_embodiment_and_play_and_are_scored_apart():
+    tasks = ["put carrot on plate", "wave above the table", "push the spoon across the table", "put carrot on plate"]
+    groups = group_names(torch.tensor([0.0, 0.0, 1.0, 1.0]), tasks)
+    assert groups == ["robot_task", "robot_play", "hand_play", "hand_task"]
+    torch.manual_seed(0)
+    targets = torch.randn(80, 2, 1, 3)
+    predicted = targets.clone()
+    groups = ["robot_task"] * 40 + ["hand_play"] * 40
+    predicted[40:] = 0.0  # the hand's play predicted as the mean: R^2 ~ 0 there, 1 for the robot's tasks
+    scores = r2_by_group(predicted, targets, groups)
+    assert scores["robot_task"]["r2_step_1"] == pytest.approx(1.0)
+    assert abs(scores["hand_play"]["r2_mean_over_steps"]) < 0.1 and scores["hand_play"]["frames"] == 40
