@@ -46,6 +46,7 @@ from data.clips import episode_columns, flow_targets, load_episode_frames, to_ui
 from sim.env import TabletopEnv
 from sim.experts import ExpertController, PlayController
 from sim.tasks import get_task
+from world_model.idm.model import transition_input, transition_network
 from world_model.lam.label import encode_transitions
 from world_model.lam.model import LatentActionModel, load_lam
 from world_model.lam.quantize import code_stats
@@ -144,19 +145,11 @@ def supervised_idm_r2(
     torch.manual_seed(seed)
     scale = torch.tensor(y[fit].std(0), dtype=torch.float32)
     targets = torch.tensor(y, dtype=torch.float32) / scale
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(6, 32, 5, stride=2, padding=2), torch.nn.ReLU(),
-        torch.nn.Conv2d(32, 64, 3, stride=2, padding=1), torch.nn.ReLU(),
-        torch.nn.Conv2d(64, 64, 3, stride=2, padding=1), torch.nn.ReLU(),
-        torch.nn.Conv2d(64, 64, 3, stride=2, padding=1), torch.nn.ReLU(),
-        torch.nn.Flatten(), torch.nn.LazyLinear(256), torch.nn.ReLU(), torch.nn.Linear(256, 3),
-    )  # fmt: skip
+    net = transition_network(before.shape[-1], y.shape[1])  # the inverse dynamics model's network
 
     def inputs(rows: torch.Tensor) -> torch.Tensor:
-        a, b = before[rows].float() / 255, after[rows].float() / 255
-        return torch.cat([a * 2 - 1, 4 * (b - a)], dim=1)  # the frame and its change, scaled as the LAM's
+        return transition_input(before[rows].float() / 255, after[rows].float() / 255)
 
-    net(inputs(torch.arange(2)))  # materialize the lazy layer before the optimizer takes its parameters
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-2)
     rows = torch.from_numpy(np.flatnonzero(fit))
     for _ in range(steps):

@@ -22,6 +22,7 @@ run_dir/pipeline_time.json, so the table's wall time is the whole run's. Which p
     hand_video_only   backbone/hand_video_only (hand episodes) -> policy/...
     ours_latent       lam -> labels -> backbone/ours_latent (+ latent actions) -> policy/...
     ours_lam_supervised  lam_supervised (+ true actions of 6 demos) -> labels -> backbone/... -> policy/...
+    ours_idm          idm (inverse dynamics from the finetuning demos) -> pseudo-action labels -> backbone/...
     scratch_fm        policy/scratch_fm[-seed<k>] (same network, no backbone checkpoint)
     state_fm          policy/state_fm (the privileged-state ceiling: model/policy=state_fm)
     lerobot_baseline  act (LeRobot's ACT through lerobot's trainer)
@@ -37,13 +38,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-# A backbone that also predicts the latent-action codes of the frames ahead (ViPRA's recipe).
-LATENT_ACTIONS = [
-    "train.backbone.labels=${train.lam.out_dir}/labels/${data.video.name}.safetensors",
-    "train.backbone.loss.action=1.0",
-    "model.backbone.layers=1",
-]
-# policy -> (latent action model run or None, backbone overrides); None: no pretraining.
+# A backbone that also predicts the labels of the frames ahead (ViPRA's recipe: latent-action codes or
+# latents; or an inverse dynamics model's pseudo-actions); the labels file is given by its labeller's run.
+LATENT_ACTIONS = ["train.backbone.loss.action=1.0", "model.backbone.layers=1"]
+# policy -> (labeller run or None, backbone overrides); None: no pretraining.
 PRETRAINING = {
     "ours": (None, []),
     "no_change_map": (None, ["train.backbone.loss.change_map=0"]),
@@ -52,10 +50,16 @@ PRETRAINING = {
     "hand_video_only": (None, ["train.backbone.embodiment=hand"]),
     "ours_latent": ("lam", LATENT_ACTIONS),
     "ours_lam_supervised": ("lam_supervised", LATENT_ACTIONS),
+    "ours_idm": ("idm", LATENT_ACTIONS),
     "scratch_fm": None,
 }
-# latent action model run -> its overrides: lam_supervised reads the true actions of a few demos (LAOM).
-LAM_OVERRIDES = {"lam": [], "lam_supervised": ["train.lam.action_supervision.weight=1.0"]}
+# labeller run -> (its package, overrides): lam_supervised reads the true actions of a few demos (LAOM);
+# idm is trained on the finetuning demos' actions (VPT). Each package has a train and a label module.
+LABELLERS = {
+    "lam": ("world_model.lam", []),
+    "lam_supervised": ("world_model.lam", ["train.lam.action_supervision.weight=1.0"]),
+    "idm": ("world_model.idm", []),
+}
 CEILING = {"state_fm": ["model/policy=state_fm", "train/policy=state_fm", "train.policy.backbone=null"]}
 UNTRAINED = ("scripted", "random")
 EXTRA_EVAL = {"ours_few_step": "ours"}  # evaluated from another policy's runs
@@ -106,29 +110,30 @@ def stages(cfg: DictConfig, base: list[str]) -> list[tuple[str, list[str]]]:
     out: list[tuple[str, list[str]]] = []
     if not (Path(cfg.data.root) / cfg.data.video.name / "meta" / "info.json").is_file():
         out.append(("data.generate", base))
-    lams = sorted({PRETRAINING[p][0] for p in trained if PRETRAINING.get(p) and PRETRAINING[p][0]})
-    for lam in lams:
-        lam_dir = run_dir / lam
-        out.append(("world_model.lam.train", [*base, f"train.lam.out_dir={lam_dir}", *LAM_OVERRIDES[lam]]))
-        labels = lam_dir / "labels" / f"{cfg.data.video.name}.safetensors"
+    labellers = sorted({PRETRAINING[p][0] for p in trained if PRETRAINING.get(p) and PRETRAINING[p][0]})
+    for labeller in labellers:
+        package, overrides = LABELLERS[labeller]
+        labeller_dir, model = run_dir / labeller, package.split(".")[-1]
+        out.append((f"{package}.train", [*base, f"train.{model}.out_dir={labeller_dir}", *overrides]))
+        labels = labels_file(cfg, labeller)
         if not labels.is_file():
             out.append(
                 (
-                    "world_model.lam.label",
-                    [*base, f"label.checkpoint={lam_dir}", f"label.dataset={video}", f"label.out={labels}"],
+                    f"{package}.label",
+                    [*base, f"label.checkpoint={labeller_dir}", f"label.dataset={video}", f"label.out={labels}"],
                 )
             )
     for name in (p for p in PRETRAINING if p in trained):
         if PRETRAINING[name] is None:
             backbone = ["train.policy.backbone=null"]
         else:
-            lam, overrides = PRETRAINING[name]
+            labeller, overrides = PRETRAINING[name]
             backbone_dir = run_dir / "backbone" / name
-            lam_args = [f"train.lam.out_dir={run_dir / lam}"] if lam else []
+            labels = [f"train.backbone.labels={labels_file(cfg, labeller)}"] if labeller else []
             out.append(
                 (
                     "world_model.backbone.train",
-                    [*base, *lam_args, f"train.backbone.out_dir={backbone_dir}", *overrides],
+                    [*base, *labels, f"train.backbone.out_dir={backbone_dir}", *overrides],
                 )
             )
             backbone = [f"train.policy.backbone={backbone_dir}"]
@@ -156,6 +161,11 @@ def stages(cfg: DictConfig, base: list[str]) -> list[tuple[str, list[str]]]:
     return out
 
 
+def labels_file(cfg: DictConfig, labeller: str) -> Path:
+    """Where a labeller run's labels of the video are written."""
+    return Path(cfg.run_dir) / labeller / "labels" / f"{cfg.data.video.name}.safetensors"
+
+
 def evaluation_stages(cfg: DictConfig, base: list[str]) -> list[tuple[str, list[str]]]:
     """One sim.evaluate per (policy, seed), into run_dir/eval/<run>; videos of the first seed only."""
     run_dir, stages_ = Path(cfg.run_dir), []
@@ -174,6 +184,7 @@ def evaluation_stages(cfg: DictConfig, base: list[str]) -> list[tuple[str, list[
 # stage module -> (the override naming its output folder, the file there that says it finished)
 FINISHED = {
     "world_model.lam.train": ("train.lam.out_dir=", "summary.json"),
+    "world_model.idm.train": ("train.idm.out_dir=", "summary.json"),
     "world_model.backbone.train": ("train.backbone.out_dir=", "summary.json"),
     "policies.train_policy": ("train.policy.out_dir=", "summary.json"),
     "policies.lerobot_baseline": (

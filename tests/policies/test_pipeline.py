@@ -170,6 +170,16 @@ def test_pipeline_plans_every_stage_of_the_table(tmp_path):
     assert sorted(lams) == ["lam", "lam_supervised"]
     assert "train.lam.action_supervision.weight=1.0" in lams["lam_supervised"]
     assert not any("action_supervision" in a for a in lams["lam"])
+    # The inverse dynamics model's pseudo-actions: its own run, labels, and the backbone reads them.
+    cfg.pipeline.policies = ["ours_idm"]
+    plan = stages(cfg, [])
+    assert [m for m, _ in plan][:4] == [
+        "world_model.idm.train", "world_model.idm.label", "world_model.backbone.train", "policies.train_policy"
+    ]
+    assert f"train.idm.out_dir={runs}/idm" in plan[0][1]
+    assert f"label.out={runs}/idm/labels/video.safetensors" in plan[1][1]
+    assert f"train.backbone.labels={runs}/idm/labels/video.safetensors" in plan[2][1]
+    cfg.pipeline.policies = ["ours_latent", "ours_lam_supervised"]
     # A continuous LAM labels the video with its latents, which the backbones regress: the same stages.
     planned = [m for m, _ in stages(cfg, [])]
     cfg.model.lam.quantizer = "none"

@@ -123,6 +123,11 @@ def write_labels(labels: dict, model: LatentActionModel, path: Path, meta: dict)
     if not model.cfg.continuous:
         codebook = model.latents_from_codes(torch.arange(model.quantizer.num_codes))
         tensors["codebook"] = codebook.contiguous()
+    save_labels(tensors, path, meta)
+
+
+def save_labels(tensors: dict, path: Path, meta: dict) -> None:
+    """Write a labels file atomically (a temporary file, then renamed), `meta` as JSON in its header."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file(tensors, tmp, metadata={k: json.dumps(v) for k, v in meta.items()})

@@ -1,0 +1,1 @@
+"""Inverse dynamics model: pseudo-action labels for the actionless video (VPT), the ours_idm variant."""
