@@ -68,6 +68,7 @@ def test_trains_on_the_demos_and_labels_the_video_for_the_backbone(datasets, tmp
     assert np.isfinite(summary["r2_translation"]) and summary["heldout_demos"] == 1  # demo 1 of 2, unseen
     idm = load_idm(tmp_path / "idm")
     assert idm.cfg.action_dim == 7 and idm.action_std.min() > 0  # the demos' statistics saved with it
+    assert idm.action_varies.tolist() == [True, True, True, False, False, True, True]  # no roll, no pitch
     labels = label_dataset(idm, root / "video", "observation.images.image")
     latents, episodes = labels["latents"], labels["episode_index"].numpy()
     ends = np.r_[np.flatnonzero(episodes[1:] != episodes[:-1]), len(episodes) - 1]  # each episode's last row
@@ -75,6 +76,7 @@ def test_trains_on_the_demos_and_labels_the_video_for_the_backbone(datasets, tmp
     unlabelled = torch.from_numpy(ends[np.searchsorted(ends, rows)] - rows < 2)  # no frame 2 steps on
     assert latents.shape == (len(episodes), 2, 7)  # the 2 actions of each transition t -> t+2
     assert latents[unlabelled].isnan().all() and latents[~unlabelled].isfinite().all()
+    assert (latents[~unlabelled][..., 3:5] == 0).all()  # the demos never roll or pitch: neither do the labels
     save_labels(labels, tmp_path / "labels.safetensors", {})
     assert set(load_file(tmp_path / "labels.safetensors")) == {"latents", "episode_index", "frame_index"}
     _, shape = load_labelled_video(root / "video", tmp_path / "labels.safetensors", "observation.images.image", None)

@@ -62,9 +62,18 @@ class InverseDynamics(nn.Module):
         self.net = transition_network(
             cfg.image_size, cfg.frame_stride * cfg.action_dim, cfg.channels, cfg.hidden
         )
-        # The demos' action statistics (set before training, saved with the weights).
+        # The demos' action statistics (set before training by `fit_statistics`, saved with the weights).
         self.register_buffer("action_mean", torch.zeros(cfg.action_dim))
         self.register_buffer("action_std", torch.ones(cfg.action_dim))
+        self.register_buffer("action_varies", torch.ones(cfg.action_dim, dtype=torch.bool))
+
+    def fit_statistics(self, actions: torch.Tensor, floor: float = 1e-3) -> None:
+        """Normalize by the demos' actions (M, A); a dimension constant in them (the arm's roll and pitch
+        here) is predicted as that constant, not as noise that would become unit-variance labels."""
+        std = actions.std(0)
+        self.action_mean.copy_(actions.mean(0))
+        self.action_std.copy_(std.clamp_min(floor))
+        self.action_varies.copy_(std > 1e-8)
 
     def forward(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         size = self.cfg.image_size
@@ -80,13 +89,14 @@ class InverseDynamics(nn.Module):
         return (actions - self.action_mean) / self.action_std
 
     def compute_loss(self, before: torch.Tensor, after: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """MSE of the normalized actions (B, k, A), every dimension weighed alike."""
-        return (self(before, after) - self.normalize(actions)).pow(2).mean()
+        """MSE of the normalized actions (B, k, A), every dimension that varies weighed alike."""
+        error = (self(before, after) - self.normalize(actions)).pow(2)
+        return error[..., self.action_varies].mean()
 
     @torch.no_grad()
     def predict(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-        """(B, k, A) actions in the demos' units."""
-        return self(before, after) * self.action_std + self.action_mean
+        """(B, k, A) actions in the demos' units (a dimension constant in the demos: that constant)."""
+        return self(before, after) * self.action_varies * self.action_std + self.action_mean
 
 
 def load_idm(path: str | Path) -> InverseDynamics:

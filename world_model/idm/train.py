@@ -46,7 +46,8 @@ def transition_batch(bank: EpisodeBank, rows: torch.Tensor, k: int, action_key: 
 
 @torch.no_grad()
 def heldout_scores(model: InverseDynamics, bank: EpisodeBank, rows: torch.Tensor, action_key: str) -> dict:
-    """R^2 of each action dimension on `rows` (against their own mean), and of the translation."""
+    """R^2 of each action dimension on `rows` (against their own mean; None where it is constant there),
+    their mean over the others, and the translation's (the first three)."""
     k = model.cfg.frame_stride
     predicted, actual = [], []
     for chunk in rows.split(512):
@@ -55,12 +56,13 @@ def heldout_scores(model: InverseDynamics, bank: EpisodeBank, rows: torch.Tensor
         actual.append(actions.flatten(0, 1))
     predicted, actual = torch.cat(predicted), torch.cat(actual)
     error = (predicted - actual).pow(2).mean(0)
-    spread = (actual - actual.mean(0)).pow(2).mean(0).clamp_min(1e-12)
-    r2 = 1 - error / spread
+    spread = (actual - actual.mean(0)).pow(2).mean(0)
+    varies = spread > 1e-12
+    r2 = 1 - error / spread.clamp_min(1e-12)
     return {
         "r2_translation": float(r2[:3].mean()),
-        "r2_mean": float(r2.mean()),
-        "r2_per_dim": [round(float(v), 4) for v in r2],
+        "r2_mean": float(r2[varies].mean()),
+        "r2_per_dim": [round(float(v), 4) if ok else None for v, ok in zip(r2, varies, strict=True)],
     }
 
 
@@ -100,9 +102,7 @@ class IDMTask(TrainTask):
             pick = torch.linspace(0, len(self.val_rows) - 1, tcfg.val_frames).round().long()
             self.val_rows = self.val_rows[pick]
         self.model = InverseDynamics(model_cfg).to(device)
-        seen = self.bank.columns[self.action_key][self.train_rows]  # each training transition's first action
-        self.model.action_mean.copy_(seen.mean(0))
-        self.model.action_std.copy_(seen.std(0).clamp_min(1e-3))
+        self.model.fit_statistics(self.bank.columns[self.action_key][self.train_rows])
         self.modules, self.objective = {"model": self.model}, Objective(self.model)
         self.lr, self.weight_decay, self.lr_floor = tcfg.lr, tcfg.weight_decay, tcfg.lr_min / tcfg.lr
         self.device, self.model_config = device, model_cfg.to_dict()
