@@ -3,6 +3,7 @@ on its own held-out video episodes, beside how predictable the latents are from 
 
     python -m bench.backbone_latents outputs/lam_exp/run_cont_s3/backbone/ours_latent
     python -m bench.backbone_latents RUN --out reports/.../backbone_latents.json
+    python -m bench.backbone_latents outputs/lam_exp/run_idm25/backbone/ours_idm --demos outputs/datasets/demos
 
 The run's config.yaml names the video, its labels and the held-out split, so the score is on the episodes the
 backbone never trained on. R^2 is against the held-out latents' own mean, per horizon step k (the latent
@@ -10,7 +11,10 @@ action of t+k-1 from frames t-1, t and the instruction). The persistence referen
 fit of each labelled latent from the one `lag` frames before it in the same episode (all labelled frames): what
 a reader of the current motion could say about the next. `by_group` splits the held-out frames by embodiment
 (robot, hand) and kind (task: one of the suite's instructions; play: wandering, waving, pushing things about),
-each group's R^2 against its own mean: play is motion no frame foretells.
+each group's R^2 against its own mean: play is motion no frame foretells. With `--demos`, for a backbone
+whose labels are an inverse dynamics model's pseudo-actions (`ours_idm`), its predictions are also read as
+an action chunk on demos it never saw (`demo_chunk_skill`, as `bench.heldout_demos` scores a policy's): what
+the video taught about acting before any finetuning.
 """
 
 import argparse
@@ -20,14 +24,17 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from bench.common import stamp, write_report
 from bench.lam import apply_ridge, fit_ridge
-from data.chunks import split_episodes
+from data.chunks import EpisodeBank, split_episodes
 from data.clips import episode_columns
 from data.generate import PLAY_INSTRUCTIONS
-from world_model.backbone.model import load_backbone
-from world_model.backbone.train import EMBODIMENTS, load_labelled_video, make_batch
+from world_model.backbone.model import VideoBackbone, load_backbone
+from policies.train_policy import chunk_skill, held_out_rows
+from world_model.backbone.train import EMBODIMENTS, label_statistics, load_labelled_video, make_batch
 
 PLAY_PREFIXES = tuple(template.split("{")[0] for template in PLAY_INSTRUCTIONS.values())
 
@@ -112,12 +119,52 @@ def score(run: Path, max_frames: int = 2048, batch_size: int = 256) -> dict:
     }
 
 
+@torch.no_grad()
+def demo_chunk_skill(
+    model: VideoBackbone, labels: Path, demos: Path, image_key: str, first_held_out: int, frames: int = 512,
+    steps: int = 7,
+) -> dict:
+    """The backbone's predicted pseudo-actions of the next `steps` steps as an action chunk, on frames of the
+    demos from `first_held_out` on: chunk skill (1 - error / the demos' mean action's, averaged over the
+    dimensions that vary; bench.heldout_demos' frames and measure). Refuses labels that are not actions."""
+    with safe_open(labels, "pt") as f:
+        config = json.loads((f.metadata() or {}).get("model_config", "{}"))
+    if "action_dim" not in config or config.get("frame_stride") != 1:
+        raise ValueError(
+            f"{labels} are not one-step pseudo-actions of an inverse dynamics model (world_model.idm.label with "
+            f"frame_stride 1; its model_config: {config}): the backbone's predictions are not actions"
+        )
+    mean, std = label_statistics(load_file(labels)["latents"])
+    bank = EpisodeBank.load(demos, image_key, ["action"])
+    if not 0 < first_held_out < len(bank.episodes):
+        raise ValueError(f"first_held_out must be in 1..{len(bank.episodes) - 1}, got {first_held_out}")
+    held = bank.subset(bank.episodes[first_held_out:])
+    held.columns["latents"] = held.columns["action"][:, None]  # (F, 1, A): make_batch's chunks of true actions
+    rows = held_out_rows(held, frames, seed=0)
+    x, words, _, actions = make_batch(held, rows, model.cfg.horizon, model.cfg.vocab_size, shift=0)
+    predicted = (model(x, words).latents * std + mean)[:, :steps, 0]  # (B, steps, A) in the demos' units
+    actions = actions[:, :steps, 0]
+    valid = ~actions[..., 0].isnan()
+    scale = bank.columns["action"].std(0).clamp_min(1e-3)  # as the policy's normalizer
+    centre = bank.columns["action"].mean(0)
+    mse = ((predicted - actions) / scale).pow(2)[valid].mean(0)
+    constant = ((actions - centre) / scale).pow(2)[valid].mean(0)
+    return {"demo_chunk_skill": round(chunk_skill(mse, constant), 4), "demo_frames": len(rows), "demo_steps": steps}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a backbone run folder trained on continuous latents")
     parser.add_argument("--out", type=Path, help="write the scores there as JSON too")
+    parser.add_argument("--demos", type=Path, help="with pseudo-action labels: score the chunk on these demos")
+    parser.add_argument("--first-held-out", type=int, default=150, help="demos from this one on are scored")
     args = parser.parse_args()
-    result = score(args.run) | stamp("python -m bench.backbone_latents " + " ".join(sys.argv[1:]))
+    result = score(args.run)
+    if args.demos:
+        cfg = OmegaConf.load(args.run / "config.yaml")
+        model = load_backbone(args.run)
+        result |= demo_chunk_skill(model, Path(result["labels"]), args.demos, cfg.task.image_key, args.first_held_out)
+    result |= stamp("python -m bench.backbone_latents " + " ".join(sys.argv[1:]))
     print(json.dumps(result, indent=1))
     if args.out:
         write_report(args.out, result)

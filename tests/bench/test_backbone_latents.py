@@ -1,9 +1,11 @@
 """bench.backbone_latents: R^2 per horizon step over the labelled steps, and the persistence reference."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from bench.backbone_latents import group_names, persistence_r2, r2_by_group, r2_by_step
+from bench.backbone_latents import demo_chunk_skill, group_names, persistence_r2, r2_by_group, r2_by_step
 
 
 def test_r2_by_step_scores_each_step_over_its_labelled_rows():
@@ -40,3 +42,35 @@ def test_groups_split_embodiment_and_play_and_are_scored_apart():
     scores = r2_by_group(predicted, targets, groups)
     assert scores["robot_task"]["r2_step_1"] == pytest.approx(1.0)
     assert abs(scores["hand_play"]["r2_mean_over_steps"]) < 0.1 and scores["hand_play"]["frames"] == 40
+
+
+class ConstantBackbone(torch.nn.Module):
+    """Predicts the same standardized latents for every frame."""
+
+    def __init__(self, latents: torch.Tensor, horizon: int = 4):
+        super().__init__()
+        self.cfg, self.value = SimpleNamespace(horizon=horizon, vocab_size=64), latents
+
+    def forward(self, frames, words):
+        return SimpleNamespace(latents=self.value.expand(len(frames), self.cfg.horizon, *self.value.shape))
+
+
+def test_demo_chunk_skill_reads_predictions_in_the_labels_units_and_refuses_non_actions(datasets, tmp_path):
+    from data.clips import episode_columns
+    from world_model.backbone.train import label_statistics
+    from world_model.lam.label import save_labels
+
+    root = datasets[0]
+    actions = torch.from_numpy(episode_columns(root / "demos", ["action"])["action"]).float()
+    labels = {"latents": actions[:, None] * 2 + 1, "episode_index": torch.zeros(len(actions), dtype=torch.long)}
+    path = tmp_path / "labels.safetensors"
+    save_labels(labels, path, {"model_config": {"action_dim": 7, "frame_stride": 1}})
+    mean, std = label_statistics(labels["latents"])
+    centre = (actions.mean(0)[None] - mean) / std  # the demos' mean action, standardized as the labels
+    skill = demo_chunk_skill(ConstantBackbone(centre), path, root / "demos", "observation.images.image", 1)
+    assert skill["demo_chunk_skill"] == pytest.approx(0.0, abs=1e-4)  # the constant predictor's, exactly
+    far = demo_chunk_skill(ConstantBackbone(centre + 3), path, root / "demos", "observation.images.image", 1)
+    assert far["demo_chunk_skill"] < -1
+    save_labels(labels, path, {"model_config": {"code_dim": 16}})  # a latent action model's latents
+    with pytest.raises(ValueError, match="not one-step pseudo-actions"):
+        demo_chunk_skill(ConstantBackbone(centre), path, root / "demos", "observation.images.image", 1)

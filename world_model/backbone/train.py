@@ -78,10 +78,17 @@ def load_labelled_video(
 def standardized(latents: torch.Tensor) -> torch.Tensor:
     """(F, N, D) latents, NaN rows unlabelled -> each of the N x D dimensions at zero mean and unit
     variance over the labelled rows: every dimension weighs alike in the MSE, whatever the LAM's scale."""
+    mean, std = label_statistics(latents)
+    return (latents - mean) / std
+
+
+def label_statistics(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(F, N, D) latents, NaN rows unlabelled -> the mean and std (N, D) that `standardized` divides out
+    (a backbone's predictions times std plus mean are in the labels' units)."""
     labelled = latents[~latents[:, 0, 0].isnan()]
     if not len(labelled):
         raise ValueError("the continuous latent-action labels have no labelled transition")
-    return (latents - labelled.mean(0)) / labelled.std(0).clamp_min(1e-6)
+    return labelled.mean(0), labelled.std(0).clamp_min(1e-6)
 
 
 def make_batch(
