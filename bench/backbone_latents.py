@@ -149,7 +149,12 @@ def demo_chunk_skill(
     centre = bank.columns["action"].mean(0)
     mse = ((predicted - actions) / scale).pow(2)[valid].mean(0)
     constant = ((actions - centre) / scale).pow(2)[valid].mean(0)
-    return {"demo_chunk_skill": round(chunk_skill(mse, constant), 4), "demo_frames": len(rows), "demo_steps": steps}
+    return {
+        "demo_chunk_skill": round(chunk_skill(mse, constant), 4),
+        "demo_chunk_skill_per_dim": [round(float(v), 4) for v in 1 - mse / constant.clamp_min(1e-12)],
+        "demo_frames": len(rows),
+        "demo_steps": steps,
+    }
 
 
 def main() -> None:
