@@ -33,7 +33,7 @@ from data.chunks import EpisodeBank, split_episodes
 from data.clips import episode_columns
 from data.generate import PLAY_INSTRUCTIONS
 from world_model.backbone.model import VideoBackbone, load_backbone
-from policies.train_policy import chunk_skill, held_out_rows
+from policies.train_policy import CONSTANT_MSE_FLOOR, chunk_skill, held_out_rows
 from world_model.backbone.train import EMBODIMENTS, label_statistics, load_labelled_video, make_batch
 
 PLAY_PREFIXES = tuple(template.split("{")[0] for template in PLAY_INSTRUCTIONS.values())
@@ -151,7 +151,9 @@ def demo_chunk_skill(
     constant = ((actions - centre) / scale).pow(2)[valid].mean(0)
     return {
         "demo_chunk_skill": round(chunk_skill(mse, constant), 4),
-        "demo_chunk_skill_per_dim": [round(float(v), 4) for v in 1 - mse / constant.clamp_min(1e-12)],
+        "demo_chunk_skill_per_dim": [  # None: a dimension the mean action already gets right
+            round(float(1 - e / c), 4) if c > CONSTANT_MSE_FLOOR else None for e, c in zip(mse, constant, strict=True)
+        ],
         "demo_frames": len(rows),
         "demo_steps": steps,
     }

@@ -69,6 +69,7 @@ def test_demo_chunk_skill_reads_predictions_in_the_labels_units_and_refuses_non_
     centre = (actions.mean(0)[None] - mean) / std  # the demos' mean action, standardized as the labels
     skill = demo_chunk_skill(ConstantBackbone(centre), path, root / "demos", "observation.images.image", 1)
     assert skill["demo_chunk_skill"] == pytest.approx(0.0, abs=1e-4)  # the constant predictor's, exactly
+    assert skill["demo_chunk_skill_per_dim"][3:5] == [None, None]  # the demos never roll or pitch
     far = demo_chunk_skill(ConstantBackbone(centre + 3), path, root / "demos", "observation.images.image", 1)
     assert far["demo_chunk_skill"] < -1
     save_labels(labels, path, {"model_config": {"code_dim": 16}})  # a latent action model's latents

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from data.chunks import EpisodeBank
-from data.clips import random_shift
+from data.clips import random_shift, shift_offsets
 from world_model.idm.model import IDMConfig, InverseDynamics
 from world_model.training.checkpoint import CKPT_DIR
 from world_model.training.trainer import TrainTask, Trainer, millions, print_run
@@ -117,7 +117,7 @@ class IDMTask(TrainTask):
 
     def draw(self, step: int, gen: torch.Generator, size: int):
         picks = self.train_rows[torch.randint(len(self.train_rows), (size,), generator=gen)]
-        return picks, torch.randint(0, 2 * self.tcfg.shift + 1, (2, size), generator=gen)
+        return picks, shift_offsets(size, self.tcfg.shift, gen)
 
     def micro_batch(self, draw, positions: torch.Tensor, step: int) -> tuple:
         rows, offsets = draw
