@@ -32,8 +32,8 @@ from bench.lam import apply_ridge, fit_ridge
 from data.chunks import EpisodeBank, split_episodes
 from data.clips import episode_columns
 from data.generate import PLAY_INSTRUCTIONS
-from world_model.backbone.model import VideoBackbone, load_backbone
 from policies.train_policy import CONSTANT_MSE_FLOOR, chunk_skill, held_out_rows
+from world_model.backbone.model import VideoBackbone, load_backbone
 from world_model.backbone.train import EMBODIMENTS, label_statistics, load_labelled_video, make_batch
 
 PLAY_PREFIXES = tuple(template.split("{")[0] for template in PLAY_INSTRUCTIONS.values())
@@ -82,7 +82,13 @@ def persistence_r2(latents: torch.Tensor, episode_index: torch.Tensor, lag: int)
 
 
 @torch.no_grad()
-def score(run: Path, max_frames: int = 2048, batch_size: int = 256) -> dict:
+def score(
+    run: Path,
+    demos: Path | None = None,
+    first_held_out: int = 150,
+    max_frames: int = 2048,
+    batch_size: int = 256,
+) -> dict:
     cfg = OmegaConf.load(run / "config.yaml")
     tcfg = cfg.train.backbone
     model = load_backbone(run)
@@ -100,12 +106,14 @@ def score(run: Path, max_frames: int = 2048, batch_size: int = 256) -> dict:
     predicted, targets = torch.cat(predicted), torch.cat(targets)
     steps = r2_by_step(predicted, targets)
     table = episode_columns(tcfg.dataset, ["embodiment"])
-    embodiment = dict(zip(table["episode_index"].tolist(), table["embodiment"].reshape(-1).tolist()))
+    embodiment = dict(
+        zip(table["episode_index"].tolist(), table["embodiment"].reshape(-1).tolist(), strict=True)
+    )
     groups = group_names(
         torch.tensor([embodiment[int(val.episode_index[r])] for r in rows]), [val.tasks[r] for r in rows]
     )
     latents = bank.columns["latents"]
-    return {
+    scores = {
         "r2_by_step": [round(r, 4) for r in steps],
         "r2_mean_over_steps": round(sum(steps) / len(steps), 4),
         "persistence_r2": {
@@ -117,11 +125,19 @@ def score(run: Path, max_frames: int = 2048, batch_size: int = 256) -> dict:
         "labels": str(tcfg.labels),
         "run": str(run),
     }
+    if demos is not None:  # pseudo-actions: the same predictions read as an action chunk on unseen demos
+        scores |= demo_chunk_skill(model, Path(tcfg.labels), demos, cfg.task.image_key, first_held_out)
+    return scores
 
 
 @torch.no_grad()
 def demo_chunk_skill(
-    model: VideoBackbone, labels: Path, demos: Path, image_key: str, first_held_out: int, frames: int = 512,
+    model: VideoBackbone,
+    labels: Path,
+    demos: Path,
+    image_key: str,
+    first_held_out: int,
+    frames: int = 512,
     steps: int = 7,
 ) -> dict:
     """The backbone's predicted pseudo-actions of the next `steps` steps as an action chunk, on frames of the
@@ -139,7 +155,9 @@ def demo_chunk_skill(
     if not 0 < first_held_out < len(bank.episodes):
         raise ValueError(f"first_held_out must be in 1..{len(bank.episodes) - 1}, got {first_held_out}")
     held = bank.subset(bank.episodes[first_held_out:])
-    held.columns["latents"] = held.columns["action"][:, None]  # (F, 1, A): make_batch's chunks of true actions
+    held.columns["latents"] = held.columns["action"][
+        :, None
+    ]  # (F, 1, A): make_batch's chunks of true actions
     rows = held_out_rows(held, frames, seed=0)
     x, words, _, actions = make_batch(held, rows, model.cfg.horizon, model.cfg.vocab_size, shift=0)
     predicted = (model(x, words).latents * std + mean)[:, :steps, 0]  # (B, steps, A) in the demos' units
@@ -152,7 +170,8 @@ def demo_chunk_skill(
     return {
         "demo_chunk_skill": round(chunk_skill(mse, constant), 4),
         "demo_chunk_skill_per_dim": [  # None: a dimension the mean action already gets right
-            round(float(1 - e / c), 4) if c > CONSTANT_MSE_FLOOR else None for e, c in zip(mse, constant, strict=True)
+            round(float(1 - e / c), 4) if c > CONSTANT_MSE_FLOOR else None
+            for e, c in zip(mse, constant, strict=True)
         ],
         "demo_frames": len(rows),
         "demo_steps": steps,
@@ -163,14 +182,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a backbone run folder trained on continuous latents")
     parser.add_argument("--out", type=Path, help="write the scores there as JSON too")
-    parser.add_argument("--demos", type=Path, help="with pseudo-action labels: score the chunk on these demos")
+    parser.add_argument(
+        "--demos", type=Path, help="with pseudo-action labels: score the chunk on these demos"
+    )
     parser.add_argument("--first-held-out", type=int, default=150, help="demos from this one on are scored")
     args = parser.parse_args()
-    result = score(args.run)
-    if args.demos:
-        cfg = OmegaConf.load(args.run / "config.yaml")
-        model = load_backbone(args.run)
-        result |= demo_chunk_skill(model, Path(result["labels"]), args.demos, cfg.task.image_key, args.first_held_out)
+    result = score(args.run, args.demos, args.first_held_out)
     result |= stamp("python -m bench.backbone_latents " + " ".join(sys.argv[1:]))
     print(json.dumps(result, indent=1))
     if args.out:

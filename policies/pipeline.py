@@ -120,7 +120,12 @@ def stages(cfg: DictConfig, base: list[str]) -> list[tuple[str, list[str]]]:
             out.append(
                 (
                     f"{package}.label",
-                    [*base, f"label.checkpoint={labeller_dir}", f"label.dataset={video}", f"label.out={labels}"],
+                    [
+                        *base,
+                        f"label.checkpoint={labeller_dir}",
+                        f"label.dataset={video}",
+                        f"label.out={labels}",
+                    ],
                 )
             )
     for name in (p for p in PRETRAINING if p in trained):

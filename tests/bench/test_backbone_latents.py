@@ -31,7 +31,12 @@ def test_persistence_reads_a_latent_that_carries_over_and_not_across_episodes():
 
 
 def test_groups_split_embodiment_and_play_and_are_scored_apart():
-    tasks = ["put carrot on plate", "wave above the table", "push the spoon across the table", "put carrot on plate"]
+    tasks = [
+        "put carrot on plate",
+        "wave above the table",
+        "push the spoon across the table",
+        "put carrot on plate",
+    ]
     groups = group_names(torch.tensor([0.0, 0.0, 1.0, 1.0]), tasks)
     assert groups == ["robot_task", "robot_play", "hand_play", "hand_task"]
     torch.manual_seed(0)
@@ -62,7 +67,10 @@ def test_demo_chunk_skill_reads_predictions_in_the_labels_units_and_refuses_non_
 
     root = datasets[0]
     actions = torch.from_numpy(episode_columns(root / "demos", ["action"])["action"]).float()
-    labels = {"latents": actions[:, None] * 2 + 1, "episode_index": torch.zeros(len(actions), dtype=torch.long)}
+    labels = {
+        "latents": actions[:, None] * 2 + 1,
+        "episode_index": torch.zeros(len(actions), dtype=torch.long),
+    }
     path = tmp_path / "labels.safetensors"
     save_labels(labels, path, {"model_config": {"action_dim": 7, "frame_stride": 1}})
     mean, std = label_statistics(labels["latents"])

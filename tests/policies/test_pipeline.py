@@ -174,7 +174,10 @@ def test_pipeline_plans_every_stage_of_the_table(tmp_path):
     cfg.pipeline.policies = ["ours_idm"]
     plan = stages(cfg, [])[1:-1]  # between data.generate and the evaluation
     assert [m for m, _ in plan] == [
-        "world_model.idm.train", "world_model.idm.label", "world_model.backbone.train", "policies.train_policy"
+        "world_model.idm.train",
+        "world_model.idm.label",
+        "world_model.backbone.train",
+        "policies.train_policy",
     ]
     assert f"train.idm.out_dir={runs}/idm" in plan[0][1]
     assert f"label.out={runs}/idm/labels/video.safetensors" in plan[1][1]

@@ -59,8 +59,17 @@ def test_trains_on_the_demos_and_labels_the_video_for_the_backbone(datasets, tmp
     root = datasets[0]
     tcfg = OmegaConf.load("conf/train/idm/cpu.yaml")
     tcfg.merge_with(
-        {"dataset": str(root / "demos"), "demos": 1, "out_dir": str(tmp_path / "idm"), "steps": 3,
-         "batch_size": 4, "lr_warmup": 1, "log_every": 1, "val_every": 2, "ckpt_every": 2}  # fmt: skip
+        {
+            "dataset": str(root / "demos"),
+            "demos": 1,
+            "out_dir": str(tmp_path / "idm"),
+            "steps": 3,
+            "batch_size": 4,
+            "lr_warmup": 1,
+            "log_every": 1,
+            "val_every": 2,
+            "ckpt_every": 2,
+        }  # fmt: skip
     )
     task = {"image_key": "observation.images.image", "action_key": "action"}
     model = {"image_size": 64, "frame_stride": 2, "channels": 8, "hidden": 32}
@@ -79,5 +88,9 @@ def test_trains_on_the_demos_and_labels_the_video_for_the_backbone(datasets, tmp
     assert (latents[~unlabelled][..., 3:5] == 0).all()  # the demos never roll or pitch: neither do the labels
     save_labels(labels, tmp_path / "labels.safetensors", {})
     assert set(load_file(tmp_path / "labels.safetensors")) == {"latents", "episode_index", "frame_index"}
-    _, shape = load_labelled_video(root / "video", tmp_path / "labels.safetensors", "observation.images.image", None)
-    assert shape["latent_dim"] == 7 and shape["tokens_per_step"] == 2  # the backbone regresses them as latents
+    _, shape = load_labelled_video(
+        root / "video", tmp_path / "labels.safetensors", "observation.images.image", None
+    )
+    assert (
+        shape["latent_dim"] == 7 and shape["tokens_per_step"] == 2
+    )  # the backbone regresses them as latents

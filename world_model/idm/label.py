@@ -40,7 +40,10 @@ def label_dataset(model: InverseDynamics, root: str | Path, image_key: str, batc
     episode_frames = load_episode_frames(root, image_key)
     columns = episode_columns(root, [])
     latents = torch.cat(
-        [pseudo_actions(model, f, batch_size) for f in tqdm(episode_frames.values(), desc="labelling", unit="ep")]
+        [
+            pseudo_actions(model, f, batch_size)
+            for f in tqdm(episode_frames.values(), desc="labelling", unit="ep")
+        ]
     )
     if len(latents) != len(columns["episode_index"]):
         raise RuntimeError(
@@ -59,7 +62,11 @@ def main(cfg: DictConfig) -> None:
     dataset = Path(cfg.label.dataset)
     out = Path(cfg.label.out or Path(cfg.label.checkpoint) / "labels" / f"{dataset.name}.safetensors")
     labels = label_dataset(model, dataset, cfg.task.image_key)
-    meta = {"checkpoint": str(cfg.label.checkpoint), "dataset": str(dataset), "model_config": model.cfg.to_dict()}
+    meta = {
+        "checkpoint": str(cfg.label.checkpoint),
+        "dataset": str(dataset),
+        "model_config": model.cfg.to_dict(),
+    }
     save_labels(labels, out, meta)
     labelled = int((~labels["latents"][:, 0, 0].isnan()).sum())
     print(f"labelled {labelled} transitions of {dataset} with pseudo-actions -> {out}")

@@ -28,7 +28,9 @@ class IDMConfig:
 
     def __post_init__(self):
         if self.image_size % 16:
-            raise ValueError(f"image_size must be a multiple of 16 (four stride-2 convolutions), got {self.image_size}")
+            raise ValueError(
+                f"image_size must be a multiple of 16 (four stride-2 convolutions), got {self.image_size}"
+            )
         if self.action_dim < 1 or self.frame_stride < 1:
             raise ValueError(
                 f"action_dim and frame_stride must be >= 1, got {self.action_dim} and {self.frame_stride}"

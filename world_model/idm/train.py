@@ -19,7 +19,7 @@ from data.chunks import EpisodeBank
 from data.clips import random_shift, shift_offsets
 from world_model.idm.model import IDMConfig, InverseDynamics
 from world_model.training.checkpoint import CKPT_DIR
-from world_model.training.trainer import TrainTask, Trainer, millions, print_run
+from world_model.training.trainer import Trainer, TrainTask, millions, print_run
 
 
 def split_demos(episodes: list[int], demos: int | None, val_episodes: int) -> tuple[list[int], list[int]]:
