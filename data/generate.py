@@ -186,7 +186,8 @@ def generate_video(cfg: DictConfig, task_cfg: DictConfig, root: Path) -> dict:
                 kind, task, cfg.noise, np.random.default_rng(rng.integers(2**31)), task_cfg
             )
             steps = env.max_episode_steps if kind == "task" else cfg.play_steps
-            ep = rollout(env, controller, seed=int(cfg.seed) + i, max_steps=steps)
+            settle = None if kind == "task" and cfg.get("full_horizon", False) else 3
+            ep = rollout(env, controller, seed=int(cfg.seed) + i, max_steps=steps, settle_steps=settle)
             instruction = _instruction(kind, env, controller)
             for img in ep.images:
                 ds.add_frame(
