@@ -14,7 +14,8 @@ a reader of the current motion could say about the next. `by_group` splits the h
 each group's R^2 against its own mean: play is motion no frame foretells. With `--demos`, for a backbone
 whose labels are an inverse dynamics model's pseudo-actions (`ours_idm`), its predictions are also read as
 an action chunk on demos it never saw (`demo_chunk_skill`, as `bench.heldout_demos` scores a policy's): what
-the video taught about acting before any finetuning.
+the video taught about acting before any finetuning, on the whole demo and split at the release of the object
+(before: reach, grasp, carry; after: retreat and hold).
 """
 
 import argparse
@@ -155,26 +156,54 @@ def demo_chunk_skill(
     if not 0 < first_held_out < len(bank.episodes):
         raise ValueError(f"first_held_out must be in 1..{len(bank.episodes) - 1}, got {first_held_out}")
     held = bank.subset(bank.episodes[first_held_out:])
-    held.columns["latents"] = held.columns["action"][
-        :, None
-    ]  # (F, 1, A): make_batch's chunks of true actions
+    held.columns["latents"] = held.columns["action"][:, None]  # (F, 1, A): make_batch chunks true actions
     rows = held_out_rows(held, frames, seed=0)
     x, words, _, actions = make_batch(held, rows, model.cfg.horizon, model.cfg.vocab_size, shift=0)
     predicted = (model(x, words).latents * std + mean)[:, :steps, 0]  # (B, steps, A) in the demos' units
     actions = actions[:, :steps, 0]
-    valid = ~actions[..., 0].isnan()
     scale = bank.columns["action"].std(0).clamp_min(1e-3)  # as the policy's normalizer
     centre = bank.columns["action"].mean(0)
+    released = after_release(held.columns["action"], held.episode_index)[rows]
+    whole = skill_against_mean(predicted, actions, scale, centre)
+    return {
+        "demo_chunk_skill": whole["skill"],
+        "demo_chunk_skill_per_dim": whole["per_dim"],
+        "demo_chunk_skill_by_phase": {
+            "before_release": skill_against_mean(predicted[~released], actions[~released], scale, centre),
+            "after_release": skill_against_mean(predicted[released], actions[released], scale, centre),
+        },
+        "demo_frames": len(rows),
+        "demo_steps": steps,
+    }
+
+
+def after_release(actions: torch.Tensor, episode_index: torch.Tensor) -> torch.Tensor:
+    """(F, A) demo labels (last: the gripper, 1 closed) -> (F,) True from the step after each demo's last
+    closed-gripper command on: the retreat and hold, which the video's task attempts show only when
+    generated with data.video.full_horizon (by default they stop 3 steps into the retreat)."""
+    closed = actions[:, -1] > 0.5
+    released = torch.zeros(len(actions), dtype=torch.bool)
+    for episode in episode_index.unique():
+        rows = torch.nonzero(episode_index == episode).flatten()
+        last_closed = torch.nonzero(closed[rows]).flatten()
+        if len(last_closed):
+            released[rows[last_closed[-1] + 1 :]] = True
+    return released
+
+
+def skill_against_mean(predicted: torch.Tensor, actions: torch.Tensor, scale, centre) -> dict:
+    """(B, n, A) chunks (actions NaN past the episode's end) -> chunk skill against the demos' mean action
+    `centre`, errors in units of `scale`; per dimension None where the mean action is already right."""
+    valid = ~actions[..., 0].isnan()
     mse = ((predicted - actions) / scale).pow(2)[valid].mean(0)
     constant = ((actions - centre) / scale).pow(2)[valid].mean(0)
     return {
-        "demo_chunk_skill": round(chunk_skill(mse, constant), 4),
-        "demo_chunk_skill_per_dim": [  # None: a dimension the mean action already gets right
+        "skill": round(chunk_skill(mse, constant), 4),
+        "per_dim": [
             round(float(1 - e / c), 4) if c > CONSTANT_MSE_FLOOR else None
             for e, c in zip(mse, constant, strict=True)
         ],
-        "demo_frames": len(rows),
-        "demo_steps": steps,
+        "frames": len(predicted),
     }
 
 

@@ -5,7 +5,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench.backbone_latents import demo_chunk_skill, group_names, persistence_r2, r2_by_group, r2_by_step
+from bench.backbone_latents import (
+    after_release,
+    demo_chunk_skill,
+    group_names,
+    persistence_r2,
+    r2_by_group,
+    r2_by_step,
+)
 
 
 def test_r2_by_step_scores_each_step_over_its_labelled_rows():
@@ -78,8 +85,20 @@ def test_demo_chunk_skill_reads_predictions_in_the_labels_units_and_refuses_non_
     skill = demo_chunk_skill(ConstantBackbone(centre), path, root / "demos", "observation.images.image", 1)
     assert skill["demo_chunk_skill"] == pytest.approx(0.0, abs=1e-4)  # the constant predictor's, exactly
     assert skill["demo_chunk_skill_per_dim"][3:5] == [None, None]  # the demos never roll or pitch
+    phases = skill["demo_chunk_skill_by_phase"]
+    assert phases["before_release"]["frames"] + phases["after_release"]["frames"] == skill["demo_frames"]
+    assert phases["after_release"]["frames"] > 0  # these demos run to the horizon after the release
+    for phase in phases.values():  # the mean action scores 0 in each phase too, against the same mean
+        assert phase["skill"] == pytest.approx(0.0, abs=1e-4)
     far = demo_chunk_skill(ConstantBackbone(centre + 3), path, root / "demos", "observation.images.image", 1)
     assert far["demo_chunk_skill"] < -1
     save_labels(labels, path, {"model_config": {"code_dim": 16}})  # a latent action model's latents
     with pytest.raises(ValueError, match="not one-step pseudo-actions"):
         demo_chunk_skill(ConstantBackbone(centre), path, root / "demos", "observation.images.image", 1)
+
+
+def test_after_release_starts_the_step_after_each_demos_last_closed_gripper_command():
+    gripper = torch.tensor([0, 1, 1, 0, 0, 0, 0, 0], dtype=torch.float32)
+    actions = torch.cat([torch.zeros(8, 6), gripper[:, None]], 1)
+    episodes = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1])  # demo 1 never closes: nothing of it is released
+    assert after_release(actions, episodes).tolist() == [0, 0, 0, 1, 1, 0, 0, 0]

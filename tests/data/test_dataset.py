@@ -2,6 +2,7 @@ import warnings
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from data.clips import episode_columns, load_episode_frames
 from data.dataset import create_dataset, demo_features, load_dataset, video_features
@@ -110,6 +111,23 @@ def test_actionless_video_has_no_action_column(datasets, cfg):
         summary["episodes_per_embodiment"].values()
     )
     assert all(isinstance(t, str) and t for t in ds.meta.tasks.index)
+
+
+def test_full_horizon_video_shows_the_retreat_and_hold_as_the_demos_do(cfg, tmp_path):
+    """By default a task attempt in the video stops 3 steps into the retreat; with full_horizon it runs to
+    the task's horizon (60 steps here), as the demos do."""
+    from data.generate import close_envs, generate_video
+
+    video = OmegaConf.merge(cfg.video, {"min_clips": 1, "robot_fraction": 1.0, "play_fraction": 0.0})
+    try:
+        lengths = {}
+        for full in (False, True):
+            root = tmp_path / f"full_{full}"
+            generate_video(OmegaConf.merge(video, {"full_horizon": full}), cfg.task, root)
+            lengths[full] = np.bincount(episode_columns(root, [])["episode_index"]).tolist()
+    finally:
+        close_envs()
+    assert lengths[True] == [60] and len(lengths[False]) == 1 and lengths[False][0] < 60
 
 
 def test_existing_path_is_never_overwritten(datasets, cfg):
