@@ -183,7 +183,12 @@ def generate_video(cfg: DictConfig, task_cfg: DictConfig, root: Path) -> dict:
             task, protocol = tasks[i % len(tasks)], protocols[int(rng.integers(len(protocols)))]
             env = _env(task, protocol, task_cfg, embodiment)
             controller = _video_controller(
-                kind, task, cfg.noise, np.random.default_rng(rng.integers(2**31)), task_cfg
+                kind,
+                task,
+                cfg.noise,
+                np.random.default_rng(rng.integers(2**31)),
+                task_cfg,
+                jitter=cfg.get("episode_jitter", True),
             )
             steps = env.max_episode_steps if kind == "task" else cfg.play_steps
             settle = None if kind == "task" and cfg.get("full_horizon", False) else 3
