@@ -32,6 +32,7 @@ from bench.common import stamp, write_report
 from bench.lam import apply_ridge, fit_ridge
 from data.chunks import EpisodeBank, split_episodes
 from data.clips import episode_columns
+from data.dataset import load_metadata
 from data.generate import PLAY_INSTRUCTIONS
 from policies.train_policy import CONSTANT_MSE_FLOOR, chunk_skill, held_out_rows
 from world_model.backbone.model import VideoBackbone, load_backbone
@@ -56,6 +57,17 @@ def group_names(embodiment: torch.Tensor, tasks: list[str]) -> list[str]:
     names = {v: k for k, v in EMBODIMENTS.items()}
     kinds = ["play" if task.startswith(PLAY_PREFIXES) else "task" for task in tasks]
     return [f"{names[int(e)]}_{kind}" for e, kind in zip(embodiment.tolist(), kinds, strict=True)]
+
+
+def embodiment_of(dataset: str | Path, episode_index: torch.Tensor) -> torch.Tensor:
+    """(B,) episode ids -> (B,) embodiment ids; a dataset without that column (the demos) is the robot's."""
+    if "embodiment" not in load_metadata(dataset).features:
+        return torch.full((len(episode_index),), EMBODIMENTS["robot"])
+    table = episode_columns(dataset, ["embodiment"])
+    of_episode = dict(
+        zip(table["episode_index"].tolist(), table["embodiment"].reshape(-1).tolist(), strict=True)
+    )
+    return torch.tensor([of_episode[int(e)] for e in episode_index])
 
 
 def r2_by_group(predicted: torch.Tensor, targets: torch.Tensor, groups: list[str]) -> dict:
@@ -106,13 +118,7 @@ def score(
         targets.append(latents)
     predicted, targets = torch.cat(predicted), torch.cat(targets)
     steps = r2_by_step(predicted, targets)
-    table = episode_columns(tcfg.dataset, ["embodiment"])
-    embodiment = dict(
-        zip(table["episode_index"].tolist(), table["embodiment"].reshape(-1).tolist(), strict=True)
-    )
-    groups = group_names(
-        torch.tensor([embodiment[int(val.episode_index[r])] for r in rows]), [val.tasks[r] for r in rows]
-    )
+    groups = group_names(embodiment_of(tcfg.dataset, val.episode_index[rows]), [val.tasks[r] for r in rows])
     latents = bank.columns["latents"]
     scores = {
         "r2_by_step": [round(r, 4) for r in steps],

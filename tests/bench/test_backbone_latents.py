@@ -8,6 +8,7 @@ import torch
 from bench.backbone_latents import (
     after_release,
     demo_chunk_skill,
+    embodiment_of,
     group_names,
     persistence_r2,
     r2_by_group,
@@ -102,3 +103,16 @@ def test_after_release_starts_the_step_after_each_demos_last_closed_gripper_comm
     actions = torch.cat([torch.zeros(8, 6), gripper[:, None]], 1)
     episodes = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1])  # demo 1 never closes: nothing of it is released
     assert after_release(actions, episodes).tolist() == [0, 0, 0, 1, 1, 0, 0, 0]
+
+
+def test_embodiment_is_read_per_episode_and_a_demo_dataset_is_the_robots(datasets):
+    from data.clips import episode_columns
+
+    root = datasets[0]
+    assert embodiment_of(root / "demos", torch.tensor([0, 1])).tolist() == [0, 0]
+    table = episode_columns(root / "video", ["embodiment"])
+    per_row, episodes = table["embodiment"].reshape(-1), table["episode_index"]
+    expected = {int(e): int(per_row[episodes == e][0]) for e in set(episodes.tolist())}
+    ids = sorted(expected)
+    assert embodiment_of(root / "video", torch.tensor(ids)).tolist() == [expected[i] for i in ids]
+    assert set(expected.values()) == {0, 1}  # the fixture's video has both embodiments
