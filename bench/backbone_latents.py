@@ -162,7 +162,7 @@ def demo_chunk_skill(
     if not 0 < first_held_out < len(bank.episodes):
         raise ValueError(f"first_held_out must be in 1..{len(bank.episodes) - 1}, got {first_held_out}")
     held = bank.subset(bank.episodes[first_held_out:])
-    held.columns["latents"] = held.columns["action"][:, None]  # (F, 1, A): make_batch chunks true actions
+    held.columns["latents"] = held.columns["action"][:, None]  # (F, 1, A): make_batch chunks the actions
     rows = held_out_rows(held, frames, seed=0)
     x, words, _, actions = make_batch(held, rows, model.cfg.horizon, model.cfg.vocab_size, shift=0)
     predicted = (model(x, words).latents * std + mean)[:, :steps, 0]  # (B, steps, A) in the demos' units
