@@ -69,7 +69,7 @@ def test_trains_on_the_demos_and_labels_the_video_for_the_backbone(datasets, tmp
             "log_every": 1,
             "val_every": 2,
             "ckpt_every": 2,
-        }  # fmt: skip
+        }
     )
     task = {"image_key": "observation.images.image", "action_key": "action"}
     model = {"image_size": 64, "frame_stride": 2, "channels": 8, "hidden": 32}
