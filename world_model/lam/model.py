@@ -42,6 +42,10 @@ class LAMConfig:
     num_codes: int = 8  # codebook size for nsvq / vq
     fsq_levels: list[int] = field(default_factory=lambda: [2, 2, 2])  # fsq: code_dim = len(levels)
     max_flow: float = 24.0  # pixels: bound on the decoder's sampling offsets (tanh)
+    # How the inverse dynamics reads a transition's latents off frame j's patch tokens: `position`, a
+    # position-aware linear map of all patches; `pooled`, attention pooling over the patches, biased to
+    # where the frame changed, with the same value map everywhere (motion reads alike wherever it is).
+    readout: str = "position"
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
@@ -56,6 +60,8 @@ class LAMConfig:
             raise ValueError(f"quantizer must be nsvq, vq, fsq or none, got {self.quantizer!r}")
         if self.quantizer == "fsq":
             self.code_dim = len(self.fsq_levels)
+        if self.readout not in ("position", "pooled"):
+            raise ValueError(f"readout must be position or pooled, got {self.readout!r}")
 
     @property
     def continuous(self) -> bool:
@@ -87,7 +93,10 @@ class InverseDynamics(nn.Module):
     patch tokens (which have attended to the frames before) by a position-aware linear readout: motion
     anywhere in the image moves the latents from the first step, so the decoder has a signal to use.
     (A learned query token that must first learn where to attend stayed uninformative through a
-    20-minute CPU run.)
+    20-minute CPU run.) The position-aware map sends the same motion at two places to two directions of
+    the latent space, so a linear probe cannot read the translation off it; `readout=pooled` instead
+    averages one value map over the patches, weighted by a learned score plus the log of how much each
+    patch changed, so the latents start from where the motion is and read it alike everywhere.
     """
 
     def __init__(self, cfg: LAMConfig, readout_dim: int = 8):
@@ -101,8 +110,13 @@ class InverseDynamics(nn.Module):
             SpaceTimeBlock(C, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.idm_layers)
         )
         self.norm = nn.LayerNorm(C)
-        self.squeeze = nn.Linear(C, readout_dim)  # per patch, before the position-aware readout
-        self.readout = nn.Linear(P * readout_dim, cfg.tokens_per_step * cfg.code_dim)
+        N, D = cfg.tokens_per_step, cfg.code_dim
+        if cfg.readout == "pooled":
+            self.pool_score = nn.Linear(C, N)  # one pooling per latent token
+            self.pool_value = nn.Linear(C, N * D)
+        else:
+            self.squeeze = nn.Linear(C, readout_dim)  # per patch, before the position-aware readout
+            self.readout = nn.Linear(P * readout_dim, N * D)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         B, T = frames.shape[:2]
@@ -112,8 +126,15 @@ class InverseDynamics(nn.Module):
         for block in self.blocks:
             x = block(x)
         # Frame j's tokens have seen frames 0..j: they name the transition j-1 -> j.
-        z = self.readout(self.squeeze(self.norm(x[:, 1:])).flatten(2))  # (B, T-1, N * code_dim)
-        return z.unflatten(-1, (self.cfg.tokens_per_step, self.cfg.code_dim))  # (B, T-1, N, code_dim)
+        tokens = self.norm(x[:, 1:])  # (B, T-1, P, C)
+        N, D = self.cfg.tokens_per_step, self.cfg.code_dim
+        if self.cfg.readout == "pooled":
+            change = patchify(diff[:, 1:].abs(), self.cfg.patch_size).mean(-1)  # (B, T-1, P)
+            scores = self.pool_score(tokens) + torch.log(change + 1e-3)[..., None]  # (B, T-1, P, N)
+            values = self.pool_value(tokens).unflatten(-1, (N, D))  # (B, T-1, P, N, D)
+            return torch.einsum("btpn,btpnd->btnd", scores.softmax(dim=2), values)  # (B, T-1, N, D)
+        z = self.readout(self.squeeze(tokens).flatten(2))  # (B, T-1, N * D)
+        return z.unflatten(-1, (N, D))  # (B, T-1, N, D)
 
 
 class ForwardDynamics(nn.Module):
