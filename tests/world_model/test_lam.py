@@ -47,9 +47,14 @@ def test_continuous_latents_pass_unquantized_and_have_no_codes():
         model.latents_from_codes(torch.zeros(1, 4, dtype=torch.long))
 
 
-@pytest.mark.parametrize("quantizer", ["nsvq", "vq", "fsq", "none"])
-def test_gradients_reach_the_encoder_through_the_quantizer(quantizer):
-    model = LatentActionModel(LAMConfig(**TINY, quantizer=quantizer))
+READOUTS = [(q, "position") for q in ("nsvq", "vq", "fsq", "none")] + [
+    (q, "pooled") for q in ("nsvq", "none")
+]
+
+
+@pytest.mark.parametrize("quantizer, readout", READOUTS)
+def test_gradients_reach_the_encoder_through_the_quantizer(quantizer, readout):
+    model = LatentActionModel(LAMConfig(**TINY, quantizer=quantizer, readout=readout))
     clips = torch.rand(2, 4, 3, 16, 16)
     out = model(clips)
     # to_pixels starts at zero (the decoder begins as "copy frame 0"); give it weights so the
@@ -58,7 +63,26 @@ def test_gradients_reach_the_encoder_through_the_quantizer(quantizer):
     out = model(clips)
     (out.predicted - clips[:, 1:]).abs().mean().backward()
     assert model.idm.patch_embed.weight.grad.abs().sum() > 0
-    assert model.idm.readout.weight.grad.abs().sum() > 0
+    readouts = [model.idm.readout] if readout == "position" else [model.idm.pool_score, model.idm.pool_value]
+    assert all(layer.weight.grad.abs().sum() > 0 for layer in readouts)
+
+
+def test_the_pooled_readout_reads_the_latents_where_the_frame_changed():
+    model = LatentActionModel(LAMConfig(**TINY, quantizer="none", readout="pooled")).eval()
+    torch.nn.init.zeros_(model.idm.pool_score.weight)  # no learned preference: only the change weighs
+    torch.nn.init.zeros_(model.idm.pool_score.bias)
+    values = {}
+    model.idm.pool_value.register_forward_hook(lambda module, args, out: values.update(out=out))
+    clip = torch.rand(1, 1, 3, 16, 16).repeat(1, 2, 1, 1, 1)  # a still scene
+    clip[0, 1, :, 4:8, 8:12] = torch.rand(3, 4, 4)  # but patch (1, 2) of the 4x4 grid changes
+    with torch.no_grad():
+        z = model.idm(clip)  # (1, 1, N, D)
+    patch_values = values["out"][0, 0].unflatten(-1, z.shape[-2:])  # (P, N, D)
+    off_the_change = (z[0, 0] - patch_values[1 * 4 + 2]).abs().max()
+    off_the_mean = (z[0, 0] - patch_values.mean(0)).abs().max()  # what pooling without the change gives
+    assert off_the_change < 0.2 * off_the_mean
+    with pytest.raises(ValueError, match="readout"):
+        LAMConfig(**TINY, readout="mean")
 
 
 def test_warp_moves_pixels_by_the_flow():
