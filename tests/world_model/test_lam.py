@@ -85,6 +85,24 @@ def test_the_pooled_readout_reads_the_latents_where_the_frame_changed():
         LAMConfig(**TINY, readout="mean")
 
 
+def test_the_linear_flow_decoder_moves_pixels_in_proportion_to_the_latents():
+    model = LatentActionModel(LAMConfig(**TINY, quantizer="none", decoder="linear_flow")).eval()
+    frames, latents = torch.rand(2, 3, 3, 16, 16), 0.01 * torch.randn(2, 3, 4, 8)
+    with torch.no_grad():
+        predicted, still = model.fdm(frames, torch.zeros_like(latents))
+        _, flow = model.fdm(frames, latents)
+        _, flow_sum = model.fdm(frames, 2 * latents + latents.roll(1, dims=0))
+        _, flow_other = model.fdm(frames, latents.roll(1, dims=0))
+    assert predicted.shape == (2, 3, 3, 16, 16) and still.abs().max() == 0  # no latent, no motion
+    assert flow.abs().max() > 1e-3
+    torch.testing.assert_close(flow_sum, 2 * flow + flow_other, atol=1e-4, rtol=1e-3)  # tanh ~ linear here
+    out = model(torch.rand(2, 4, 3, 16, 16))
+    (out.predicted.mean() + out.flow.mean()).backward()
+    assert model.idm.readout.weight.grad.abs().sum() > 0  # the flows start random: the latents learn at once
+    with pytest.raises(ValueError, match="decoder"):
+        LAMConfig(**TINY, decoder="pixels")
+
+
 def test_warp_moves_pixels_by_the_flow():
     image = torch.zeros(1, 1, 8, 8)
     image[0, 0, 2, 3] = 1.0

@@ -46,6 +46,11 @@ class LAMConfig:
     # position-aware linear map of all patches; `pooled`, attention pooling over the patches, biased to
     # where the frame changed, with the same value map everywhere (motion reads alike wherever it is).
     readout: str = "position"
+    # The forward dynamics: `tokens`, a transformer over the frame's patches and the latent tokens that
+    # outputs flow and residual; `linear_flow`, a transformer over the frame alone that outputs, per pixel, a
+    # flow for each latent dimension, the step's flow being their sum weighted by the latents (a
+    # linearized dynamics: the frame says what can move and how, the latents how much).
+    decoder: str = "tokens"
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
@@ -62,6 +67,8 @@ class LAMConfig:
             self.code_dim = len(self.fsq_levels)
         if self.readout not in ("position", "pooled"):
             raise ValueError(f"readout must be position or pooled, got {self.readout!r}")
+        if self.decoder not in ("tokens", "linear_flow"):
+            raise ValueError(f"decoder must be tokens or linear_flow, got {self.decoder!r}")
 
     @property
     def continuous(self) -> bool:
@@ -176,6 +183,47 @@ class ForwardDynamics(nn.Module):
         return warped + residual, flow
 
 
+class LinearFlowDynamics(nn.Module):
+    """One step, as ForwardDynamics, but linear in the latents: the frame alone gives, per pixel, one flow
+    per latent dimension (K = N * code_dim of them) and a residual; the step's flow is the latents'
+    weighted sum of those flows. Since the image motion of a small displacement is linear in it at every
+    pixel, latents that make such a decoder right are pushed towards a linear function of the action,
+    which is what a linear probe reads.
+    """
+
+    def __init__(self, cfg: LAMConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.latent_size = cfg.tokens_per_step * cfg.code_dim  # K
+        P, C = cfg.patches_per_frame, cfg.dim
+        self.patch_embed = nn.Linear(3 * cfg.patch_size**2, C)
+        self.pos = nn.Parameter(torch.randn(1, 1, P, C) * 0.02)
+        self.blocks = nn.ModuleList(
+            SpaceTimeBlock(C, cfg.heads, cfg.mlp_ratio, temporal=False) for _ in range(cfg.fdm_layers)
+        )
+        self.norm = nn.LayerNorm(C)
+        self.to_pixels = nn.Linear(C, (3 + 2 * self.latent_size) * cfg.patch_size**2)
+        # Residual at zero (start as a warp); flows small and random, so the latents get a gradient.
+        nn.init.normal_(self.to_pixels.weight, std=0.02)
+        nn.init.zeros_(self.to_pixels.bias)
+        with torch.no_grad():
+            self.to_pixels.weight.view(-1, cfg.patch_size**2, C)[:3].zero_()  # channels first: residual
+
+    def forward(self, frames: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames (B, S, 3, H, W), latents (B, S, N, code_dim) -> next frames and backward flows (B, S, 2, H, W)."""
+        B, S = latents.shape[:2]
+        p, size, K = self.cfg.patch_size, self.cfg.image_size, self.latent_size
+        x = self.patch_embed(patchify(frames * 2 - 1, p)) + self.pos  # (B, S, P, C)
+        for block in self.blocks:
+            x = block(x)
+        out = unpatchify(self.to_pixels(self.norm(x)), p, size, channels=3 + 2 * K)  # (B, S, 3 + 2K, H, W)
+        residual, basis = out[:, :, :3], out[:, :, 3:].unflatten(2, (K, 2))  # basis (B, S, K, 2, H, W)
+        flow = torch.einsum("bskchw,bsk->bschw", basis, latents.flatten(2))  # (B, S, 2, H, W)
+        flow = self.cfg.max_flow * torch.tanh(flow / self.cfg.max_flow)
+        warped = warp(frames.flatten(0, 1), flow.flatten(0, 1)).view(B, S, 3, size, size)
+        return warped + residual, flow
+
+
 @dataclass
 class LAMOutput:
     predicted: (
@@ -193,7 +241,7 @@ class LatentActionModel(nn.Module):
         self.cfg = cfg
         self.idm = InverseDynamics(cfg)
         self.quantizer = make_quantizer(cfg)
-        self.fdm = ForwardDynamics(cfg)
+        self.fdm = LinearFlowDynamics(cfg) if cfg.decoder == "linear_flow" else ForwardDynamics(cfg)
 
     def check_frames(self, frames: torch.Tensor) -> None:
         cfg = self.cfg
