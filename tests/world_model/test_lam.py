@@ -103,6 +103,35 @@ def test_the_linear_flow_decoder_moves_pixels_in_proportion_to_the_latents():
         LAMConfig(**TINY, decoder="pixels")
 
 
+def test_the_embedding_target_alone_trains_the_inverse_dynamics():
+    model = LatentActionModel(LAMConfig(**TINY, quantizer="none", target="embedding", target_ema=0.9))
+    fdm = model.embedding_fdm
+    out = model(torch.rand(2, 4, 3, 16, 16))
+    (out.predicted.mean() + out.flow.mean()).backward(retain_graph=True)  # the pixel decoder reads only
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.idm.parameters())
+    out.embedding_loss.backward()
+    assert (
+        model.idm.readout.weight.grad.abs().sum() > 0 and fdm.encoder.patch_embed.weight.grad.abs().sum() > 0
+    )
+    assert all(p.grad is None for p in fdm.target_encoder.parameters())  # the target has no gradient
+    target, online = fdm.target_encoder.patch_embed.weight, fdm.encoder.patch_embed.weight
+    torch.testing.assert_close(target, online)  # starts as a copy
+    with torch.no_grad():
+        online.add_(1.0)
+    before = target.clone()
+    fdm.update_target()
+    torch.testing.assert_close(target, before + 0.1)  # moves (1 - ema) of the way to the online encoder
+    fixed = LatentActionModel(LAMConfig(**TINY, target="embedding", target_ema=1.0)).embedding_fdm
+    before = fixed.target_encoder.patch_embed.weight.clone()
+    with torch.no_grad():
+        fixed.encoder.patch_embed.weight.add_(1.0)
+    fixed.update_target()
+    assert torch.equal(fixed.target_encoder.patch_embed.weight, before)  # ema 1: a fixed random target
+    assert LatentActionModel(LAMConfig(**TINY)).embedding_fdm is None  # pixels: as before
+    with pytest.raises(ValueError, match="target must be pixels or embedding"):
+        LAMConfig(**TINY, target="flow")
+
+
 def test_warp_moves_pixels_by_the_flow():
     image = torch.zeros(1, 1, 8, 8)
     image[0, 0, 2, 3] = 1.0
@@ -336,6 +365,40 @@ def test_continuous_model_trains_and_labels_with_its_latents(datasets, tmp_path)
     write_labels(labels, model, tmp_path / "labels.safetensors", {})
     back = load_file(tmp_path / "labels.safetensors")
     assert set(back) == {"latents", "episode_index", "frame_index"}  # no codebook: there is none
+
+
+def test_embedding_target_model_trains_saves_its_target_and_scores_it(datasets, tmp_path):
+    from world_model.lam.model import load_lam
+    from world_model.lam.train import train
+
+    cfg = train_cfg(datasets[0], tmp_path, steps=3)
+    cfg.model.lam.quantizer, cfg.model.lam.target = "none", "embedding"
+    summary = train(cfg)
+    assert summary["embedding_mse"] > 0 and summary["embedding_target_spread"] > 0
+    assert np.isfinite(summary["embedding_latent_gain"]) and np.isfinite(summary["psnr_pred"])
+    model = load_lam(tmp_path)
+    fdm = model.embedding_fdm
+    # Saved after three EMA steps: the target lags the online encoder.
+    assert not torch.equal(fdm.target_encoder.patch_embed.weight, fdm.encoder.patch_embed.weight)
+
+
+def test_shift_moves_each_clip_as_a_whole(datasets, tmp_path):
+    from world_model.lam.train import LAMTask
+
+    cfg = train_cfg(datasets[0], tmp_path, steps=1, shift=3)
+    task = LAMTask(cfg, torch.device("cpu"))
+    draw = task.draw(0, torch.Generator().manual_seed(0), 4)
+    offsets, positions = draw[-1], torch.arange(4)
+    clips = task.micro_batch(draw, positions, 0)[0]
+    plain = task.train_bank.clips(draw[0])
+    for i, (dx, dy) in enumerate(offsets.T.tolist()):
+        # Output pixel (y, x) is input pixel (y + dy - 3, x + dx - 3), edges repeated: check the interior.
+        inner = plain[i][..., max(0, dy - 3) : 64 + min(0, dy - 3), max(0, dx - 3) : 64 + min(0, dx - 3)]
+        out = clips[i][..., max(0, 3 - dy) : 64 + min(0, 3 - dy), max(0, 3 - dx) : 64 + min(0, 3 - dx)]
+        assert torch.equal(out, inner)  # every frame of the clip by the same offset
+    assert (offsets != 3).any()
+    cfg.train.lam.shift = 0
+    assert LAMTask(cfg, torch.device("cpu")).draw(0, torch.Generator().manual_seed(0), 4)[-1] is None
 
 
 def test_action_supervision_puts_the_action_into_the_quantized_latents():

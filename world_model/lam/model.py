@@ -51,6 +51,11 @@ class LAMConfig:
     # flow for each latent dimension, the step's flow being their sum weighted by the latents (a
     # linearized dynamics: the frame says what can move and how, the latents how much).
     decoder: str = "tokens"
+    # What trains the inverse dynamics: `pixels`, the decoder's rebuilt next frame; `embedding` (LAOM), a
+    # predictor's guess of the next frame's embedding by a slowly moving (EMA) copy of a frame encoder. The
+    # pixel decoder then trains on detached latents, for the benchmark's pictures and PSNR only.
+    target: str = "pixels"
+    target_ema: float = 0.99  # embedding: the target encoder's decay per step (1.0: a fixed random encoder)
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
@@ -69,6 +74,10 @@ class LAMConfig:
             raise ValueError(f"readout must be position or pooled, got {self.readout!r}")
         if self.decoder not in ("tokens", "linear_flow"):
             raise ValueError(f"decoder must be tokens or linear_flow, got {self.decoder!r}")
+        if self.target not in ("pixels", "embedding"):
+            raise ValueError(f"target must be pixels or embedding, got {self.target!r}")
+        if not 0.0 <= self.target_ema <= 1.0:
+            raise ValueError(f"target_ema must be in [0, 1], got {self.target_ema}")
 
     @property
     def continuous(self) -> bool:
@@ -226,6 +235,67 @@ class LinearFlowDynamics(nn.Module):
         return warped + residual, flow
 
 
+class FrameEncoder(nn.Module):
+    """One frame -> its patch embeddings (B, S, P, dim): a patch embedding and spatial attention blocks."""
+
+    def __init__(self, cfg: LAMConfig, layers: int = 2):
+        super().__init__()
+        self.patch_size = cfg.patch_size
+        self.patch_embed = nn.Linear(3 * cfg.patch_size**2, cfg.dim)
+        self.pos = nn.Parameter(torch.randn(1, 1, cfg.patches_per_frame, cfg.dim) * 0.02)
+        self.blocks = nn.ModuleList(
+            SpaceTimeBlock(cfg.dim, cfg.heads, cfg.mlp_ratio, temporal=False) for _ in range(layers)
+        )
+        self.norm = nn.LayerNorm(cfg.dim)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(patchify(frames * 2 - 1, self.patch_size)) + self.pos  # (B, S, P, C)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+class EmbeddingDynamics(nn.Module):
+    """LAOM's forward target (Nikulin et al. 2025): from frame j-1's embedding and the latents of step j,
+    predict frame j's embedding by a target encoder, an EMA of the online one (as BYOL's), layer-normalized
+    and without gradient. The latents must say what changed in a learned feature space rather than how
+    each pixel moved; the EMA and the predictor keep the encoder from collapsing to a constant."""
+
+    def __init__(self, cfg: LAMConfig):
+        super().__init__()
+        self.cfg = cfg
+        P, N, C = cfg.patches_per_frame, cfg.tokens_per_step, cfg.dim
+        self.encoder, self.target_encoder = FrameEncoder(cfg), FrameEncoder(cfg)
+        self.target_encoder.load_state_dict(self.encoder.state_dict())
+        self.target_encoder.requires_grad_(False)
+        self.latent_embed = nn.Linear(cfg.code_dim, C)
+        self.pos = nn.Parameter(torch.randn(1, 1, P + N, C) * 0.02)
+        self.blocks = nn.ModuleList(
+            SpaceTimeBlock(C, cfg.heads, cfg.mlp_ratio, temporal=False) for _ in range(cfg.fdm_layers)
+        )
+        self.norm, self.head = nn.LayerNorm(C), nn.Linear(C, C)
+
+    def forward(self, frames: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """frames (B, S, 3, H, W), latents (B, S, N, code_dim) -> the next frames' embeddings (B, S, P, C)."""
+        P = self.cfg.patches_per_frame
+        x = torch.cat([self.encoder(frames), self.latent_embed(latents)], dim=2) + self.pos
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x[:, :, :P]))
+
+    @torch.no_grad()
+    def targets(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (B, S, 3, H, W) -> their target embeddings (B, S, P, C), each token layer-normalized."""
+        target = self.target_encoder(frames)
+        return nn.functional.layer_norm(target, target.shape[-1:])
+
+    @torch.no_grad()
+    def update_target(self) -> None:
+        """After each optimizer step: target <- ema * target + (1 - ema) * online."""
+        for target, online in zip(self.target_encoder.parameters(), self.encoder.parameters(), strict=True):
+            target.lerp_(online, 1.0 - self.cfg.target_ema)
+
+
 @dataclass
 class LAMOutput:
     predicted: (
@@ -235,6 +305,9 @@ class LAMOutput:
     latents: torch.Tensor  # (B, T-1, N, code_dim) quantized latent actions (as they are when continuous)
     codes: torch.Tensor | None  # (B, T-1, N) code indices; None for continuous latents
     quantizer_loss: torch.Tensor  # scalar
+    embedding_loss: torch.Tensor | None = (
+        None  # scalar: target embedding only, the next frames' embedding error
+    )
 
 
 class LatentActionModel(nn.Module):
@@ -244,6 +317,7 @@ class LatentActionModel(nn.Module):
         self.idm = InverseDynamics(cfg)
         self.quantizer = make_quantizer(cfg)
         self.fdm = LinearFlowDynamics(cfg) if cfg.decoder == "linear_flow" else ForwardDynamics(cfg)
+        self.embedding_fdm = EmbeddingDynamics(cfg) if cfg.target == "embedding" else None
 
     def check_frames(self, frames: torch.Tensor) -> None:
         cfg = self.cfg
@@ -281,8 +355,13 @@ class LatentActionModel(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> LAMOutput:
         q = self.encode(frames)
-        predicted, flow = self.fdm(frames[:, :-1], q.z_q)  # each step from the real frame before it
-        return LAMOutput(predicted, flow, q.z_q, q.codes, q.loss)
+        if self.embedding_fdm is None:
+            predicted, flow = self.fdm(frames[:, :-1], q.z_q)  # each step from the real frame before it
+            return LAMOutput(predicted, flow, q.z_q, q.codes, q.loss)
+        # The embedding target alone shapes the latents; the pixel decoder only learns to read them.
+        predicted, flow = self.fdm(frames[:, :-1], q.z_q.detach())
+        error = self.embedding_fdm(frames[:, :-1], q.z_q) - self.embedding_fdm.targets(frames[:, 1:])
+        return LAMOutput(predicted, flow, q.z_q, q.codes, q.loss, error.pow(2).mean())
 
 
 def load_lam(path: str | Path) -> LatentActionModel:

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from data.chunks import Clips, EpisodeBank, split_episodes
-from data.clips import flow_targets, to_uint8_hwc
+from data.clips import flow_targets, random_shift, shift_offsets, to_uint8_hwc
 from world_model.lam.losses import FlowNet, masked_mse, motion_mask, ramp
 from world_model.lam.model import LAMConfig, LatentActionModel
 from world_model.lam.quantize import code_stats
@@ -109,6 +109,8 @@ def compute_loss(
             clips.device
         )  # what the decoder warps by
         terms["decoder_flow"] = (out.flow[rows, j] - dis_back).abs().mean()
+    if out.embedding_loss is not None:  # model.lam.target=embedding: what trains the inverse dynamics
+        terms["embedding"] = out.embedding_loss
     missing = set(terms) - set(loss_cfg)
     if missing:
         raise KeyError(f"train.lam.loss has no weight for {sorted(missing)}; it has {sorted(loss_cfg)}")
@@ -182,7 +184,33 @@ def evaluate(model, bank: Clips, num_clips: int, batch_size: int = 32) -> dict:
     db = {k: torch.cat(v).mean().item() for k, v in (("psnr_pred", pred_db), ("psnr_copy_last", copy_db))}
     db["latent_gain_db"] = db["psnr_pred"] - torch.cat(shuffled_db).mean().item()
     db["one_step_gain_db"] = torch.cat(step_db).mean().item()  # next frame vs copying the previous one
+    if model.embedding_fdm is not None:
+        db |= embedding_scores(model, bank, idx, batch_size)
     return db | code_stats(torch.cat(codes) if codes else None, model.quantizer.num_codes)
+
+
+@torch.no_grad()
+def embedding_scores(model, bank: Clips, idx: torch.Tensor, batch_size: int) -> dict:
+    """model.lam.target=embedding, on held-out clips: the next embeddings' error with the clips' own latents,
+    with another clip's (their ratio says how much the latents tell), and the targets' spread over clips
+    and positions (a collapsed target encoder gives the same embedding everywhere: 0)."""
+    fdm, own, other, spread = model.embedding_fdm, [], [], []
+    model.eval()
+    for chunk in idx.split(batch_size):
+        clips = bank.clips(chunk).to(next(model.parameters()).device)
+        latents, target = model.encode(clips).z_q, fdm.targets(clips[:, 1:])
+        own.append((fdm(clips[:, :-1], latents) - target).pow(2).mean().item())
+        shuffled = latents.roll(max(1, len(chunk) // 2), dims=0)  # another episode's, as latent_gain_db
+        other.append((fdm(clips[:, :-1], shuffled) - target).pow(2).mean().item())
+        spread.append(target.flatten(0, 2).std(0).mean().item())
+    model.train()
+    own_mse, other_mse = sum(own) / len(own), sum(other) / len(other)
+    return {
+        "embedding_mse": own_mse,
+        "embedding_mse_other_latents": other_mse,
+        "embedding_latent_gain": other_mse / max(own_mse, 1e-12),
+        "embedding_target_spread": sum(spread) / len(spread),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -243,11 +271,16 @@ class LAMTask(TrainTask):
         labelled = (
             torch.randint(len(self.labelled), (size,), generator=gen) if self.labelled is not None else None
         )
-        return rows, transitions, labelled
+        # Drawn only when used, so runs without the shift keep their random stream.
+        offsets = shift_offsets(size, self.tcfg.shift, gen) if self.tcfg.shift > 0 else None
+        return rows, transitions, labelled, offsets
 
     def micro_batch(self, draw, positions: torch.Tensor, step: int) -> tuple:
-        rows, transitions, labelled = draw
-        clips = self.train_bank.clips(rows[positions]).to(self.device)
+        rows, transitions, labelled, offsets = draw
+        clips = self.train_bank.clips(rows[positions])
+        if offsets is not None:  # one shift per clip: the motion between its frames is kept
+            clips = random_shift(clips, self.tcfg.shift, offsets=offsets[:, positions])
+        clips = clips.to(self.device)
         if labelled is None:
             return clips, step, transitions[positions]
         share = self.tcfg.action_supervision.batch_size / self.tcfg.batch_size
@@ -257,6 +290,8 @@ class LAMTask(TrainTask):
         return clips, step, transitions[positions], (demo_clips.to(self.device), actions.to(self.device))
 
     def after_step(self, step: int, trainer) -> dict[str, float]:
+        if self.model.embedding_fdm is not None:  # the same update on every process
+            self.model.embedding_fdm.update_target()
         replaced = revive_dead_codes(self.model, step, self.tcfg)
         if step == trainer.start or codes_due(step, self.tcfg):  # the codebook changed outside the optimizer
             broadcast_from_main(self.model.quantizer, trainer.accelerator)
