@@ -272,7 +272,8 @@ class LAMTask(TrainTask):
             torch.randint(len(self.labelled), (size,), generator=gen) if self.labelled is not None else None
         )
         # Drawn only when used, so runs without the shift keep their random stream.
-        offsets = shift_offsets(size, self.tcfg.shift, gen) if self.tcfg.shift > 0 else None
+        shift = self.tcfg.get("shift", 0)
+        offsets = shift_offsets(size, shift, gen) if shift > 0 else None
         return rows, transitions, labelled, offsets
 
     def micro_batch(self, draw, positions: torch.Tensor, step: int) -> tuple:
