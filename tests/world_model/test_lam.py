@@ -173,6 +173,15 @@ def test_bad_config_is_explained():
         LAMConfig(image_size=30, patch_size=8)
     with pytest.raises(ValueError, match="nsvq, vq, fsq or none"):
         LAMConfig(quantizer="kmeans")
+    with pytest.raises(ValueError, match="readout_dim must be >= 1"):
+        LAMConfig(readout_dim=0)
+
+
+def test_readout_dim_sets_what_each_patch_passes_to_the_latents():
+    model = LatentActionModel(LAMConfig(**TINY, quantizer="none", readout_dim=5))
+    P = model.cfg.patches_per_frame
+    assert model.idm.squeeze.out_features == 5 and model.idm.readout.in_features == P * 5
+    assert model.idm(torch.rand(2, 4, 3, 16, 16)).shape == (2, 3, 4, TINY["code_dim"])
 
 
 def test_overfits_a_handful_of_clips():

@@ -49,6 +49,7 @@ class LAMConfig:
     # position-aware linear map of all patches; `pooled`, attention pooling over the patches, biased to
     # where the frame changed, with the same value map everywhere (motion reads alike wherever it is).
     readout: str = "position"
+    readout_dim: int = 8  # position: numbers kept per patch before the position-aware linear map
     # The forward dynamics: `tokens`, a transformer over the frame's patches and the latent tokens that
     # outputs flow and residual; `linear_flow`, a transformer over the frame alone that outputs, per pixel, a
     # flow for each latent dimension, the step's flow being their sum weighted by the latents (a
@@ -75,6 +76,8 @@ class LAMConfig:
             self.code_dim = len(self.fsq_levels)
         if self.readout not in ("position", "pooled"):
             raise ValueError(f"readout must be position or pooled, got {self.readout!r}")
+        if self.readout_dim < 1:
+            raise ValueError(f"readout_dim must be >= 1, got {self.readout_dim}")
         if self.decoder not in ("tokens", "linear_flow"):
             raise ValueError(f"decoder must be tokens or linear_flow, got {self.decoder!r}")
         if self.target not in ("pixels", "embedding"):
@@ -119,7 +122,7 @@ class InverseDynamics(nn.Module):
     lower linear translation probe (reports/experiment/diagnosis/latent_actions.md, section 8).
     """
 
-    def __init__(self, cfg: LAMConfig, readout_dim: int = 8):
+    def __init__(self, cfg: LAMConfig):
         super().__init__()
         self.cfg = cfg
         P, C = cfg.patches_per_frame, cfg.dim
@@ -135,8 +138,9 @@ class InverseDynamics(nn.Module):
             self.pool_score = nn.Linear(C, N)  # one pooling per latent token
             self.pool_value = nn.Linear(C, N * D)
         else:
-            self.squeeze = nn.Linear(C, readout_dim)  # per patch, before the position-aware readout
-            self.readout = nn.Linear(P * readout_dim, N * D)
+            R = cfg.readout_dim
+            self.squeeze = nn.Linear(C, R)  # per patch, before the position-aware readout
+            self.readout = nn.Linear(P * R, N * D)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         B, T = frames.shape[:2]
