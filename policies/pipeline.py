@@ -23,6 +23,7 @@ run_dir/pipeline_time.json, so the table's wall time is the whole run's. Which p
     ours_latent       lam -> labels -> backbone/ours_latent (+ latent actions) -> policy/...
     ours_lam_supervised  lam_supervised (+ true actions of 6 demos) -> labels -> backbone/... -> policy/...
     ours_idm          idm (inverse dynamics from the finetuning demos) -> pseudo-action labels -> backbone/...
+    ours_cotrain      backbone/ours -> policy/ours_cotrain[-seed<k>] (finetuned with the video loss kept on)
     scratch_fm        policy/scratch_fm[-seed<k>] (same network, no backbone checkpoint)
     state_fm          policy/state_fm (the privileged-state ceiling: model/policy=state_fm)
     lerobot_baseline  act (LeRobot's ACT through lerobot's trainer)
@@ -53,6 +54,8 @@ PRETRAINING = {
     "ours_idm": ("idm", LATENT_ACTIONS),
     "scratch_fm": None,
 }
+# Variants finetuned otherwise from another policy's backbone: policy -> (whose backbone, finetuning overrides).
+FINETUNING = {"ours_cotrain": ("ours", ["train.policy.cotrain.weight=1.0"])}
 # labeller run -> (its package, overrides): lam_supervised reads the true actions of a few demos (LAOM);
 # idm is trained on the finetuning demos' actions (VPT). Each package has a train and a label module.
 LABELLERS = {
@@ -63,7 +66,7 @@ LABELLERS = {
 CEILING = {"state_fm": ["model/policy=state_fm", "train/policy=state_fm", "train.policy.backbone=null"]}
 UNTRAINED = ("scripted", "random")
 EXTRA_EVAL = {"ours_few_step": "ours"}  # evaluated from another policy's runs
-KNOWN = (*PRETRAINING, *CEILING, *UNTRAINED, "lerobot_baseline", *EXTRA_EVAL)
+KNOWN = (*PRETRAINING, *FINETUNING, *CEILING, *UNTRAINED, "lerobot_baseline", *EXTRA_EVAL)
 TIME_FILE = "pipeline_time.json"
 
 
@@ -86,7 +89,7 @@ def seeds_of(cfg: DictConfig, policy: str) -> list[int]:
     if len(set(seeds)) != len(seeds) or not seeds:
         raise ValueError(f"pipeline.seeds must be distinct and non-empty, got {seeds}")
     trained = EXTRA_EVAL.get(policy, policy)
-    return seeds if trained in PRETRAINING else seeds[:1]
+    return seeds if trained in PRETRAINING or trained in FINETUNING else seeds[:1]
 
 
 def evaluations(cfg: DictConfig) -> list[tuple[str, int, str]]:
@@ -110,7 +113,9 @@ def stages(cfg: DictConfig, base: list[str]) -> list[tuple[str, list[str]]]:
     out: list[tuple[str, list[str]]] = []
     if not (Path(cfg.data.root) / cfg.data.video.name / "meta" / "info.json").is_file():
         out.append(("data.generate", base))
-    labellers = sorted({PRETRAINING[p][0] for p in trained if PRETRAINING.get(p) and PRETRAINING[p][0]})
+    # the policies whose backbones are needed: those trained and those a finetuning variant starts from
+    pretrained = trained | {FINETUNING[p][0] for p in trained if p in FINETUNING}
+    labellers = sorted({PRETRAINING[p][0] for p in pretrained if PRETRAINING.get(p) and PRETRAINING[p][0]})
     for labeller in labellers:
         package, overrides = LABELLERS[labeller]
         labeller_dir, model = run_dir / labeller, package.split(".")[-1]
@@ -128,7 +133,7 @@ def stages(cfg: DictConfig, base: list[str]) -> list[tuple[str, list[str]]]:
                     ],
                 )
             )
-    for name in (p for p in PRETRAINING if p in trained):
+    for name in (p for p in PRETRAINING if p in pretrained):
         if PRETRAINING[name] is None:
             backbone = ["train.policy.backbone=null"]
         else:
@@ -142,15 +147,13 @@ def stages(cfg: DictConfig, base: list[str]) -> list[tuple[str, list[str]]]:
                 )
             )
             backbone = [f"train.policy.backbone={backbone_dir}"]
-        seeds = seeds_of(cfg, name)
-        for seed in seeds:
-            policy_dir = run_dir / "policy" / run_name(name, seed, seeds)
-            out.append(
-                (
-                    "policies.train_policy",
-                    [*base, *backbone, f"train.policy.seed={seed}", f"train.policy.out_dir={policy_dir}"],
-                )
-            )
+        if name in trained:
+            out += finetunes(cfg, name, [*base, *backbone])
+    for name in (p for p in FINETUNING if p in trained):
+        origin, overrides = FINETUNING[name]
+        out += finetunes(
+            cfg, name, [*base, f"train.policy.backbone={run_dir / 'backbone' / origin}", *overrides]
+        )
     for name in (p for p in CEILING if p in trained):
         out.append(
             (
@@ -164,6 +167,22 @@ def stages(cfg: DictConfig, base: list[str]) -> list[tuple[str, list[str]]]:
     if cfg.pipeline.evaluate:
         out += [stage for stage in evaluation_stages(cfg, base) if not stage_finished(stage)]
     return out
+
+
+def finetunes(cfg: DictConfig, name: str, args: list[str]) -> list[tuple[str, list[str]]]:
+    """The policy's finetuning stage per seed, into policy/<name>[-seed<k>]."""
+    seeds = seeds_of(cfg, name)
+    return [
+        (
+            "policies.train_policy",
+            [
+                *args,
+                f"train.policy.seed={seed}",
+                f"train.policy.out_dir={Path(cfg.run_dir) / 'policy' / run_name(name, seed, seeds)}",
+            ],
+        )
+        for seed in seeds
+    ]
 
 
 def labels_file(cfg: DictConfig, labeller: str) -> Path:

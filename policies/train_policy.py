@@ -32,6 +32,7 @@ import torch
 from lerobot.configs import FeatureType
 from lerobot.utils.feature_utils import dataset_to_policy_features
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from data.camera import PinholeCamera
 from data.chunks import EpisodeBank, split_episodes
@@ -42,6 +43,9 @@ from policies.vipra import VipraConfig, VipraPolicy
 from policies.vipra.configuration_vipra import ACTION_KEY, ENV_STATE_KEY, STATE_KEY
 from policies.vipra.modeling_vipra import WAYPOINT_EVENTS, WAYPOINT_KEY, WAYPOINT_PAD_KEY
 from policies.vipra.processor_vipra import make_vipra_pre_post_processors
+from world_model.backbone.train import Objective as VideoObjective
+from world_model.backbone.train import load_labelled_video
+from world_model.backbone.train import make_batch as make_video_batch
 from world_model.training.schedule import warmup_cosine
 from world_model.training.trainer import Trainer, TrainTask, millions, print_run
 
@@ -276,10 +280,76 @@ def save_pretrained_atomic(policy: VipraPolicy, processors: tuple, out: Path) ->
     tmp.rename(out)
 
 
+# ---------------------------------------------------------------------------------------------- video co-training
+class VideoCotraining(nn.Module):
+    """The policy's loss on the demos plus `weight` x the pretrained backbone's own loss (its run's
+    train.backbone.loss) on frames of the actionless video: finetuning keeps the backbone predicting the
+    video, whose scenes and looks the demos do not cover, instead of letting it drift to the demos alone."""
+
+    def __init__(self, policy: VipraPolicy, video_loss: DictConfig, weight: float):
+        super().__init__()
+        self.policy, self.video, self.weight = policy, VideoObjective(policy.backbone, video_loss), weight
+
+    def forward(self, batch: dict, frames, words, future, codes) -> tuple[torch.Tensor, dict]:
+        loss, terms = self.policy(batch)
+        video_loss, video_terms = self.video(frames, words, future, codes)
+        return loss + self.weight * video_loss, terms | {
+            f"video_{k}": float(v.detach()) for k, v in video_terms.items()
+        }
+
+
+def video_share(positions: torch.Tensor, size: int, fraction: float) -> torch.Tensor:
+    """Which of a step's round(fraction x size) co-training video samples go with the demo rows at `positions`
+    (this micro-batch's, of `size`): sample j goes with row floor(j / fraction), so micro-batches and
+    processes share them as they share the rows, and a single batch takes samples 0 .. K-1."""
+    samples = torch.arange(round(size * fraction))
+    return samples[torch.isin((samples / fraction).floor().long(), positions)]
+
+
+def pretraining_recipe(backbone: str | Path) -> DictConfig:
+    """The train.backbone config the pretrained backbone in this run folder was trained with."""
+    path = Path(backbone) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"train.policy.cotrain needs the backbone's pretraining recipe at {path} (written by "
+            "world_model.backbone.train into its run folder): point train.policy.backbone at that run folder"
+        )
+    return OmegaConf.load(path).train.backbone
+
+
+def load_cotraining_video(cfg: DictConfig, policy: VipraPolicy) -> tuple[EpisodeBank, DictConfig]:
+    """The actionless video the backbone was pretrained on (all of it: co-training scores nothing on it) and
+    that run's recipe; refuses a run with nothing to co-train or labels it cannot supply."""
+    tcfg = cfg.train.policy
+    if not tcfg.backbone:
+        raise ValueError(
+            "train.policy.cotrain.weight > 0 continues the pretrained backbone's video objective: set "
+            "train.policy.backbone to a pretrained run (Scratch-FM has none)"
+        )
+    if policy.config.backbone_lr_scale == 0:
+        raise ValueError(
+            "train.policy.cotrain.weight > 0 trains the backbone: model.policy.backbone_lr_scale is 0"
+        )
+    recipe = pretraining_recipe(tcfg.backbone)
+    if recipe.labels is not None and recipe.loss.action > 0:
+        raise ValueError(
+            f"the backbone in {tcfg.backbone} was pretrained on latent-action labels ({recipe.labels}); "
+            "co-training supports frames-only pretraining (train.backbone.labels=null)"
+        )
+    dataset = tcfg.cotrain.get("dataset") or recipe.dataset
+    bank, _ = load_labelled_video(dataset, None, cfg.task.image_key, recipe.embodiment)
+    if bank.frames.shape[-1] != policy.backbone.cfg.image_size:
+        raise ValueError(
+            f"the co-training video {dataset} is {bank.frames.shape[-1]} pixels wide, the backbone takes "
+            f"{policy.backbone.cfg.image_size}"
+        )
+    return bank, recipe
+
+
 class PolicyTask(TrainTask):
     """The policy on LeRobot batches of the labelled demos: `policy.forward` is its loss."""
 
-    progress_keys = ("fm_loss", "shortcut_loss", "waypoint_loss")
+    progress_keys = ("fm_loss", "shortcut_loss", "waypoint_loss", "video_frame_mse")
 
     def __init__(self, cfg: DictConfig, device: torch.device):
         tcfg = self.tcfg = cfg.train.policy
@@ -325,10 +395,20 @@ class PolicyTask(TrainTask):
             self.features = load_or_compute(
                 tcfg.feature_cache, policy, len(self.bank), self.unshifted_batch, describe
             )
+        self.video = self.video_shift = None  # actionless video the backbone keeps predicting (cotrain)
+        cotrain = tcfg.get("cotrain") or {}
+        if cotrain.get("weight", 0) > 0:
+            if self.features is not None:
+                raise ValueError(
+                    "train.policy.cotrain trains the backbone; a feature_cache is for a frozen one"
+                )
+            self.video, recipe = load_cotraining_video(cfg, policy)
+            self.video_shift, self.video_fraction = recipe.shift, cotrain.fraction
+            self.objective = VideoCotraining(policy, recipe.loss, cotrain.weight)
         self.model_config = {
             "policy": OmegaConf.to_container(cfg.model.policy, resolve=True),
             "backbone": tcfg.backbone,
-        }
+        } | ({"cotrain": OmegaConf.to_container(cotrain, resolve=True)} if self.video is not None else {})
 
     def param_groups(self) -> list:
         return self.model.get_optim_params()
@@ -343,6 +423,8 @@ class PolicyTask(TrainTask):
     def describe(self) -> str:
         tcfg = self.tcfg
         origin = f"from {tcfg.backbone}" if tcfg.backbone else "from scratch"
+        if self.video is not None:
+            origin += f", co-trained on {len(self.video)} video frames (weight {tcfg.cotrain.weight})"
         if tcfg.get("init_policy"):
             origin = f"from the policy {tcfg.init_policy}"
         held = f", {len(self.held_out.episodes)} held out" if self.held_out is not None else ""
@@ -373,6 +455,13 @@ class PolicyTask(TrainTask):
         return self.processors[0](batch) | waypoint
 
     def check_micro_batch(self, rows: int) -> None:
+        if self.video is not None:
+            share = rows * self.video_fraction
+            if share < 1 or abs(share - round(share)) > 1e-6:
+                raise ValueError(
+                    f"micro-batches of {rows} rows x train.policy.cotrain.fraction={self.video_fraction} must "
+                    "make a whole number (>= 1) of video frames: change the fraction, batch_size or grad_accum"
+                )
         fraction = self.model.config.shortcut_fraction
         if fraction > 0 and round(fraction * rows) == 0:
             raise ValueError(
@@ -386,10 +475,14 @@ class PolicyTask(TrainTask):
 
     def draw(self, step: int, gen: torch.Generator, size: int):
         rows = torch.randint(len(self.bank), (size,), generator=gen)
-        return rows, shift_offsets(size, self.tcfg.shift, gen)
+        demos = rows, shift_offsets(size, self.tcfg.shift, gen)
+        if self.video is None:
+            return demos
+        video_rows = torch.randint(len(self.video), (size,), generator=gen)
+        return demos + (video_rows, shift_offsets(size, self.video_shift, gen))
 
     def micro_batch(self, draw, positions: torch.Tensor, step: int) -> tuple:
-        rows, offsets = draw
+        rows, offsets = draw[:2]
         horizon = self.model.config.chunk_size
         batch = make_batch(
             self.bank,
@@ -403,7 +496,18 @@ class PolicyTask(TrainTask):
         batch = self.preprocess(batch)
         if self.features is not None:  # the frozen backbone's features of these rows, computed once
             batch |= self.features.batch(rows[positions], self.device)
-        return (batch,)
+        if self.video is None:
+            return (batch,)
+        return (batch, *self.video_micro_batch(draw[2], draw[3], positions))
+
+    def video_micro_batch(self, rows: torch.Tensor, offsets: torch.Tensor, positions: torch.Tensor) -> tuple:
+        """Video frames for co-training: `cotrain.fraction` of a frame per demo frame of the micro-batch."""
+        mine = video_share(positions, len(rows), self.video_fraction)
+        backbone = self.model.backbone.cfg
+        batch = make_video_batch(
+            self.video, rows[mine], backbone.horizon, backbone.vocab_size, self.video_shift, offsets[:, mine]
+        )
+        return tuple(t.to(self.device) for t in batch)
 
     def summary(self, last_terms: dict, model: VipraPolicy) -> dict:
         if not last_terms:  # nothing left to train

@@ -188,6 +188,18 @@ def test_pipeline_plans_every_stage_of_the_table(tmp_path):
     cfg.model.lam.quantizer = "none"
     assert [m for m, _ in stages(cfg, [])] == planned
     cfg.model.lam.quantizer = "nsvq"
+    # Co-training finetunes from ours' backbone (trained once, also when ours itself is not in the table).
+    cfg.pipeline.policies, cfg.pipeline.seeds = ["ours_cotrain"], [0, 1]
+    plan = stages(cfg, [])[1:]
+    assert [m for m, _ in plan[:3]] == ["world_model.backbone.train", *["policies.train_policy"] * 2]
+    assert f"train.backbone.out_dir={runs}/backbone/ours" in plan[0][1]
+    for args, out in zip((plan[1][1], plan[2][1]), ("ours_cotrain", "ours_cotrain-seed1"), strict=True):
+        assert (
+            f"train.policy.backbone={runs}/backbone/ours" in args
+            and "train.policy.cotrain.weight=1.0" in args
+        )
+        assert f"train.policy.out_dir={runs}/policy/{out}" in args
+    cfg.pipeline.seeds = [0]
     cfg.pipeline.policies = ["ours", "nonsense"]
     with pytest.raises(ValueError, match="unknown policies"):
         stages(cfg, [])
@@ -466,3 +478,54 @@ def test_make_data_efficiency_runs_through_the_harness_on_a_toy_profile(datasets
     assert out.with_suffix(".png").is_file() and table["wall_minutes"] > 0 and table["commit"]
     again = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     assert "data efficiency: 0 stages" in again
+
+
+def test_cotraining_keeps_the_backbone_predicting_the_video(pipeline_runs, datasets, tmp_path):
+    """With train.policy.cotrain the backbone's own pretraining loss on the video joins the policy's: its
+    frame and change-map heads, which the policy's loss never reaches, move only then; a run without a
+    frames-only pretrained backbone to continue is refused."""
+    from safetensors.torch import load_file
+
+    from policies.train_policy import train as train_policy
+    from world_model.backbone.train import train as train_backbone
+
+    root, (_, run_dir, _) = datasets[0], pipeline_runs
+    frames_only = ["train.backbone.labels=null", "train.backbone.loss.action=0"]
+    backbone = tmp_path / "backbone"
+    train_backbone(config(root, tmp_path, *frames_only))
+    pretrained = load_file(backbone / "checkpoints/last/model.safetensors")
+    heads = [k for k in pretrained if k.startswith(("to_pixels.", "change_head."))]
+    assert heads
+    cotrain = ["train.policy.cotrain.weight=1.0", "train.policy.cotrain.fraction=0.5"]
+    weights = {}
+    for name, extra in (("plain", []), ("cotrained", cotrain)):
+        out = tmp_path / name
+        train_policy(config(root, tmp_path, *frames_only, *extra, f"train.policy.out_dir={out}"))
+        weights[name] = load_file(out / "pretrained_model/model.safetensors")
+    for key in heads:
+        torch.testing.assert_close(weights["plain"][f"backbone.{key}"], pretrained[key], rtol=0, atol=0)
+    assert any(not torch.equal(weights["cotrained"][f"backbone.{k}"], pretrained[k]) for k in heads)
+
+    # Split into micro-batches (or processes), a step takes the same video samples as in one batch.
+    from policies.train_policy import video_share
+
+    whole = video_share(torch.arange(32), 32, 0.5)
+    assert whole.tolist() == list(range(16))
+    halves = [video_share(part, 32, 0.5) for part in torch.arange(32).view(2, 16)]
+    assert [len(h) for h in halves] == [8, 8] and torch.cat(halves).tolist() == whole.tolist()
+    with pytest.raises(ValueError, match="whole number"):
+        train_policy(
+            config(
+                root,
+                tmp_path,
+                *frames_only,
+                "train.policy.cotrain.weight=1",
+                "train.policy.cotrain.fraction=0.1",
+            )
+        )
+    with pytest.raises(ValueError, match="Scratch-FM has none"):
+        train_policy(config(root, tmp_path, *cotrain, "train.policy.backbone=null"))
+    with pytest.raises(ValueError, match="pretrained on latent-action labels"):  # the fixture's backbone
+        train_policy(config(root, run_dir, *cotrain, f"train.policy.out_dir={tmp_path}/refused"))
+    with pytest.raises(ValueError, match="backbone_lr_scale is 0"):
+        train_policy(config(root, tmp_path, *frames_only, *cotrain, "model.policy.backbone_lr_scale=0"))
