@@ -12,7 +12,8 @@ calls. Images get a random shift of a few pixels. The backbone starts from the p
 and learns at `model.policy.backbone_lr_scale` x lr (0 freezes it); with `backbone: null` it starts
 from random weights and learns at the full rate (Scratch-FM); with `init_policy` the whole policy starts
 from a trained one's weights (a second stage). A frozen backbone (lr scale 0, no shift) can read its features
-from `feature_cache`, computed once per demo frame (policies/feature_cache.py). Writes `<out_dir>/pretrained_model`
+from `feature_cache`, computed once per demo frame (policies/feature_cache.py). With `cotrain.weight` > 0 the
+pretrained backbone keeps its own video loss on frames of the actionless video beside the policy's (`ours_cotrain`). Writes `<out_dir>/pretrained_model`
 (`save_pretrained`: config.json + model.safetensors, and the processor pair that normalizes with the
 demos' statistics, as lerobot-train writes it) and resumable training checkpoints in `<out_dir>/checkpoints/last`. With `model.policy.context=state` (state_fm) the
 same loop trains the decoder on the privileged object poses instead of frames; with
