@@ -48,6 +48,10 @@ PLACE_LOW, PLACE_HIGH = np.array([0.18, -0.24]), np.array([0.50, 0.24])  # where
 OBJECT_YAW_RANGE = np.pi / 4
 CAMERA_POS, CAMERA_TARGET = np.array([0.78, 0.0, 0.42]), np.array([0.3, 0.0, 0.0])
 DISTRACTOR_POOL = ("spoon", "carrot", "green_block", "eggplant", "red_ball", "cyan_can", "pink_cup", "plate")
+# What variant aggregation varies; `variant_factors` keeps a subset (the rest at the nominal scene) to tell
+# which of them costs a policy its success. Each factor's random draws are made either way, so a scene
+# with a factor off is the full variant scene with only that factor reset.
+VARIANT_FACTORS = ("lighting", "table", "backdrop", "camera", "distractors")
 INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " .,'-"
 SUBSTEP_CHUNKS = 2  # the hand target is interpolated in this many pieces within one control step
 
@@ -77,6 +81,8 @@ class TabletopEnv(gym.Env):
         robot: "widowx" (the arm) or "hand" (the second embodiment, for actionless video).
         max_episode_steps: horizon; the task's own (60, or 120 for the eggplant) by default.
         control_hz: control rate; physics runs at 50 Hz underneath.
+        variant_factors: what variant aggregation varies (a subset of VARIANT_FACTORS; all by default);
+            the others stay nominal. Visual matching ignores it.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 5}
@@ -90,6 +96,7 @@ class TabletopEnv(gym.Env):
         max_episode_steps: int | None = None,
         render_mode: str = "rgb_array",
         control_hz: float = 5.0,
+        variant_factors: tuple[str, ...] | list[str] = VARIANT_FACTORS,
     ):
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
@@ -99,6 +106,10 @@ class TabletopEnv(gym.Env):
             raise ValueError(f"image_size must be an even int >= 16 (H.264 videos), got {image_size!r}")
         if not 0 < control_hz <= 25:
             raise ValueError(f"control_hz must be in (0, 25] (physics runs at 50 Hz), got {control_hz!r}")
+        unknown = sorted(set(variant_factors) - set(VARIANT_FACTORS))
+        if unknown:
+            raise ValueError(f"unknown variant_factors {unknown}; expected a subset of {VARIANT_FACTORS}")
+        self.variant_factors = frozenset(variant_factors)
         self.spec_task = get_task(task)
         self.task_description = self.spec_task.instruction
         self.protocol = protocol
@@ -191,7 +202,8 @@ class TabletopEnv(gym.Env):
         mujoco.mj_resetData(self.model, self.data)
         variant = self.protocol == "variant_aggregation"
         self._apply_appearance(rng if variant else None)
-        self._place_objects(rng, num_distractors=int(rng.integers(1, 4)) if variant else 1)
+        distractors = int(rng.integers(1, 4)) if variant else 1
+        self._place_objects(rng, distractors if "distractors" in self.variant_factors else 1)
 
         self._hand_pos = np.array([0.25, 0.0, 0.18]) + rng.uniform(-0.02, 0.02, 3)
         self._hand_rpy = np.zeros(3)
@@ -220,16 +232,30 @@ class TabletopEnv(gym.Env):
         for key in ("geom_rgba", "geom_contype", "geom_conaffinity", "body_gravcomp"):
             getattr(m, key)[:] = nominal[key]
         cam_pos, cam_target = CAMERA_POS.copy(), CAMERA_TARGET.copy()
-        if rng is not None:
-            m.light_diffuse[:] *= rng.uniform(0.5, 1.6) * rng.uniform(0.85, 1.15, 3)
-            m.light_dir[0, :2] += rng.uniform(-0.4, 0.4, 2)
+        if rng is not None:  # every draw is made, in this order, whichever factors apply
+            light_scale = rng.uniform(0.5, 1.6) * rng.uniform(0.85, 1.15, 3)
+            light_shift = rng.uniform(-0.4, 0.4, 2)
             table_mat = self._table_mats[int(rng.integers(len(self._table_mats)))]
-            m.geom_matid[self._table_geom] = table_mat
-            m.mat_rgba[table_mat, :3] = rng.uniform(0.3, 0.95, 3)
-            m.mat_rgba[self._backdrop_mat, :3] = rng.uniform(0.1, 1.0, 3)
-            cam_pos += rng.uniform(-0.04, 0.04, 3)
-            cam_target += rng.uniform(-0.03, 0.03, 3)
-            m.cam_fovy[self._camera] += rng.uniform(-3, 3)
+            table_rgb = rng.uniform(0.3, 0.95, 3)
+            backdrop_rgb = rng.uniform(0.1, 1.0, 3)
+            cam_shift, target_shift, fovy_shift = (
+                rng.uniform(-0.04, 0.04, 3),
+                rng.uniform(-0.03, 0.03, 3),
+                rng.uniform(-3, 3),
+            )
+            factors = self.variant_factors
+            if "lighting" in factors:
+                m.light_diffuse[:] *= light_scale
+                m.light_dir[0, :2] += light_shift
+            if "table" in factors:
+                m.geom_matid[self._table_geom] = table_mat
+                m.mat_rgba[table_mat, :3] = table_rgb
+            if "backdrop" in factors:
+                m.mat_rgba[self._backdrop_mat, :3] = backdrop_rgb
+            if "camera" in factors:
+                cam_pos += cam_shift
+                cam_target += target_shift
+                m.cam_fovy[self._camera] += fovy_shift
         xy = look_at_xyaxes(cam_pos, cam_target)
         m.cam_pos[self._camera] = cam_pos
         cam_rot = np.stack([xy[:3], xy[3:], np.cross(xy[:3], xy[3:])], axis=1)

@@ -4,7 +4,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import sim
-from sim.env import TabletopEnv
+from sim.env import VARIANT_FACTORS, TabletopEnv
 from sim.experts import ExpertController
 from sim.tasks import PROTOCOLS, TASKS
 
@@ -89,6 +89,30 @@ def test_visual_matching_restores_nominal_after_variants(envs):
         np.testing.assert_array_equal(first, env.reset(seed=5)[0]["pixels"]["image"])
     finally:
         env.close()
+
+
+def test_variant_factors_reset_only_their_own_part_of_the_scene(envs):
+    """A factor left out is the full variant scene with that part nominal: without the camera the objects
+    stand where they did and the image moves; with no factor the look is the nominal one, one distractor."""
+    full = envs("spoon_on_towel", "variant_aggregation")
+    no_camera = TabletopEnv(
+        "spoon_on_towel", "variant_aggregation", variant_factors=VARIANT_FACTORS[:3] + ("distractors",)
+    )
+    none = TabletopEnv("spoon_on_towel", "variant_aggregation", variant_factors=[])
+    try:
+        obs, obs_no_camera = full.reset(seed=3)[0], no_camera.reset(seed=3)[0]
+        np.testing.assert_array_equal(obs["environment_state"], obs_no_camera["environment_state"])
+        assert np.abs(obs["pixels"]["image"].astype(int) - obs_no_camera["pixels"]["image"]).mean() > 2
+        for seed in range(4):
+            none.reset(seed=seed)
+            for key in ("light_diffuse", "light_dir", "mat_rgba", "geom_matid", "cam_fovy"):
+                np.testing.assert_array_equal(getattr(none.model, key), none._nominal[key], err_msg=key)
+            placed = [n for n in none._objects[2:] if none.data.body(n).xpos[0] < 1]  # parked at x = 3
+            assert len(placed) == 1, placed
+    finally:
+        no_camera.close(), none.close()
+    with pytest.raises(ValueError, match=r"unknown variant_factors \['fog'\]"):
+        TabletopEnv("spoon_on_towel", variant_factors=["camera", "fog"])
 
 
 @pytest.mark.parametrize("task", list(TASKS))
