@@ -42,7 +42,7 @@ from data.dataset import load_metadata
 from policies.feature_cache import check_cacheable, load_or_compute
 from policies.vipra import VipraConfig, VipraPolicy
 from policies.vipra.configuration_vipra import ACTION_KEY, ENV_STATE_KEY, STATE_KEY
-from policies.vipra.modeling_vipra import WAYPOINT_EVENTS, WAYPOINT_KEY, WAYPOINT_PAD_KEY
+from policies.vipra.modeling_vipra import HAND_NOW, WAYPOINT_EVENTS, WAYPOINT_KEY, WAYPOINT_PAD_KEY
 from policies.vipra.processor_vipra import make_vipra_pre_post_processors
 from world_model.backbone.train import Objective as VideoObjective
 from world_model.backbone.train import load_labelled_video
@@ -116,11 +116,16 @@ class Waypoints:
         return ((self.points[..., 2] * keep).sum(0) / keep.sum(0).clamp_min(1)).tolist()
 
     @classmethod
-    def of(cls, bank: EpisodeBank, gripper_dim: int, camera: PinholeCamera) -> "Waypoints":
+    def of(
+        cls, bank: EpisodeBank, gripper_dim: int, camera: PinholeCamera, hand: bool = False
+    ) -> "Waypoints":
+        """`hand`: a third point per row, the hand in that frame (the hand anchor's label, HAND_NOW)."""
         events = next_gripper_events(bank, gripper_dim)
-        points = bank.columns[STATE_KEY][:, :3][events.clamp_min(0)]  # (F, 2, 3)
+        if hand:
+            events = torch.cat([events, torch.arange(len(events))[:, None]], dim=1)
+        points = bank.columns[STATE_KEY][:, :3][events.clamp_min(0)]  # (F, M, 3)
         unit = camera.to_unit(camera.project(points.reshape(-1, 3).double().numpy()))
-        return cls(points, torch.from_numpy(unit).float().view(-1, 2, 2), events < 0)
+        return cls(points, torch.from_numpy(unit).float().view(*events.shape, 2), events < 0)
 
 
 CONSTANT_MSE_FLOOR = 1e-3  # dimensions the constant predictor already gets right are not scored
@@ -177,13 +182,14 @@ def held_out_scores(policy: VipraPolicy, batch: dict) -> dict[str, float]:
 def waypoint_errors_cm(
     policy: VipraPolicy, batch: dict, points: torch.Tensor, camera: PinholeCamera
 ) -> dict[str, float]:
-    """Per event, the RMS x-y distance (cm) between where the hand was at it (points (B, 2, 3) metres) and
+    """Per event (and the hand now, with the hand anchor), the RMS x-y distance (cm) between where the hand
+    was at it (points (B, M, 3) metres) and
     the waypoint map's peak seen on the table at that height through the camera, over the frames that
     have one."""
     predicted = policy._encode_with_waypoint(batch)[1][1].cpu().double().numpy()  # (B, 2, 2) in [-1, 1]
     keep = ~batch[WAYPOINT_PAD_KEY].cpu().numpy()
     scores = {}
-    for j, event in enumerate(WAYPOINT_EVENTS):
+    for j, event in enumerate((*WAYPOINT_EVENTS, HAND_NOW)[: predicted.shape[1]]):
         if not keep[:, j].any():
             continue
         truth = points[keep[:, j], j].double().numpy()
@@ -243,6 +249,9 @@ def build_policy(cfg: DictConfig, bank: EpisodeBank) -> VipraPolicy:
         pcfg["camera_calibration"] = OmegaConf.to_container(cfg.task.camera, resolve=True)
         waypoints = Waypoints.of(bank, pcfg["binary_action_dims"][0], camera)
         pcfg["waypoint_heights"] = waypoints.mean_heights()
+        if pcfg.get("hand_anchor"):  # the preprocessor's statistics of the hand's position
+            stats = dataset_stats(bank)[STATE_KEY]
+            pcfg["hand_position_stats"] = {k: stats[k][:3].tolist() for k in ("mean", "std")}
     pcfg.pop("waypoint_on_table", None)
     config = VipraConfig(
         **pcfg,
@@ -378,9 +387,10 @@ class PolicyTask(TrainTask):
         if policy.config.waypoint_weight > 0:  # a gripper event needs a binary gripper dim (checked)
             self.camera = calibrated_camera(cfg)
             gripper = policy.config.binary_action_dims[0]
-            self.waypoints = Waypoints.of(self.bank, gripper, self.camera)
+            hand = policy.config.hand_anchor
+            self.waypoints = Waypoints.of(self.bank, gripper, self.camera, hand)
             if self.held_out is not None:
-                self.held_out_waypoints = Waypoints.of(self.held_out, gripper, self.camera)
+                self.held_out_waypoints = Waypoints.of(self.held_out, gripper, self.camera, hand)
         self.modules = {"policy": policy}
         self.grad_clip = policy.config.optimizer_grad_clip_norm
         self.device = device

@@ -93,6 +93,14 @@ class VipraConfig(PreTrainedConfig):
     # with where the hand is in the same units, as state_fm compares object poses with the state.
     camera_calibration: dict | None = None
     waypoint_heights: list[float] = field(default_factory=list)
+    # With the calibration: one more map finds the hand in the current frame (labels: the state's own hand
+    # position, projected), and every event's point on the table moves by where the state says the hand is
+    # minus where the calibration sees it. A camera moved since its calibration (variant aggregation's, by
+    # up to 4 cm and 3 degrees) shifts both alike: the offset cancels most of its error near the hand.
+    hand_anchor: bool = False
+    # {"mean", "std"} of the state's first three dims (the hand's x, y, z in metres), the preprocessor's own
+    # statistics, set by train_policy: the policy sees the state normalized.
+    hand_position_stats: dict | None = None
     # What of the backbone the decoder reads besides the robot state. "all": the pooled image tokens, the
     # instruction token and the waypoint tokens. "waypoints": only the instruction and the waypoint tokens,
     # a bottleneck like state_fm's object poses: with few demos the decoder cannot recall a scene from its
@@ -166,6 +174,16 @@ class VipraConfig(PreTrainedConfig):
             raise ValueError(f"decoder_reads must be one of {DECODER_READS}, got {self.decoder_reads!r}")
         if self.decoder_reads == "waypoints" and not self.waypoint_weight:
             raise ValueError("decoder_reads='waypoints' needs the waypoint maps: set waypoint_weight > 0")
+        if self.hand_anchor and not (
+            self.camera_calibration
+            and self.hand_position_stats
+            and all(len(self.hand_position_stats.get(k, ())) == 3 for k in ("mean", "std"))
+        ):
+            raise ValueError(
+                "hand_anchor sees the hand on the table through the camera: needs waypoint_weight > 0, "
+                "camera_calibration and hand_position_stats {'mean': [x, y, z], 'std': [x, y, z]} (got "
+                f"calibration {self.camera_calibration}, stats {self.hand_position_stats})"
+            )
         if self.camera_calibration and len(self.waypoint_heights) != 2:
             raise ValueError(
                 "a calibrated camera sees the waypoints on planes at waypoint_heights: give one height (m) "

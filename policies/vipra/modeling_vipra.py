@@ -49,6 +49,7 @@ from world_model.layers import (
 )
 
 WAYPOINT_EVENTS = ("close", "open")  # the waypoint maps: where the gripper next closes, next opens
+HAND_NOW = "now"  # the hand anchor's map: where the hand is in the current frame (after the events')
 WAYPOINT_KEY = (
     "waypoint"  # (B, 2, 2) x, y in [-1, 1]: where the hand is at those events, in the image (training)
 )
@@ -143,13 +144,15 @@ class TablePoints(nn.Module):
         self.register_buffer("origin", torch.tensor(camera.pos, dtype=torch.float32), persistent=False)
         self.register_buffer("heights", torch.tensor(heights, dtype=torch.float32), persistent=False)
 
-    def forward(self, points: torch.Tensor) -> torch.Tensor:
+    def forward(self, points: torch.Tensor, heights: torch.Tensor | None = None) -> torch.Tensor:
+        """`heights` (B, M) metres: other planes than the maps' own."""
+        heights = self.heights if heights is None else heights
         pixels = (points + 1) * self.half  # u right, v down
         rays = torch.stack(
             [(pixels[..., 0] - self.half) / self.focal, -(pixels[..., 1] - self.half) / self.focal,
              -torch.ones_like(pixels[..., 0])], dim=-1,
         ) @ self.rotation  # fmt: skip
-        t = (self.heights - self.origin[2]) / rays[..., 2]  # (B, M)
+        t = (heights - self.origin[2]) / rays[..., 2]  # (B, M)
         return self.origin + t[..., None] * rays
 
 
@@ -160,9 +163,11 @@ class WaypointHeatmaps(nn.Module):
     calibration: a detector of the object and the place. Each map's soft-argmax is one more token for the
     decoder, an MLP of its Fourier features, with a calibrated camera the point on the table in metres, and
     the robot state (so that it can form where to go from where the hand is, as state_fm's context does).
+    With `hand_stats` (the hand anchor) one more map finds the hand in the current frame, and the events'
+    table points move by where the state says the hand is minus where the camera sees it.
 
         fmap (B, c, g, g), instruction (B, C), normalized state (B, S) -> logits (B, M, g, g),
-        points (B, M, 2) x, y in [-1, 1], tokens (B, M, C)
+        points (B, M, 2) x, y in [-1, 1], tokens (B, E, C) for the E events (M = E, or E + 1 with the hand)
     """
 
     def __init__(
@@ -173,10 +178,21 @@ class WaypointHeatmaps(nn.Module):
         maps: int = 2,
         bands: int = 6,
         table: TablePoints | None = None,
+        hand_stats: dict | None = None,
     ):
         super().__init__()
-        self.bands, self.table = bands, table
-        self.maps = FiLMHeatmaps(channels, dim, maps)
+        if hand_stats is not None and table is None:
+            raise ValueError("the hand anchor sees the hand on the table: it needs the calibrated camera")
+        self.bands, self.table, self.events = bands, table, maps
+        self.maps = FiLMHeatmaps(channels, dim, maps + (hand_stats is not None))
+        self.hand_stats = hand_stats is not None
+        if self.hand_stats:  # the state arrives normalized: the preprocessor's (x - mean) / (std + eps)
+            self.register_buffer(
+                "hand_mean", torch.tensor(hand_stats["mean"], dtype=torch.float32), persistent=False
+            )
+            self.register_buffer(
+                "hand_std", torch.tensor(hand_stats["std"], dtype=torch.float32) + 1e-8, persistent=False
+            )
         width = 4 * bands + (3 if table is not None else 0) + state_dim
         self.embed = nn.Sequential(nn.Linear(width, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
         self.which = nn.Parameter(torch.randn(maps, dim) * 0.02)  # which event a token names
@@ -184,11 +200,22 @@ class WaypointHeatmaps(nn.Module):
     def forward(self, fmap: torch.Tensor, instruction: torch.Tensor, state: torch.Tensor):
         logits = self.maps(fmap, instruction)
         points = soft_argmax(logits)
-        features = [fourier(points, self.bands)]
+        events = points[:, : self.events]  # (B, E, 2); the hand's is the last map's
+        features = [fourier(events, self.bands)]
         if self.table is not None:
-            features.append(TABLE_SCALE * self.table(points))
-        features.append(state[:, None].expand(-1, points.shape[1], -1))
+            seen = self.table(events)  # (B, E, 3) metres
+            if self.hand_stats:
+                seen = seen + self.hand_offset(points[:, -1], state)[:, None]
+            features.append(TABLE_SCALE * seen)
+        features.append(state[:, None].expand(-1, events.shape[1], -1))
         return logits, points, self.embed(torch.cat(features, dim=-1)) + self.which
+
+    def hand_offset(self, hand_point: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """(B, 3) where the state puts the hand minus where the camera's calibration sees the hand map's
+        point (B, 2), on the plane at the hand's height: the calibration's error there (z: 0)."""
+        hand = state[:, :3] * self.hand_std + self.hand_mean  # (B, 3) metres
+        seen = self.table(hand_point[:, None], heights=hand[:, 2:3])[:, 0]
+        return (hand - seen) * hand.new_tensor([1.0, 1.0, 0.0])
 
 
 def waypoint_loss(logits: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor) -> torch.Tensor:
@@ -251,6 +278,7 @@ class VipraPolicy(PreTrainedPolicy):
                 config.state_dim,
                 len(WAYPOINT_EVENTS),
                 table=table,
+                hand_stats=config.hand_position_stats if config.hand_anchor else None,
             )
         if pretrained is not None:
             self.backbone.load_state_dict(pretrained.state_dict())
@@ -374,6 +402,12 @@ class VipraPolicy(PreTrainedPolicy):
                     f"waypoint_weight > 0 trains on batch[{WAYPOINT_KEY!r}] (B, 2, 2) and "
                     f"[{WAYPOINT_PAD_KEY!r}] (B, 2): where the hand closes and opens next, in the image "
                     "(policies.train_policy adds them from the demos' states and the camera's calibration)"
+                )
+            if batch[WAYPOINT_KEY].shape[1] != waypoint[0].shape[1]:
+                raise ValueError(
+                    f"batch[{WAYPOINT_KEY!r}] has {batch[WAYPOINT_KEY].shape[1]} points per sample, the policy "
+                    f"draws {waypoint[0].shape[1]} maps (hand_anchor={cfg.hand_anchor} adds the hand's: "
+                    "train_policy's Waypoints.of(..., hand=True))"
                 )
             heat = waypoint_loss(waypoint[0], batch[WAYPOINT_KEY], batch[WAYPOINT_PAD_KEY].to(actions.device))
             loss = loss + cfg.waypoint_weight * heat
