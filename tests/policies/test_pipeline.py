@@ -1,6 +1,7 @@
 """The whole pipeline at toy scale on the fixture datasets: latent actions -> labels -> backbone ->
 policy -> the evaluation harness; and the stage plan of python -m policies.pipeline."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -372,7 +373,8 @@ def test_the_feature_probe_reads_the_conv_stem_map_with_the_camera(pipeline_runs
 def test_waypoints_are_where_the_demos_grasp_and_train_through_the_trainer(pipeline_runs, datasets):
     """next_gripper_events: before the grasp the next close is over the object to pick and the next open
     after it (the demos' own states find them, no object pose read); projected through the task's camera
-    the object is where it is drawn; a scratch policy with the waypoint maps trains and scores them."""
+    the object is where it is drawn; a scratch policy with the waypoint maps and the hand anchor trains and
+    scores all three (the anchor's label is the hand in the frame itself)."""
     from data.camera import PinholeCamera
     from data.chunks import EpisodeBank
     from policies.train_policy import Waypoints, next_gripper_events
@@ -408,6 +410,10 @@ def test_waypoints_are_where_the_demos_grasp_and_train_through_the_trainer(pipel
     pixels = (waypoints.unit[first, 0].double().numpy() + 1) * cfg.task.image_size / 2
     drawn = camera.project(bank.columns["observation.environment_state"][first, :3].double().numpy())
     assert ((pixels - drawn) ** 2).sum(-1).max() ** 0.5 < 5
+    anchored = Waypoints.of(bank, 6, camera, hand=True)
+    torch.testing.assert_close(anchored.unit[:, :2], waypoints.unit)
+    torch.testing.assert_close(anchored.points[:, 2], bank.columns["observation.state"][:, :3])
+    assert not anchored.is_pad[:, 2].any()
 
     _, run_dir, _ = pipeline_runs
     cfg = config(
@@ -417,10 +423,13 @@ def test_waypoints_are_where_the_demos_grasp_and_train_through_the_trainer(pipel
         f"train.policy.out_dir={run_dir}/waypoint",
         "model.backbone.stem=conv",
         "model.policy.waypoint_weight=1.0",
+        "model.policy.hand_anchor=true",
         "train.policy.val_fraction=0.5",
     )
     summary = train_policy(cfg)
-    assert 0 < summary["held_out_waypoint_close_cm"] < 100 and 0 < summary["held_out_waypoint_open_cm"] < 100
+    assert all(0 < summary[f"held_out_waypoint_{e}_cm"] < 100 for e in ("close", "open", "now"))
+    saved = json.loads((run_dir / "waypoint" / "pretrained_model" / "config.json").read_text())
+    assert saved["hand_anchor"] and len(saved["hand_position_stats"]["std"]) == 3
 
 
 def test_make_results_runs_through_the_harness_on_a_toy_profile(datasets, tmp_path):
