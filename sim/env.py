@@ -47,6 +47,9 @@ PLACE_LOW, PLACE_HIGH = np.array([0.18, -0.24]), np.array([0.50, 0.24])  # where
 # Objects are placed at yaws within +-OBJECT_YAW_RANGE (rad) of the table's axes (reports/calibration.md).
 OBJECT_YAW_RANGE = np.pi / 4
 CAMERA_POS, CAMERA_TARGET = np.array([0.78, 0.0, 0.42]), np.array([0.3, 0.0, 0.0])
+# Variant aggregation moves the camera: each position and look-at coordinate by up to +-pos / +-target
+# metres, the vertical field of view by up to +-fovy degrees (uniform).
+CAMERA_JITTER = {"pos": 0.04, "target": 0.03, "fovy": 3.0}
 DISTRACTOR_POOL = ("spoon", "carrot", "green_block", "eggplant", "red_ball", "cyan_can", "pink_cup", "plate")
 # What variant aggregation varies; `variant_factors` keeps a subset (the rest at the nominal scene) to tell
 # which of them costs a policy its success. Each factor's random draws are made either way, so a scene
@@ -238,10 +241,11 @@ class TabletopEnv(gym.Env):
             table_mat = self._table_mats[int(rng.integers(len(self._table_mats)))]
             table_rgb = rng.uniform(0.3, 0.95, 3)
             backdrop_rgb = rng.uniform(0.1, 1.0, 3)
+            jitter = CAMERA_JITTER
             cam_shift, target_shift, fovy_shift = (
-                rng.uniform(-0.04, 0.04, 3),
-                rng.uniform(-0.03, 0.03, 3),
-                rng.uniform(-3, 3),
+                rng.uniform(-jitter["pos"], jitter["pos"], 3),
+                rng.uniform(-jitter["target"], jitter["target"], 3),
+                rng.uniform(-jitter["fovy"], jitter["fovy"]),
             )
             factors = self.variant_factors
             if "lighting" in factors:
