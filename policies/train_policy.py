@@ -43,7 +43,7 @@ from policies.feature_cache import check_cacheable, load_or_compute
 from policies.vipra import VipraConfig, VipraPolicy
 from policies.vipra.configuration_vipra import ACTION_KEY, ENV_STATE_KEY, STATE_KEY
 from policies.vipra.modeling_vipra import HAND_NOW, WAYPOINT_EVENTS, WAYPOINT_KEY, WAYPOINT_PAD_KEY
-from policies.vipra.processor_vipra import make_vipra_pre_post_processors
+from policies.vipra.processor_vipra import MIN_STD, make_vipra_pre_post_processors
 from world_model.backbone.train import Objective as VideoObjective
 from world_model.backbone.train import load_labelled_video
 from world_model.backbone.train import make_batch as make_video_batch
@@ -251,7 +251,10 @@ def build_policy(cfg: DictConfig, bank: EpisodeBank) -> VipraPolicy:
         pcfg["waypoint_heights"] = waypoints.mean_heights()
         if pcfg.get("hand_anchor"):  # the preprocessor's statistics of the hand's position
             stats = dataset_stats(bank)[STATE_KEY]
-            pcfg["hand_position_stats"] = {k: stats[k][:3].tolist() for k in ("mean", "std")}
+            pcfg["hand_position_stats"] = {
+                "mean": stats["mean"][:3].tolist(),
+                "std": stats["std"][:3].clamp_min(MIN_STD).tolist(),
+            }
     pcfg.pop("waypoint_on_table", None)
     config = VipraConfig(
         **pcfg,
