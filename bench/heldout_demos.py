@@ -49,7 +49,7 @@ def score(folder: Path, bank: EpisodeBank, rows: torch.Tensor, cfg, steps: int) 
     if policy.config.waypoint_weight <= 0:
         raise ValueError(f"{folder} has no waypoint maps: this probe scores image policies with them")
     camera = calibrated_camera(cfg)
-    waypoints = Waypoints.of(bank, policy.config.binary_action_dims[0], camera)
+    waypoints = Waypoints.of(bank, policy.config.binary_action_dims[0], camera, policy.config.hand_anchor)
     batch = make_batch(bank, rows, policy.config.chunk_size, cfg.task.image_key, 0, None, waypoints)
     labels = {k: batch.pop(k) for k in (WAYPOINT_KEY, WAYPOINT_PAD_KEY)}  # around the preprocessor
     batch = processed.preprocessor(batch) | labels

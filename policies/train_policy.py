@@ -183,10 +183,9 @@ def waypoint_errors_cm(
     policy: VipraPolicy, batch: dict, points: torch.Tensor, camera: PinholeCamera
 ) -> dict[str, float]:
     """Per event (and the hand now, with the hand anchor), the RMS x-y distance (cm) between where the hand
-    was at it (points (B, M, 3) metres) and
-    the waypoint map's peak seen on the table at that height through the camera, over the frames that
-    have one."""
-    predicted = policy._encode_with_waypoint(batch)[1][1].cpu().double().numpy()  # (B, 2, 2) in [-1, 1]
+    was at it (points (B, M, 3) metres) and the waypoint map's peak seen on the table at that height
+    through the camera, over the frames that have one."""
+    predicted = policy._encode_with_waypoint(batch)[1][1].cpu().double().numpy()  # (B, M, 2) in [-1, 1]
     keep = ~batch[WAYPOINT_PAD_KEY].cpu().numpy()
     scores = {}
     for j, event in enumerate((*WAYPOINT_EVENTS, HAND_NOW)[: predicted.shape[1]]):
