@@ -26,15 +26,14 @@ from sim.env import TabletopEnv
 from sim.experts import ExpertController
 from sim.tasks import TASKS, get_task
 from sim.variant_factors import SETTINGS
-from world_model.layers import soft_argmax
 
 
 def true_pixel(env: TabletopEnv, point: np.ndarray) -> np.ndarray:
     """(3,) metres -> (2,) pixels (u right, v down) through the scene's camera as MuJoCo renders it."""
-    cam = env.model.cam_fovy[env._camera]
+    fovy = env.model.cam_fovy[env._camera]
     rel = env.data.cam_xmat[env._camera].reshape(3, 3).T @ (point - env.data.cam_xpos[env._camera])
     half = env.image_size / 2
-    focal = half / np.tan(np.radians(cam) / 2)
+    focal = half / np.tan(np.radians(fovy) / 2)
     return np.array([half + focal * rel[0] / -rel[2], half - focal * rel[1] / -rel[2]])
 
 
@@ -48,10 +47,10 @@ def approach_frames(task: str, setting: str, scenes: int, seed: int):
             obs, _ = env.reset(seed=seed + i)
             expert, prev = ExpertController(get_task(task)), obs["pixels"]["image"]
             for _ in range(int(rng.integers(0, 12))):
-                prev = obs["pixels"]["image"]
                 action = expert.act(obs["agent_pos"], obs["environment_state"])
                 if action[6] >= 0.5:  # about to close: stop before the grasp
                     break
+                prev = obs["pixels"]["image"]
                 obs, *_ = env.step(action)
             hand = obs["agent_pos"][:3].astype(float)
             yield (
@@ -76,8 +75,7 @@ def errors(policy: ProcessedPolicy, task: str, setting: str, scenes: int, seed: 
         )
         words = tokenize(batch["task"], model.backbone.cfg.vocab_size)
         fmap = model.backbone(frames, words).fmap
-        logits = maps.maps(fmap, model.backbone.word_embed(words))
-        points = soft_argmax(logits)  # (1, M, 2) in [-1, 1]
+        _, points, _ = maps(fmap, model.backbone.word_embed(words), batch[STATE_KEY])  # (1, M, 2) in [-1, 1]
         close = maps.table(points[:, :2])[0, 0, :2].numpy()
         out["close_cm"].append(100 * float(np.linalg.norm(close - source)))
         if maps.hand_stats:
