@@ -13,7 +13,8 @@ and learns at `model.policy.backbone_lr_scale` x lr (0 freezes it); with `backbo
 from random weights and learns at the full rate (Scratch-FM); with `init_policy` the whole policy starts
 from a trained one's weights (a second stage). A frozen backbone (lr scale 0, no shift) can read its features
 from `feature_cache`, computed once per demo frame (policies/feature_cache.py). With `cotrain.weight` > 0 the
-pretrained backbone keeps its own video loss on frames of the actionless video beside the policy's (`ours_cotrain`). Writes `<out_dir>/pretrained_model`
+pretrained backbone keeps its own video loss on frames of the actionless video beside the policy's (`ours_cotrain`).
+With `looks.prob` > 0 that share of the demo frames get new background colours and light (data/looks.py). Writes `<out_dir>/pretrained_model`
 (`save_pretrained`: config.json + model.safetensors, and the processor pair that normalizes with the
 demos' statistics, as lerobot-train writes it) and resumable training checkpoints in `<out_dir>/checkpoints/last`. With `model.policy.context=state` (state_fm) the
 same loop trains the decoder on the privileged object poses instead of frames; with
@@ -39,6 +40,7 @@ from data.camera import PinholeCamera
 from data.chunks import EpisodeBank, split_episodes
 from data.clips import random_shift, shift_offsets
 from data.dataset import load_metadata
+from data.looks import LookAugment, LookDraw
 from policies.feature_cache import check_cacheable, load_or_compute
 from policies.vipra import VipraConfig, VipraPolicy
 from policies.vipra.configuration_vipra import ACTION_KEY, ENV_STATE_KEY, STATE_KEY
@@ -61,10 +63,12 @@ def make_batch(
     shift: int,
     offsets: torch.Tensor | None = None,
     waypoints: "Waypoints | None" = None,
+    looks: tuple[LookAugment, LookDraw] | None = None,
 ) -> dict:
     """Rows of frames t -> a LeRobot training batch; `offsets` (2, B) are the random shifts. With
     `image_key` None (the state context) the batch has the object poses instead of frames. With
-    `waypoints` it has where the hand next closes and opens in the image, shifted with the frames."""
+    `waypoints` it has where the hand next closes and opens in the image, shifted with the frames. With
+    `looks` (the augmentation and this batch's draw) the frames' colours and light change first."""
     w = bank.window(rows, horizon)
     batch = {
         STATE_KEY: bank.columns[STATE_KEY][rows],
@@ -76,7 +80,10 @@ def make_batch(
         return batch | {ENV_STATE_KEY: bank.columns[ENV_STATE_KEY][rows]}
     if shift > 0 and offsets is None:
         offsets = shift_offsets(len(rows), shift)
-    frames = random_shift(bank.frames[w.context].float() / 255, shift, offsets=offsets)  # (B, 2, 3, H, W)
+    frames = bank.frames[w.context].float() / 255  # (B, 2, 3, H, W)
+    if looks is not None:
+        frames = looks[0](frames, looks[1])
+    frames = random_shift(frames, shift, offsets=offsets)
     if waypoints is not None:
         uv = waypoints.unit[rows]  # (B, 2, 2)
         if shift > 0:  # what was at pixel p is now at p - (offset - shift)
@@ -408,6 +415,14 @@ class PolicyTask(TrainTask):
             self.features = load_or_compute(
                 tcfg.feature_cache, policy, len(self.bank), self.unshifted_batch, describe
             )
+        self.looks = None  # photometric augmentation of the demo frames (train.policy.looks)
+        looks = tcfg.get("looks") or {}
+        if looks.get("prob", 0) > 0 and self.image_key is not None:
+            if self.features is not None:
+                raise ValueError(
+                    "train.policy.looks changes the frames at every step; a feature_cache holds one set per frame"
+                )
+            self.looks = LookAugment.fit(self.bank.frames, looks)
         self.video = self.video_shift = None  # actionless video the backbone keeps predicting (cotrain)
         cotrain = tcfg.get("cotrain") or {}
         if cotrain.get("weight", 0) > 0:
@@ -488,14 +503,15 @@ class PolicyTask(TrainTask):
 
     def draw(self, step: int, gen: torch.Generator, size: int):
         rows = torch.randint(len(self.bank), (size,), generator=gen)
-        demos = rows, shift_offsets(size, self.tcfg.shift, gen)
+        looks = self.looks.draw(size, gen) if self.looks is not None else None
+        demos = rows, shift_offsets(size, self.tcfg.shift, gen), looks
         if self.video is None:
             return demos
         video_rows = torch.randint(len(self.video), (size,), generator=gen)
         return demos + (video_rows, shift_offsets(size, self.video_shift, gen))
 
     def micro_batch(self, draw, positions: torch.Tensor, step: int) -> tuple:
-        rows, offsets = draw[:2]
+        rows, offsets, looks = draw[:3]
         horizon = self.model.config.chunk_size
         batch = make_batch(
             self.bank,
@@ -505,13 +521,14 @@ class PolicyTask(TrainTask):
             self.tcfg.shift,
             offsets[:, positions],
             self.waypoints,
+            (self.looks, looks[positions]) if looks is not None else None,
         )
         batch = self.preprocess(batch)
         if self.features is not None:  # the frozen backbone's features of these rows, computed once
             batch |= self.features.batch(rows[positions], self.device)
         if self.video is None:
             return (batch,)
-        return (batch, *self.video_micro_batch(draw[2], draw[3], positions))
+        return (batch, *self.video_micro_batch(draw[3], draw[4], positions))
 
     def video_micro_batch(self, rows: torch.Tensor, offsets: torch.Tensor, positions: torch.Tensor) -> tuple:
         """Video frames for co-training: `cotrain.fraction` of a frame per demo frame of the micro-batch."""
