@@ -404,6 +404,15 @@ class PolicyTask(TrainTask):
         self.grad_clip = policy.config.optimizer_grad_clip_norm
         self.device = device
         self.image_key = None if self.state_context else cfg.task.image_key
+        self.looks = None  # photometric augmentation of the demo frames (train.policy.looks)
+        looks = tcfg.get("looks") or {}
+        if looks.get("prob", 0) > 0 and self.image_key is not None:
+            if tcfg.get("feature_cache"):
+                raise ValueError(
+                    f"train.policy.looks.prob={looks.prob} changes the frames at every step, and "
+                    "train.policy.feature_cache holds one set of features per frame: turn one of them off"
+                )
+            self.looks = LookAugment.fit(self.bank.frames, looks)
         self.features = None  # a frozen backbone's features per demo row (train.policy.feature_cache)
         if tcfg.get("feature_cache"):
             check_cacheable(policy, tcfg.shift)
@@ -415,14 +424,6 @@ class PolicyTask(TrainTask):
             self.features = load_or_compute(
                 tcfg.feature_cache, policy, len(self.bank), self.unshifted_batch, describe
             )
-        self.looks = None  # photometric augmentation of the demo frames (train.policy.looks)
-        looks = tcfg.get("looks") or {}
-        if looks.get("prob", 0) > 0 and self.image_key is not None:
-            if self.features is not None:
-                raise ValueError(
-                    "train.policy.looks changes the frames at every step; a feature_cache holds one set per frame"
-                )
-            self.looks = LookAugment.fit(self.bank.frames, looks)
         self.video = self.video_shift = None  # actionless video the backbone keeps predicting (cotrain)
         cotrain = tcfg.get("cotrain") or {}
         if cotrain.get("weight", 0) > 0:

@@ -79,3 +79,8 @@ def test_a_cache_of_another_backbone_or_a_learning_backbone_is_refused(datasets,
     )
     with pytest.raises(ValueError, match="needs train.policy.shift=0"):
         train(shifted)
+    recoloured = frozen_run(
+        root, first, tmp_path / "e", f"train.policy.feature_cache={cache}", "train.policy.looks.prob=0.5"
+    )
+    with pytest.raises(ValueError, match=r"looks.prob=0.5 changes the frames at every step"):
+        train(recoloured)
