@@ -21,15 +21,21 @@ from omegaconf import DictConfig
 
 @dataclass
 class LookDraw:
-    """One step's random looks: which samples change (B,), each part's new colour (B, K, 3) and the light's
-    gain per channel (B, 3)."""
+    """One step's random looks: which samples change (B,), each part's new colour (B, K, 3), the light's gain
+    per channel (B, 3); with patterns, each part's checker (B, K, H, W) multiplying its colour, and with
+    gradients, the light's slope across the image (B, 2)."""
 
     apply: torch.Tensor
     colours: torch.Tensor
     light: torch.Tensor
+    patterns: torch.Tensor | None = None
+    slopes: torch.Tensor | None = None
 
     def __getitem__(self, idx) -> "LookDraw":
-        return LookDraw(self.apply[idx], self.colours[idx], self.light[idx])
+        pick = lambda t: None if t is None else t[idx]  # noqa: E731
+        return LookDraw(
+            *(pick(t) for t in (self.apply, self.colours, self.light, self.patterns, self.slopes))
+        )
 
 
 @dataclass
@@ -43,6 +49,8 @@ class LookAugment:
     light: tuple[float, float]  # the light's brightness gain, uniform in this range
     tint: float  # and its per-channel gain, 1 +- tint
     threshold: float  # max channel difference from the median frame that is still background
+    pattern: float = 0.0  # share of the recoloured parts that get a checker (random cell and contrast)
+    gradient: float = 0.0  # the light's brightness slope across the image, up to +- this per half-width
 
     @classmethod
     def fit(cls, frames: torch.Tensor, cfg: DictConfig, samples: int = 2000) -> "LookAugment":
@@ -66,6 +74,8 @@ class LookAugment:
             tuple(cfg.light),
             float(cfg.tint),
             float(cfg.threshold),
+            float(cfg.get("pattern", 0.0)),
+            float(cfg.get("gradient", 0.0)),
         )
 
     def draw(self, n: int, gen: torch.Generator) -> LookDraw:
@@ -74,16 +84,42 @@ class LookAugment:
         lo, hi = self.light
         brightness = lo + (hi - lo) * torch.rand(n, 1, generator=gen)
         tint = 1 + self.tint * (2 * torch.rand(n, 3, generator=gen) - 1)
-        return LookDraw(torch.rand(n, generator=gen) < self.prob, colours, brightness * tint)
+        apply = torch.rand(n, generator=gen) < self.prob
+        # (drawn only when on, so a run without them draws what it always drew)
+        patterns = self.checkers(n, gen) if self.pattern > 0 else None
+        slopes = self.gradient * (2 * torch.rand(n, 2, generator=gen) - 1) if self.gradient > 0 else None
+        return LookDraw(apply, colours, brightness * tint, patterns, slopes)
+
+    def checkers(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """(n, K, H, W): per sample and part, 1 or a checker of 3-8 pixel cells whose dark cells are 0.6-0.9
+        (the variant tables' checker and grid textures, seen flat)."""
+        K, (H, W) = len(self.part_colours), self.parts.shape
+        on = (torch.rand(n, K, generator=gen) < self.pattern) & self.recolour
+        cell = torch.randint(3, 9, (n, K, 1, 1), generator=gen)
+        phase = torch.randint(0, 8, (2, n, K, 1, 1), generator=gen)
+        dark = 0.6 + 0.3 * torch.rand(n, K, 1, 1, generator=gen)
+        ys, xs = torch.arange(H)[:, None], torch.arange(W)[None]
+        odd = ((ys + phase[0]) // cell + (xs + phase[1]) // cell) % 2 == 1  # (n, K, H, W)
+        return torch.where(odd & on[..., None, None], dark, torch.ones(()))
 
     def __call__(self, frames: torch.Tensor, draw: LookDraw) -> torch.Tensor:
         """frames (B, T, 3, H, W) in [0, 1] -> the same with sample b's look changed where draw.apply[b]."""
         background = (frames - self.median).abs().amax(2, keepdim=True) < self.threshold  # (B, T, 1, H, W)
         part_gain = draw.colours / self.part_colours.clamp_min(1e-3)  # (B, K, 3)
         part_gain = torch.where(self.recolour[:, None], part_gain, torch.ones_like(part_gain))
-        pixel_gain = part_gain[:, self.parts].permute(0, 3, 1, 2)[:, None]  # (B, 1, 3, H, W)
-        recoloured = torch.where(background, frames * pixel_gain, frames)
-        lit = (recoloured * draw.light[:, None, :, None, None]).clamp(0, 1)
+        pixel_gain = part_gain[:, self.parts].permute(0, 3, 1, 2)  # (B, 3, H, W)
+        if draw.patterns is not None:  # each pixel takes its own part's checker
+            parts = self.parts.expand(len(frames), 1, *self.parts.shape)
+            pixel_gain = pixel_gain * draw.patterns.gather(1, parts)
+        recoloured = torch.where(background, frames * pixel_gain[:, None], frames)
+        light = draw.light[:, :, None, None]  # (B, 3, 1, 1)
+        if draw.slopes is not None:
+            H, W = self.parts.shape
+            ys, xs = torch.linspace(-1, 1, H)[:, None], torch.linspace(-1, 1, W)[None]
+            light = (
+                light * (1 + draw.slopes[:, 0, None, None] * xs + draw.slopes[:, 1, None, None] * ys)[:, None]
+            )
+        lit = (recoloured * light[:, None]).clamp(0, 1)
         return torch.where(draw.apply[:, None, None, None, None], lit, frames)
 
 

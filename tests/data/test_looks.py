@@ -96,3 +96,20 @@ def test_a_training_run_with_new_looks_is_seeded(datasets, tmp_path):
     first, again, plain = losses("a", looks), losses("b", looks), losses("plain")
     assert first == again and len(first) == 4
     assert first != plain
+
+
+def test_checkers_darken_cells_of_a_recoloured_part_and_a_gradient_tilts_the_light():
+    frames = scene(8).float()[:, None] / 255
+    looks = augment(colour=[0.5, 0.5], pattern=1.0)
+    out = looks(frames, looks.draw(8, torch.Generator().manual_seed(4)))[:, 0, 0]  # (B, H, W), red
+    still = (frames[:, 0] - looks.median).abs().amax(1) < 0.05  # (B, H, W): no object there
+    table = still & (looks.parts == looks.parts[SIZE - 1, 0])
+    for image, mask in zip(out, table, strict=True):
+        values = image[mask].unique()
+        assert len(values) == 2 and abs(values.max().item() - 0.5) < 2e-3  # 0.5 and its dark cells
+        assert 0.6 - 1e-3 <= values.min().item() / values.max().item() <= 0.9 + 1e-3
+    tilted = augment(colour=[0.5, 0.5], gradient=0.5)
+    draw = tilted.draw(8, torch.Generator().manual_seed(5))
+    out = tilted(frames, draw)[:, 0, 0, SIZE - 1]  # (B, W): the bottom row, red channel
+    expected = 0.5 * (1 + draw.slopes[:, :1] * torch.linspace(-1, 1, SIZE) + draw.slopes[:, 1:])
+    torch.testing.assert_close(out, expected.clamp(0, 1), atol=3e-3, rtol=0)
