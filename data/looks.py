@@ -11,12 +11,16 @@ demo frames; the policy still never sees another look's real pixels.
     looks = LookAugment.fit(bank.frames, cfg)         # once, from the training demos
     draw = looks.draw(batch_size, generator)          # per step, from the run's generator
     frames = looks(frames, draw)                      # (B, T, 3, H, W) in [0, 1]
+
+    python -m data.looks outputs/datasets/demos --out looks.png [--pattern 0.67 --gradient 0.3]   # examples
 """
 
+import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 
 @dataclass
@@ -134,3 +138,48 @@ def kmeans_colours(pixels: torch.Tensor, k: int, iters: int = 20) -> tuple[torch
             if (labels == j).any():
                 centres[j] = pixels[labels == j].mean(0)
     return labels, centres
+
+
+def example_grid(frames: torch.Tensor, looks: "LookAugment", count: int, seed: int) -> torch.Tensor:
+    """(3, 2H, (count + 1) W) in [0, 1]: the median frame and `count` demo frames above, their new looks below
+    (every one changed), the parts' map under the median."""
+    gen = torch.Generator().manual_seed(seed)
+    picked = frames[torch.randperm(len(frames), generator=gen)[:count]].float()[:, None] / 255
+    changed = looks(picked, looks.draw(count, gen))[:, 0]  # (count, 3, H, W)
+    parts = (looks.parts.float() / max(len(looks.part_colours) - 1, 1)).expand(3, -1, -1)
+    top = torch.cat([looks.median, *picked[:, 0]], dim=2)
+    return torch.cat([top, torch.cat([parts, *changed], dim=2)], dim=1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Demo frames in new looks (train.policy.looks), as a PNG grid."
+    )
+    parser.add_argument("dataset", help="a demos LeRobotDataset folder")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--image-key", default="observation.images.image")
+    parser.add_argument("--pattern", type=float, default=0.0)
+    parser.add_argument("--gradient", type=float, default=0.0)
+    parser.add_argument("--count", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+
+    import PIL.Image
+
+    from data.chunks import EpisodeBank
+
+    config = OmegaConf.load(Path(__file__).parents[1] / "conf/train/policy/cpu.yaml").looks
+    config.prob, config.pattern, config.gradient = 1.0, args.pattern, args.gradient
+    frames = EpisodeBank.load(args.dataset, args.image_key, []).frames
+    grid = example_grid(frames, LookAugment.fit(frames, config), args.count, args.seed)
+    image = (grid.permute(1, 2, 0) * 255).round().byte().numpy()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.stem + ".tmp.png")
+    PIL.Image.fromarray(image).resize((image.shape[1] * 3, image.shape[0] * 3), PIL.Image.NEAREST).save(tmp)
+    tmp.replace(out)
+    print(f"looks: {out}")
+
+
+if __name__ == "__main__":
+    main()

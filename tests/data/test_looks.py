@@ -113,3 +113,14 @@ def test_checkers_darken_cells_of_a_recoloured_part_and_a_gradient_tilts_the_lig
     out = tilted(frames, draw)[:, 0, 0, SIZE - 1]  # (B, W): the bottom row, red channel
     expected = 0.5 * (1 + draw.slopes[:, :1] * torch.linspace(-1, 1, SIZE) + draw.slopes[:, 1:])
     torch.testing.assert_close(out, expected.clamp(0, 1), atol=3e-3, rtol=0)
+
+
+def test_the_example_grid_shows_each_frame_above_its_new_look(datasets, tmp_path):
+    import PIL.Image
+
+    from data.looks import main
+
+    out = tmp_path / "looks.png"
+    main([str(datasets[0] / "demos"), "--out", str(out), "--count", "2", "--pattern", "1"])
+    width, height = PIL.Image.open(out).size
+    assert (width, height) == (3 * 3 * 64, 2 * 3 * 64)  # median and two frames, above their new looks; x3
