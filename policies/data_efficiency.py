@@ -22,7 +22,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from policies.pipeline import run_plan, stage_finished
+from policies.pipeline import finetuning_overrides, run_plan, stage_finished
 from sim.metrics import wilson_interval
 from sim.reporting import git_commit, write_atomic
 
@@ -70,6 +70,7 @@ def stages(cfg: DictConfig, base: list[str]) -> list[tuple[str, list[str]]]:
                 backbone,
                 f"train.policy.seed={de.seed}",
                 f"train.policy.out_dir={policy_dir}",
+                *finetuning_overrides(cfg, policy),
                 *subset,
             ]
             out.append(("policies.train_policy", args))

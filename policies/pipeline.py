@@ -13,9 +13,11 @@ first seed in policy/<name>, its other seeds (`pipeline.seeds`) in policy/<name>
 evaluation in eval/<run> (`policies.results` gathers them into `eval.report_dir`). Training resumes
 from its checkpoints, finished labels and evaluations are kept, so rerunning the pipeline after an
 interruption continues where it stopped; the minutes of every segment are summed in
-run_dir/pipeline_time.json, so the table's wall time is the whole run's. Which policy needs which runs:
+run_dir/pipeline_time.json, so the table's wall time is the whole run's. An experiment adds finetuning
+overrides per policy in `pipeline.finetuning` (make results: ours keeps its backbone's video loss on, as
+ours_cotrain does). Which policy needs which runs:
 
-    ours              backbone/ours (actionless video) -> policy/ours[-seed<k>]
+    ours              backbone/ours (actionless video) -> policy/ours[-seed<k>] (make results: co-trained)
     no_change_map     backbone/no_change_map (change map off) -> policy/...
     no_future_frame   backbone/no_future_frame (frame loss 0) -> policy/...
     robot_video_only  backbone/robot_video_only (robot episodes) -> policy/...
@@ -170,19 +172,26 @@ def stages(cfg: DictConfig, base: list[str]) -> list[tuple[str, list[str]]]:
 
 
 def finetunes(cfg: DictConfig, name: str, args: list[str]) -> list[tuple[str, list[str]]]:
-    """The policy's finetuning stage per seed, into policy/<name>[-seed<k>]."""
+    """The policy's finetuning stage per seed, into policy/<name>[-seed<k>], with the experiment's extra
+    overrides for it (pipeline.finetuning)."""
     seeds = seeds_of(cfg, name)
     return [
         (
             "policies.train_policy",
             [
                 *args,
+                *finetuning_overrides(cfg, name),
                 f"train.policy.seed={seed}",
                 f"train.policy.out_dir={Path(cfg.run_dir) / 'policy' / run_name(name, seed, seeds)}",
             ],
         )
         for seed in seeds
     ]
+
+
+def finetuning_overrides(cfg: DictConfig, name: str) -> list[str]:
+    """The experiment's extra finetuning overrides for a policy (pipeline.finetuning[name]; none by default)."""
+    return [str(o) for o in cfg.pipeline.get("finetuning", {}).get(name, [])]
 
 
 def labels_file(cfg: DictConfig, labeller: str) -> Path:

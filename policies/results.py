@@ -6,7 +6,8 @@
 results.json: `average_success[policy][protocol]` (mean over the policy's seeds), `per_seed[policy]
 [protocol]` (one rate per seed), `seeds[policy]`, `per_task`, `grasp`, `runs` (each evaluation's own
 entry, with its first-close distances), `training` (each run's steps, batch and minutes),
-`episodes_per_task`, `wall_minutes` (the whole pipeline, all segments), `command`, `commit`;
+`episodes_per_task`, `flow_steps` and `finetuning` (the recipe's decoding and extra finetuning overrides),
+`wall_minutes` (the whole pipeline, all segments), `command`, `commit`;
 training_curves.png: every policy run's training losses.
 
     python -m policies.results experiment=results +curves_only=true   # the training curves alone
@@ -206,6 +207,8 @@ def write_results(cfg: DictConfig, wall_minutes: float | None, command: str) -> 
         wall_minutes = json.loads(time_file.read_text())["wall_minutes"] if time_file.is_file() else None
     table |= {
         "training": training_record(cfg),
+        "flow_steps": cfg.eval.get("flow_steps"),  # Euler steps per chunk; None: each checkpoint's own
+        "finetuning": {k: list(v) for k, v in cfg.pipeline.get("finetuning", {}).items()},
         "wall_minutes": None if wall_minutes is None else round(wall_minutes, 1),
         "command": command,
         "commit": git_commit(),
@@ -213,7 +216,12 @@ def write_results(cfg: DictConfig, wall_minutes: float | None, command: str) -> 
     out = Path(cfg.eval.report_dir)
     text = markdown(table)
     wall = "unknown" if wall_minutes is None else f"{wall_minutes:.1f} min"
-    footer = f"\nWall time of the whole run: {wall}.  \nCommand: `{command}`  \nCommit: `{table['commit']}`\n"
+    steps = table["flow_steps"] or "the checkpoint's own"
+    footer = (
+        f"\nFlow policies decoded with {steps} Euler step(s) per chunk; extra finetuning overrides: "
+        f"{table['finetuning'] or 'none'}.  \nWall time of the whole run: {wall}.  \nCommand: `{command}`  \n"
+        f"Commit: `{table['commit']}`\n"
+    )
     first_seeds = {run: entry for run, entry in table["runs"].items() if "-seed" not in run}
     detail = results_markdown({"episodes_per_task": table["episodes_per_task"], "policies": first_seeds})
     write_atomic(out / "results.json", json.dumps(table, indent=1) + "\n")

@@ -470,14 +470,15 @@ def make_policy(
 ) -> ProcessedPolicy:
     """Factory for the evaluation harness (`_target_: policies.vipra.make_policy`, `_partial_: true`):
     a trained policy from its folder (save_pretrained's files and the processor pair beside them), which
-    takes and returns the dataset's units; `overrides` set config fields (e.g. few_step=true)."""
+    takes and returns the dataset's units; `overrides` set config fields (e.g. few_step=true), those given as
+    None keep the checkpoint's own (the registry's `num_inference_steps: ${eval.flow_steps}`, null by default)."""
     path = Path(path)
     if not (path / "model.safetensors").is_file():
         raise FileNotFoundError(
             f"no policy at {path} (expected model.safetensors and config.json from save_pretrained)"
         )
     config = VipraConfig.from_pretrained(path)
-    for key, value in overrides.items():
+    for key, value in ((k, v) for k, v in overrides.items() if v is not None):
         if not hasattr(config, key):
             raise ValueError(f"VipraConfig has no field {key!r}")
         setattr(config, key, value)

@@ -84,6 +84,12 @@ def test_finetuned_policy_runs_in_the_harness(pipeline_runs, datasets):
     # The demos carry the object poses; the image policy reads the camera and the robot state only.
     assert "observation.environment_state" in load_metadata(datasets[0] / "demos").features
     assert set(policy.config.input_features) == {cfg.task.image_key, "observation.state"}
+    # The registry's decoding override: None (eval.flow_steps' default) keeps the checkpoint's own steps.
+    assert (
+        make_policy(path, num_inference_steps=None).config.num_inference_steps
+        == policy.config.num_inference_steps
+    )
+    assert make_policy(path, num_inference_steps=1).config.num_inference_steps == 1
     results = evaluate(
         {"ours": lambda task: make_policy(path)}, ["stack_block"], ["visual_matching"], episodes=1, num_envs=1
     )
@@ -149,6 +155,10 @@ def test_pipeline_plans_every_stage_of_the_table(tmp_path):
     assert "model/policy=state_fm" in next(
         a for a in trains if f"train.policy.out_dir={runs}/policy/state_fm" in a
     )
+    # The recipe co-trains ours on the video (pipeline.finetuning), and only ours.
+    cotrained = [a for args in trains for a in args if a.startswith("train.policy.out_dir=") and any(
+        o == "train.policy.cotrain.weight=1.0" for o in args)]  # fmt: skip
+    assert sorted(a.split("/")[-1] for a in cotrained) == ["ours", "ours-seed1", "ours-seed2"]
     evals = [args for m, args in plan if m == "sim.evaluate"]
     assert len(evals) == 10  # scripted, state_fm, ours x 3, scratch_fm x 3, ACT, random
     seed2 = next(a for a in evals if f"eval.report_dir={runs}/eval/ours-seed2" in a)
@@ -244,6 +254,7 @@ def test_results_table_averages_the_seeds_and_keeps_each(tmp_path):
     assert table["seeds"] == {"ours": [0, 1], "random": [0]} and table["episodes_per_task"] == 2
     assert table["wall_minutes"] == 12.5 and table["command"].startswith("python -m policies.pipeline")
     assert table["commit"] and "**37.5** [25.0, 50.0]" in text
+    assert table["flow_steps"] == 1 and table["finetuning"] == {"ours": ["train.policy.cotrain.weight=1.0"]}
     assert (report / "results.md").is_file() and (report / "results.png").is_file()
     (runs / "eval" / "ours-seed1" / "results.json").unlink()
     with pytest.raises(FileNotFoundError, match="ours-seed1"):
