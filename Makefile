@@ -45,8 +45,9 @@ demo: install
 	rm -rf $(DEMO_DIR)
 	$(PYTHON) -m policies.pipeline experiment=demo
 
-# The headline table (conf/experiment/results.yaml, 117 min here): datasets, the backbone pretrained on the
-# actionless video, ours and Scratch-FM with 3 seeds each, state_fm, LeRobot's ACT, the expert and random, 50
+# The headline table (conf/experiment/results.yaml; 117 min at 167c01a, ~190 with ours co-trained on a slower
+# machine): datasets, the backbone pretrained on the actionless video, ours (co-trained on the video) and
+# Scratch-FM with 3 seeds each, state_fm, LeRobot's ACT, the expert and random (1 Euler step for the flow ones), 50
 # episodes per task and protocol -> reports/experiment/results.{json,md,png}. Resumes from outputs/results
 # (delete it to start over); the wall time of every segment is summed in the table.
 results: install
