@@ -31,6 +31,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
 from lerobot.configs.default import DatasetConfig
 from lerobot.configs.train import TrainPipelineConfig
 from lerobot.configs.types import FeatureType, PolicyFeature
@@ -96,6 +97,38 @@ def _lerobot_process_state() -> Iterator[None]:
         root.setLevel(level)
 
 
+@contextlib.contextmanager
+def _cached_window_columns() -> Iterator[None]:
+    """lerobot 0.6.1's reader fetches a key's delta-timestamp window (ACT's 14 future actions) with
+    `hf_dataset[key][rows]`, which formats every column of those rows: each sample decodes 15 PNG frames
+    to read one action chunk, most of ACT's training step on this CPU. While training, a window of a
+    non-image key is read from that column, loaded once as a tensor: the same values
+    (tests/policies/test_lerobot_baseline.py). Patched in this process only: num_workers stays 0."""
+    from lerobot.datasets.dataset_reader import DatasetReader
+
+    original = DatasetReader._query_hf_dataset
+
+    def query(self, query_indices: dict[str, list[int]]) -> dict:
+        columns = self.__dict__.setdefault("_window_columns", {})  # (id of the hf dataset, key) -> tensor
+        result, rest = {}, {}
+        for key, rows in query_indices.items():
+            if key in self._meta.video_keys or self._meta.features[key]["dtype"] in ("image", "video"):
+                rest[key] = rows
+                continue
+            if (id(self.hf_dataset), key) not in columns:
+                columns[id(self.hf_dataset), key] = torch.stack(self.hf_dataset.select_columns([key])[:][key])
+            if self._absolute_to_relative_idx is not None:
+                rows = [self._absolute_to_relative_idx[i] for i in rows]
+            result[key] = columns[id(self.hf_dataset), key][rows]
+        return result | original(self, rest)
+
+    DatasetReader._query_hf_dataset = query
+    try:
+        yield
+    finally:
+        DatasetReader._query_hf_dataset = original
+
+
 def train_act(
     dataset_root: str | Path,
     out_dir: str | Path,
@@ -145,7 +178,7 @@ def train_act(
         save_freq=save_freq,
         env_eval_freq=0,  # no lerobot env: evaluation is sim.evaluate's job
     )
-    with _lerobot_process_state():
+    with _lerobot_process_state(), _cached_window_columns():
         train(cfg)
     return out_dir / "checkpoints" / "last" / "pretrained_model"
 

@@ -88,3 +88,24 @@ def test_loading_without_processor_stats_names_the_missing_files(trained, tmp_pa
 def test_existing_output_dir_is_refused(datasets, tmp_path):
     with pytest.raises(FileExistsError, match="already exists"):
         train_act(datasets[0] / "demos", tmp_path, steps=1)
+
+
+@pytest.mark.parametrize("episodes", [None, [1]])  # [1]: rows of a filtered dataset are relative
+def test_cached_action_windows_give_lerobots_own_items(datasets, episodes):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from policies.lerobot_baseline import _cached_window_columns
+
+    root = datasets[0] / "demos"
+    fps = LeRobotDatasetMetadata("local/demos", root=root).fps
+    windows = {"action": [i / fps for i in range(CHUNK)], "observation.state": [-1 / fps, 0.0]}
+    dataset = LeRobotDataset("local/demos", root=root, episodes=episodes, delta_timestamps=windows)
+    rows = [0, 1, len(dataset) // 2, len(dataset) - 1]  # the last row's action window runs past the episode
+    expected = [dataset[i] for i in rows]
+    with _cached_window_columns():
+        got = [dataset[i] for i in rows]
+    assert dataset._ensure_reader()._window_columns  # the cached path was the one taken
+    for want, have in zip(expected, got, strict=True):
+        assert want.keys() == have.keys()
+        for key, value in want.items():
+            assert torch.equal(value, have[key]) if torch.is_tensor(value) else value == have[key], key
