@@ -34,7 +34,7 @@ install: $(STAMP)
 
 # Fast CPU suite (slow tests are marked and skipped); exits non-zero on any failure.
 test: install
-	$(PYTHON) -m pytest -q -m "not slow"
+	$(PYTHON) -m pytest -q -m "not slow" --durations=15
 
 test-all: install
 	$(PYTHON) -m pytest -q
@@ -45,8 +45,8 @@ demo: install
 	rm -rf $(DEMO_DIR)
 	$(PYTHON) -m policies.pipeline experiment=demo
 
-# The headline table (conf/experiment/results.yaml; 117 min at 167c01a, ~190 with ours co-trained on a slower
-# machine): datasets, the backbone pretrained on the actionless video, ours (co-trained on the video) and
+# The headline table (conf/experiment/results.yaml; @WALL@ min at 08bfc7b on a slow day, 117 at 167c01a
+# before co-training): datasets, the backbone pretrained on the actionless video, ours (co-trained on the video) and
 # Scratch-FM with 3 seeds each, state_fm, LeRobot's ACT, the expert and random (1 Euler step for the flow ones), 50
 # episodes per task and protocol -> reports/experiment/results.{json,md,png}. Resumes from outputs/results
 # (delete it to start over); the wall time of every segment is summed in the table.
@@ -98,15 +98,11 @@ datasets: $(DATASETS)/video/meta/info.json
 bench-lam: install datasets
 	$(PYTHON) -m bench.lam data.root=$(DATASETS)
 
-# Policy latency (chunk and full step, batch 1, this CPU), the sampler gap and success with 10 Euler steps vs
-# 2 shortcut steps -> reports/bench/policy.json. After make results: a second stage that starts from make
-# results' ours and trains 3,000 more steps at lr 3e-4 with a quarter of each batch on shortcut targets
-# distilled from the decoder's own 10 Euler steps (the headline ours trains none; ~7 min), then ~5 min of evaluation.
+# Policy latency (chunk and full step, batch 1, this CPU), the sampler gap and success of make results' ours
+# (seed 0) with 10 Euler steps vs 1 (the mean chunk, make results' sampler) on the same scenes, ~10 min after
+# make results -> reports/bench/policy.json. The shortcut mode (a second training stage) is
+# bench_policy.few_step.method=shortcut on a checkpoint that trained it (README, Benchmarks).
 bench-policy: install
-	test -f $(RESULTS_DIR)/policy/ours-shortcut-distill/summary.json || $(PYTHON) -m policies.train_policy experiment=results \
-		train.policy.backbone=$(RESULTS_DIR)/backbone/ours train.policy.init_policy=$(RESULTS_DIR)/policy/ours/pretrained_model \
-		model.policy.shortcut_fraction=0.25 model.policy.shortcut_teacher_steps=10 model.policy.optimizer_lr=3e-4 \
-		train.policy.steps=3000 train.policy.out_dir=$(RESULTS_DIR)/policy/ours-shortcut-distill
 	$(PYTHON) -m bench.policy experiment=results
 
 # The real-time loop at 20 and 50 Hz on the MuJoCo robot with make results' ours (~35 min of real-time
