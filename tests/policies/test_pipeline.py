@@ -156,8 +156,10 @@ def test_pipeline_plans_every_stage_of_the_table(tmp_path):
         a for a in trains if f"train.policy.out_dir={runs}/policy/state_fm" in a
     )
     # The recipe co-trains ours on the video (pipeline.finetuning), and only ours.
-    cotrained = [a for args in trains for a in args if a.startswith("train.policy.out_dir=") and any(
-        o == "train.policy.cotrain.weight=1.0" for o in args)]  # fmt: skip
+    cotrained = [
+        a for args in trains if "train.policy.cotrain.weight=1.0" in args
+        for a in args if a.startswith("train.policy.out_dir=")
+    ]  # fmt: skip
     assert sorted(a.split("/")[-1] for a in cotrained) == ["ours", "ours-seed1", "ours-seed2"]
     evals = [args for m, args in plan if m == "sim.evaluate"]
     assert len(evals) == 10  # scripted, state_fm, ours x 3, scratch_fm x 3, ACT, random
