@@ -162,6 +162,7 @@ def main(cfg: DictConfig) -> None:
         ),
     }
     rates = success(cfg, few)
+    source = rates.pop("source")
     teacher = policy.config.shortcut_teacher_steps
     targets = {"euler": "none (plain Euler steps of the flow-matching decoder)",
                "shortcut": f"distilled from {teacher} Euler steps" if teacher else "self-consistency"}  # fmt: skip
@@ -170,7 +171,7 @@ def main(cfg: DictConfig) -> None:
         "success_few_step": float(np.mean(list(rates["few_step"].values()))),
         "success_by_protocol": rates,
         "few_step": {"steps": steps, "method": method, "targets": targets[method]},
-        "success_source": rates.pop("source"),
+        "success_source": source,
         "policy": str(bcfg.policy),
         "threads": bcfg.threads,
         "command": "python -m bench.policy " + " ".join(sys.argv[1:]),
