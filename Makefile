@@ -45,7 +45,7 @@ demo: install
 	rm -rf $(DEMO_DIR)
 	$(PYTHON) -m policies.pipeline experiment=demo
 
-# The headline table (conf/experiment/results.yaml; @WALL@ min at 08bfc7b on a slow day, 117 at 167c01a
+# The headline table (conf/experiment/results.yaml; 210.4 min at 9915154 on a slow day, 117 at 167c01a
 # before co-training): datasets, the backbone pretrained on the actionless video, ours (co-trained on the video) and
 # Scratch-FM with 3 seeds each, state_fm, LeRobot's ACT, the expert and random (1 Euler step for the flow ones), 50
 # episodes per task and protocol -> reports/experiment/results.{json,md,png}. Resumes from outputs/results
