@@ -99,7 +99,7 @@ bench-lam: install datasets
 	$(PYTHON) -m bench.lam data.root=$(DATASETS)
 
 # Policy latency (chunk and full step, batch 1, this CPU), the sampler gap and success of make results' ours
-# (seed 0) with 10 Euler steps vs 1 (the mean chunk, make results' sampler) on the same scenes, ~10 min after
+# (seed 0) with 10 Euler steps vs 1 (the mean chunk, make results' sampler) on the same scenes, ~7 min after
 # make results -> reports/bench/policy.json. The shortcut mode (a second training stage) is
 # bench_policy.few_step.method=shortcut on a checkpoint that trained it (README, Benchmarks).
 bench-policy: install
