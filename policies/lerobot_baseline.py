@@ -101,9 +101,10 @@ def _lerobot_process_state() -> Iterator[None]:
 def _cached_window_columns() -> Iterator[None]:
     """lerobot 0.6.1's reader fetches a key's delta-timestamp window (ACT's 14 future actions) with
     `hf_dataset[key][rows]`, which formats every column of those rows: each sample decodes 15 PNG frames
-    to read one action chunk, most of ACT's training step on this CPU. While training, a window of a
-    non-image key is read from that column, loaded once as a tensor: the same values
-    (tests/policies/test_lerobot_baseline.py). Patched in this process only: num_workers stays 0."""
+    to read one action chunk, a third of ACT's training step on this CPU (1.17 -> 0.77 s). While training,
+    a window of a non-image key is read from that column, loaded once as a tensor: the same values
+    (tests/policies/test_lerobot_baseline.py). Patched in this process only: with num_workers > 0 the
+    loader's workers read as lerobot does."""
     from lerobot.datasets.dataset_reader import DatasetReader
 
     original = DatasetReader._query_hf_dataset
