@@ -105,10 +105,10 @@ bench-lam: install datasets
 bench-policy: install
 	$(PYTHON) -m bench.policy experiment=results
 
-# The real-time loop at 20 and 50 Hz on the MuJoCo robot with make results' ours (~35 min of real-time
-# episodes): reports/bench/control.json and reports/figures/control.png.
+# The real-time loop at 20 and 50 Hz on the MuJoCo robot with make results' ours, decoded as make results
+# does (one Euler step; ~35 min of real-time episodes): reports/bench/control.json and reports/figures/control.png.
 bench-control: install
-	$(PYTHON) -m bench.control run_dir=$(RESULTS_DIR)
+	$(PYTHON) -m bench.control experiment=results
 
 # The neural simulator against MuJoCo (generates its rollouts, with make results' and make
 # data-efficiency's checkpoints among their controllers, and trains it when missing, ~45 min): agreement

@@ -1,12 +1,13 @@
 """make bench-control: the real-time loop on the MuJoCo robot with the best trained policy
 -> reports/bench/control.json and reports/figures/control.png.
 
-    python -m bench.control [control.policy.path=...] [bench_control.episodes_per_task=5]
+    python -m bench.control experiment=results [control.policy.path=...] [bench_control.episodes_per_task=5]
 
 - hz20 / hz50: timing of the loop (RTC-style blending on), over real-time episodes of every task:
   period, jitter (|period - 1/hz|), deadline misses, inference time, boundary_jump_ratio.
 - boundary_jump_ratio_by_smoothing: the 20 Hz ratio with blending, ensembling and no smoothing.
-- success_realtime vs success_offline: the same policy on the same scenes (visual matching, seeds
+- success_realtime vs success_offline: the same policy (decoded with eval.flow_steps Euler steps, make
+  results' 1 under experiment=results) on the same scenes (visual matching, seeds
   eval.seed + i), once through the 20 Hz loop in wall-clock time and once offline (sim.evaluate's
   synchronous 5 Hz rollouts); with Wilson 95% intervals, and grasp rates beside them. At the top level
   for the learned policy; under `scripted_chunks` for the scripted expert planning open-loop chunks
@@ -181,6 +182,7 @@ def main(cfg: DictConfig) -> None:
     results["success_hz50"] = rate([bool(r.info["is_success"]) for _, r in runs["hz50"]])
     results["meta"] = {
         "policy": str(c.path),
+        "policy_overrides": OmegaConf.to_container(c.overrides, resolve=True),  # e.g. its Euler steps
         "loop": OmegaConf.to_container(cfg.control.loop, resolve=True),
         "episodes": {name: len(v) for name, v in runs.items()},
         "protocol": "visual_matching",

@@ -50,8 +50,10 @@ def _register_lerobot_devices() -> None:
 
 def load_policy(path: str | Path, device: str = "cpu", overrides: dict | None = None):
     """A policy with `predict_action_chunk` from a checkpoint folder, with its saved processors: ours
-    (type vipra, whose config takes `overrides`), or any LeRobot policy."""
+    (type vipra, whose config takes `overrides`; those given as None keep the checkpoint's own), or any
+    LeRobot policy."""
     path = Path(path)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     config_file = path / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(
@@ -61,7 +63,7 @@ def load_policy(path: str | Path, device: str = "cpu", overrides: dict | None = 
     if kind == "vipra":
         from policies.vipra import make_policy
 
-        return make_policy(path, device=device, **(overrides or {}))
+        return make_policy(path, device=device, **overrides)
     if overrides:
         raise ValueError(f"overrides {overrides} apply to vipra policies only; {path} is a {kind!r} policy")
     from policies.runner import ProcessedPolicy

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -376,6 +377,32 @@ def test_a_learned_policy_drives_the_mujoco_robot_in_fake_time():
         )  # chunks of 6 steps executing 3, at 4 ticks per step, after the warm-up
         assert set(r.info) >= {"is_success", "grasped"}
     assert worker.submitted  # ran through the worker, not the warm-up alone
+
+
+def test_the_loop_decodes_with_the_evaluations_euler_steps(tmp_path):
+    """make bench-control runs experiment=results: its policy samples a chunk with make results' one Euler
+    step; without a flow_steps (None) the checkpoint keeps its own, and an unknown field is refused."""
+    from hydra import compose, initialize_config_dir
+
+    from policies.control.session import load_policy
+    from policies.vipra import VipraPolicy
+    from tests.policies.tiny import save_trained, tiny_config
+
+    save_trained(VipraPolicy(tiny_config(num_inference_steps=7)), tmp_path / "policy")
+    conf = str(Path(__file__).resolve().parents[2] / "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        overrides = {
+            name: dict(compose("config", extra).control.policy.overrides)
+            for name, extra in (("default", []), ("results", ["experiment=results"]))
+        }
+    assert overrides == {"default": {"num_inference_steps": None}, "results": {"num_inference_steps": 1}}
+    steps = {
+        k: load_policy(tmp_path / "policy", overrides=v).config.num_inference_steps
+        for k, v in overrides.items()
+    }
+    assert steps == {"default": 7, "results": 1}
+    with pytest.raises(ValueError, match="no field 'flow_steps'"):
+        load_policy(tmp_path / "policy", overrides={"flow_steps": 1})
 
 
 def test_the_entry_point_runs_a_checkpoint_on_the_mujoco_robot(tmp_path):
