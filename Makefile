@@ -106,7 +106,7 @@ bench-policy: install
 	$(PYTHON) -m bench.policy experiment=results
 
 # The real-time loop at 20 and 50 Hz on the MuJoCo robot with make results' ours, decoded as make results
-# does (one Euler step; ~35 min of real-time episodes): reports/bench/control.json and reports/figures/control.png.
+# does (one Euler step; 29 min of real-time episodes at d159d72): reports/bench/control.json, reports/figures/control.png.
 bench-control: install
 	$(PYTHON) -m bench.control experiment=results
 
