@@ -142,7 +142,7 @@ def plot(periods: dict, traces: dict, path: Path) -> None:
 def main(cfg: DictConfig) -> None:
     b = cfg.bench_control
     c = cfg.control.policy
-    learned = load_policy(c.path, c.device, dict(c.overrides))
+    learned = load_policy(c.path, c.device, OmegaConf.to_container(c.overrides, resolve=True))
     policies = {"learned": lambda task: learned, "scripted_chunks": lambda task: ChunkedExpertPolicy(task)}
     # (run, policy, Hz, smoothing, episodes per task): timing and success of the learned policy at 20 Hz,
     # then 50 Hz and the other smoothings, then the chunked expert (a policy that succeeds) at 20 Hz.

@@ -42,7 +42,9 @@ def main(cfg: DictConfig) -> None:
         safety=OmegaConf.to_container(cfg.robot.safety, resolve=True),
     )
     robot = make_robot(cfg.robot.config)
-    policy = load_policy(c.policy.path, c.policy.device, OmegaConf.to_container(c.policy.overrides))
+    policy = load_policy(
+        c.policy.path, c.policy.device, OmegaConf.to_container(c.policy.overrides, resolve=True)
+    )
 
     def on_episode(i: int, result) -> None:
         summary = result.report.summary()
