@@ -21,7 +21,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, open_dict
 
-from bench.common import git_commit, save_figure, write_atomic
+from bench.common import save_figure, stamp, write_atomic
 from data.dataset import load_metadata
 from data.generate import close_envs, generate_demos
 from data.replay import compare_with_renders
@@ -151,8 +151,7 @@ def run(cfg: DictConfig, command: str) -> dict:
         "train_minutes": train_minutes,
         "generate_minutes": generate_minutes,
         "eval_minutes": eval_minutes,
-        "command": command,
-        "commit": git_commit(),
+        **stamp(command),
     }
     report["table"] = results_markdown(results)
     return report

@@ -1,4 +1,4 @@
-"""What every benchmark shares: the commit stamp, atomic report and figure writing, config composition
+"""What every benchmark shares: the stamp (command, commit, machine), atomic report and figure writing, config composition
 for the scripts without a Hydra entry point, and one timing helper.
 
     report = {...} | stamp("python -m bench.train " + " ".join(sys.argv[1:]))
@@ -15,7 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from sim.reporting import git_commit, write_atomic
+from sim.reporting import git_commit, stamp, write_atomic
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -30,11 +30,6 @@ __all__ = [
     "write_atomic",
     "write_report",
 ]
-
-
-def stamp(command: str) -> dict:
-    """The keys every report ends with: the command that made it and the commit it ran on."""
-    return {"command": command, "commit": git_commit()}
 
 
 def write_report(path: Path, report: dict) -> None:

@@ -16,7 +16,6 @@
 
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from tqdm import tqdm
 
 import data  # noqa: F401  (offline hub before lerobot is imported)
 import sim  # noqa: F401  (MUJOCO_GL before mujoco is imported)
-from bench.common import git_commit, write_atomic
+from bench.common import stamp, write_atomic
 from policies.control.runtime import ENV_KEY, ControlConfig, summarize
 from policies.control.safety import SafetyFilter
 from policies.control.session import load_policy, make_robot, run_session
@@ -187,10 +186,8 @@ def main(cfg: DictConfig) -> None:
         "episodes": {name: len(v) for name, v in runs.items()},
         "protocol": "visual_matching",
         "seed": cfg.eval.seed,
-        "cpu": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
         "torch_threads_inference": cfg.control.loop.inference_threads,
-        "command": "python -m bench.control " + " ".join(sys.argv[1:]),
-        "commit": git_commit(),
+        **stamp("python -m bench.control " + " ".join(sys.argv[1:])),
     }
     write_atomic(Path(b.out), json.dumps(results, indent=1) + "\n")
     plot(

@@ -39,7 +39,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import sim  # noqa: F401  (sets MUJOCO_GL before mujoco loads)
-from bench.common import git_commit, save_figure, write_atomic
+from bench.common import save_figure, stamp, write_atomic
 from data.camera import PinholeCamera
 from data.chunks import Clips, EpisodeBank
 from data.clips import episode_columns, flow_targets, load_episode_frames, to_uint8_hwc
@@ -399,8 +399,7 @@ def feature_probe(cfg: DictConfig) -> dict:
     probe = localization(*args, camera=camera)["feature_probe"]
     return {
         "feature_probe_rms_cm": probe["pretrained"],
-        "feature_probe": probe
-        | {"command": "python -m bench.lam " + " ".join(sys.argv[1:]), "commit": git_commit()},
+        "feature_probe": probe | stamp("python -m bench.lam " + " ".join(sys.argv[1:])),
     }
 
 
@@ -464,8 +463,7 @@ def main(cfg: DictConfig) -> None:
     }
     result["model"] = OmegaConf.to_container(cfg.model.lam, resolve=True)
     result["train"] = OmegaConf.to_container(cfg.train.lam, resolve=True)
-    result["command"] = "python -m bench.lam " + " ".join(sys.argv[1:])
-    result["commit"] = git_commit()
+    result |= stamp("python -m bench.lam " + " ".join(sys.argv[1:]))
     write_atomic(Path(cfg.bench_lam.out), json.dumps(result, indent=1) + "\n")
     codebook = (
         f"codebook_usage {result['codebook_usage']:.2f} (perplexity {result['perplexity']:.2f})"

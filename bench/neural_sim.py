@@ -29,7 +29,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from bench.common import git_commit, write_atomic
+from bench.common import stamp, write_atomic
 from data.chunks import split_episodes
 from data.dataset import load_metadata
 from data.generate import close_envs
@@ -275,8 +275,7 @@ def main(cfg: DictConfig) -> None:
         "psnr_by_horizon": {str(h): fid["psnr"][h - 1] for h in sorted(set(marks))},
         "ssim_by_horizon": {str(h): fid["ssim"][h - 1] for h in sorted(set(marks))},
         "episodes_per_task": bcfg.episodes,
-        "command": "python -m bench.neural_sim " + " ".join(sys.argv[1:]),
-        "commit": git_commit(),
+        **stamp("python -m bench.neural_sim " + " ".join(sys.argv[1:])),
     }
     out = Path(bcfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -144,7 +144,7 @@ def success(cfg: DictConfig, few: dict) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from bench.common import git_commit, write_atomic
+    from bench.common import stamp, write_atomic
 
     bcfg = cfg.bench_policy
     method, steps = bcfg.few_step.method, int(bcfg.few_step.steps)
@@ -174,8 +174,7 @@ def main(cfg: DictConfig) -> None:
         "success_source": source,
         "policy": str(bcfg.policy),
         "threads": bcfg.threads,
-        "command": "python -m bench.policy " + " ".join(sys.argv[1:]),
-        "commit": git_commit(),
+        **stamp("python -m bench.policy " + " ".join(sys.argv[1:])),
     }
     write_atomic(Path(bcfg.out), json.dumps(result, indent=1) + "\n")
     chunk, few_key = result["chunk_latency_ms"], f"{steps}_steps_{method}"

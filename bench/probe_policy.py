@@ -79,7 +79,7 @@ def chunk_mse(policy, bank: EpisodeBank, rows: torch.Tensor, image_key: str | No
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from bench.common import git_commit, write_atomic
+    from bench.common import stamp, write_atomic
 
     pcfg, run_dir, key = cfg.probe_policy, Path(cfg.run_dir), cfg.task.image_key
     bank = EpisodeBank.load(
@@ -116,7 +116,7 @@ def main(cfg: DictConfig) -> None:
     for name, backbone in backbones.items():
         result["object_r2"][name] = object_r2(backbone.eval(), bank, fit, score)
         print(f"{name}: object R^2 {result['object_r2'][name]:.3f}", flush=True)
-    result |= {"command": "python -m bench.probe_policy " + " ".join(sys.argv[1:]), "commit": git_commit()}
+    result |= stamp("python -m bench.probe_policy " + " ".join(sys.argv[1:]))
     write_atomic(Path(pcfg.out), json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
 

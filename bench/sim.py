@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import git_commit, write_atomic
+from bench.common import stamp, write_atomic
 from sim.env import TabletopEnv
 from sim.evaluate import evaluate, make_vector_env
 from sim.experts import RandomPolicy, ScriptedPolicy
@@ -114,8 +114,7 @@ def main() -> None:
             "expert_success": ">= 0.9 everywhere",
             "random_success": "<= 0.1",
         },
-        "command": "python -m bench.sim " + " ".join(sys.argv[1:]),
-        "commit": git_commit(),
+        **stamp("python -m bench.sim " + " ".join(sys.argv[1:])),
     }
     write_atomic(args.out, json.dumps(report, indent=2) + "\n")
     expert_min = min(min(v.values()) for v in expert.values())

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 from policies.pipeline import finetuning_overrides, run_plan, stage_finished
 from sim.metrics import wilson_interval
-from sim.reporting import git_commit, write_atomic
+from sim.reporting import stamp, write_atomic
 
 POLICIES = ("ours", "scratch_fm")
 TIME_FILE = "data_efficiency_time.json"
@@ -157,8 +157,7 @@ def main(cfg: DictConfig) -> None:
         "protocol": PROTOCOL,
         "seed": cfg.data_efficiency.seed,
         "wall_minutes": round(wall, 1),
-        "command": "python -m policies.data_efficiency " + " ".join(sys.argv[1:]),
-        "commit": git_commit(),
+        **stamp("python -m policies.data_efficiency " + " ".join(sys.argv[1:])),
     }
     out, policies = Path(cfg.data_efficiency.out), list(cfg.data_efficiency.policies)
     write_atomic(out, json.dumps(table, indent=1) + "\n")

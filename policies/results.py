@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from policies.pipeline import TIME_FILE, evaluations
 from sim.evaluate import results_markdown
-from sim.reporting import git_commit, write_atomic
+from sim.reporting import machine_line, stamp, write_atomic
 
 
 def gather(cfg: DictConfig) -> dict:
@@ -210,8 +210,7 @@ def write_results(cfg: DictConfig, wall_minutes: float | None, command: str) -> 
         "flow_steps": cfg.eval.get("flow_steps"),  # Euler steps per chunk; None: each checkpoint's own
         "finetuning": {k: list(v) for k, v in cfg.pipeline.get("finetuning", {}).items()},
         "wall_minutes": None if wall_minutes is None else round(wall_minutes, 1),
-        "command": command,
-        "commit": git_commit(),
+        **stamp(command),
     }
     out = Path(cfg.eval.report_dir)
     text = markdown(table)
@@ -220,7 +219,7 @@ def write_results(cfg: DictConfig, wall_minutes: float | None, command: str) -> 
     footer = (
         f"\nFlow policies decoded with {steps} Euler step(s) per chunk; extra finetuning overrides: "
         f"{table['finetuning'] or 'none'}.  \nWall time of the whole run: {wall}.  \nCommand: `{command}`  \n"
-        f"Commit: `{table['commit']}`\n"
+        f"Commit: `{table['commit']}`  \nMachine: {machine_line(table['machine'])}\n"
     )
     first_seeds = {run: entry for run, entry in table["runs"].items() if "-seed" not in run}
     detail = results_markdown({"episodes_per_task": table["episodes_per_task"], "policies": first_seeds})

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from sim.env import TabletopEnv
 from sim.features import FeatureMap
 from sim.metrics import wilson_interval
-from sim.reporting import git_commit, write_atomic
+from sim.reporting import machine_line, stamp, write_atomic
 from sim.tasks import PROTOCOLS, get_task
 from sim.video import write_mp4
 
@@ -353,11 +353,12 @@ def first_close_cell(entry: dict) -> str:
 
 
 def write_report(results: dict, out_dir: Path, command: str) -> str:
-    """results.json and results.md under out_dir, each with the command and commit that made them."""
-    results = {**results, "command": command, "commit": git_commit()}
+    """results.json and results.md under out_dir, each with the command, commit and machine that made them."""
+    results = {**results, **stamp(command)}
     table = results_markdown(results)
     write_atomic(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
-    write_atomic(out_dir / "results.md", f"{table}\nCommand: `{command}`  \nCommit: `{results['commit']}`\n")
+    footer = f"Command: `{command}`  \nCommit: `{results['commit']}`  \nMachine: {machine_line(results['machine'])}\n"
+    write_atomic(out_dir / "results.md", f"{table}\n{footer}")
     bar_chart(results, out_dir / "results.png")
     return table
 

@@ -10,7 +10,7 @@ counts are added up per policy, task and protocol, and the intervals recomputed.
     python -m sim.merge --shards reports/eval/quick reports/eval/quick/shards/*/results.json
 
 Writes results.json / results.md / results.png to the output folder, as sim.evaluate does; each
-part's own command and commit are kept under `parts`.
+part's own command, commit and machine are kept under `parts`.
 """
 
 import argparse
@@ -50,7 +50,12 @@ def merge(parts: list[dict], order: list[str] | None = None) -> dict:
         name: {p: avg["success"] for p, avg in entry["average"].items()} for name, entry in policies.items()
     }
     merged["parts"] = [
-        {"command": p.get("command"), "commit": p.get("commit"), "policies": list(p["policies"])}
+        {
+            "command": p.get("command"),
+            "commit": p.get("commit"),
+            "machine": p.get("machine"),
+            "policies": list(p["policies"]),
+        }
         for p in parts
     ]
     return merged
@@ -101,7 +106,13 @@ def merge_shards(parts: list[dict]) -> dict:
     if episodes != {first["episodes_per_task"]}:
         raise ValueError(f"the shards hold {episodes} episodes per entry, not {first['episodes_per_task']}")
     merged["parts"] = [
-        {"command": p.get("command"), "commit": p.get("commit"), "shard": p["shard"]} for p in parts
+        {
+            "command": p.get("command"),
+            "commit": p.get("commit"),
+            "machine": p.get("machine"),
+            "shard": p["shard"],
+        }
+        for p in parts
     ]
     return merged
 

@@ -1,7 +1,8 @@
-"""What every report carries: an atomic write and the commit stamp. The harness, the control loop and
-the benchmarks (bench/common.py) all write through these."""
+"""What every report carries: an atomic write and the stamp (the command, the commit and the machine). The
+harness, the control loop and the benchmarks (bench/common.py) all write through these."""
 
 import os
+import platform
 import subprocess
 from pathlib import Path
 
@@ -20,6 +21,39 @@ def git_commit() -> str:
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def machine() -> dict:
+    """The CPU a figure was measured on. One seed's success has spread 8-10 points across sessions of this
+    project on "the same" machine, and float kernels differ between CPU models, so reports record it."""
+    info = _cpuinfo()
+    model = info.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in info:  # the name alone ("AMD EPYC") does not tell the generations apart
+        model += f" (family {info['cpu family']}, model {info.get('model', '?')})"
+    flags = set(info.get("flags", "").split())
+    simd = next((f for f in ("avx512f", "avx2", "neon", "asimd") if f in flags), None)
+    return {"cpu": model, "simd": simd, "cores": os.cpu_count()}
+
+
+def machine_line(info: dict) -> str:
+    """machine() for a markdown footer: "AMD EPYC (family 25, model 17), avx512f, 2 cores"."""
+    return ", ".join(str(v) + (" cores" if k == "cores" else "") for k, v in info.items() if v)
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo; empty where there is none (macOS)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    first = text.split("\n\n")[0]
+    pairs = (line.split(":", 1) for line in first.splitlines() if ":" in line)
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def stamp(command: str) -> dict:
+    """The keys every report ends with: the command that made it, the commit and the machine it ran on."""
+    return {"command": command, "commit": git_commit(), "machine": machine()}
 
 
 def write_atomic(path: Path, text: str) -> None:

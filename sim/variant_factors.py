@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from sim.env import VARIANT_FACTORS
 from sim.evaluate import evaluate
-from sim.reporting import git_commit, write_atomic
+from sim.reporting import stamp, write_atomic
 
 # setting -> (protocol, the variant factors applied)
 SETTINGS = {
@@ -119,8 +119,7 @@ def main(cfg: DictConfig) -> None:
         "settings": {s: {"protocol": p, "factors": list(f)} for s, (p, f) in SETTINGS.items()},
         "episodes_per_task": cfg.eval.episodes_per_task,
         "seed": cfg.eval.seed,
-        "command": command,
-        "commit": git_commit(),
+        **stamp(command),
     }
     write_atomic(out_dir / "variant_factors.json", json.dumps(report, indent=1) + "\n")
     table = markdown(success, cfg.eval.episodes_per_task)

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -57,6 +58,7 @@ def test_scripted_and_random_through_parallel_envs(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["command"] == "python -m sim.evaluate test" and saved["episodes_per_task"] == 3
     assert "Command: `python -m sim.evaluate test`" in (tmp_path / "results.md").read_text()
+    assert saved["machine"]["cores"] == os.cpu_count() and saved["machine"]["cpu"]  # what it ran on
     assert results_markdown(results).count("| average |") == 2
     assert "| stack_block | 100 / 100 / " in table  # the expert closed on the object every time
 
