@@ -1,5 +1,5 @@
-"""What every benchmark shares: the stamp (command, commit, machine), atomic report and figure writing, config composition
-for the scripts without a Hydra entry point, and one timing helper.
+"""What every benchmark shares: the stamp (command, commit, machine), atomic report and figure writing,
+config composition for the scripts without a Hydra entry point, and one timing helper.
 
     report = {...} | stamp("python -m bench.train " + " ".join(sys.argv[1:]))
     write_report(Path("reports/bench/train_cpu.json"), report)

@@ -141,7 +141,8 @@ def plot(periods: dict, traces: dict, path: Path) -> None:
 def main(cfg: DictConfig) -> None:
     b = cfg.bench_control
     c = cfg.control.policy
-    learned = load_policy(c.path, c.device, OmegaConf.to_container(c.overrides, resolve=True))
+    overrides = OmegaConf.to_container(c.overrides, resolve=True)  # e.g. its Euler steps
+    learned = load_policy(c.path, c.device, overrides)
     policies = {"learned": lambda task: learned, "scripted_chunks": lambda task: ChunkedExpertPolicy(task)}
     # (run, policy, Hz, smoothing, episodes per task): timing and success of the learned policy at 20 Hz,
     # then 50 Hz and the other smoothings, then the chunked expert (a policy that succeeds) at 20 Hz.
@@ -181,7 +182,7 @@ def main(cfg: DictConfig) -> None:
     results["success_hz50"] = rate([bool(r.info["is_success"]) for _, r in runs["hz50"]])
     results["meta"] = {
         "policy": str(c.path),
-        "policy_overrides": OmegaConf.to_container(c.overrides, resolve=True),  # e.g. its Euler steps
+        "policy_overrides": overrides,
         "loop": OmegaConf.to_container(cfg.control.loop, resolve=True),
         "episodes": {name: len(v) for name, v in runs.items()},
         "protocol": "visual_matching",

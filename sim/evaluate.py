@@ -357,7 +357,8 @@ def write_report(results: dict, out_dir: Path, command: str) -> str:
     results = {**results, **stamp(command)}
     table = results_markdown(results)
     write_atomic(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
-    footer = f"Command: `{command}`  \nCommit: `{results['commit']}`  \nMachine: {machine_line(results['machine'])}\n"
+    machine = machine_line(results["machine"])
+    footer = f"Command: `{command}`  \nCommit: `{results['commit']}`  \nMachine: {machine}\n"
     write_atomic(out_dir / "results.md", f"{table}\n{footer}")
     bar_chart(results, out_dir / "results.png")
     return table

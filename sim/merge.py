@@ -23,6 +23,11 @@ from sim.evaluate import add_averages, summarize_counts, write_report
 SAME = ("episodes_per_task", "seed", "image_size")
 
 
+def provenance(part: dict) -> dict:
+    """What made one merged part: its stamp (sim.reporting.stamp), None where an older report lacks a key."""
+    return {key: part.get(key) for key in ("command", "commit", "machine")}
+
+
 def merge(parts: list[dict], order: list[str] | None = None) -> dict:
     first = parts[0]
     policies: dict = {}
@@ -49,15 +54,7 @@ def merge(parts: list[dict], order: list[str] | None = None) -> dict:
     merged["average_success"] = {
         name: {p: avg["success"] for p, avg in entry["average"].items()} for name, entry in policies.items()
     }
-    merged["parts"] = [
-        {
-            "command": p.get("command"),
-            "commit": p.get("commit"),
-            "machine": p.get("machine"),
-            "policies": list(p["policies"]),
-        }
-        for p in parts
-    ]
+    merged["parts"] = [provenance(p) | {"policies": list(p["policies"])} for p in parts]
     return merged
 
 
@@ -105,15 +102,7 @@ def merge_shards(parts: list[dict]) -> dict:
     }
     if episodes != {first["episodes_per_task"]}:
         raise ValueError(f"the shards hold {episodes} episodes per entry, not {first['episodes_per_task']}")
-    merged["parts"] = [
-        {
-            "command": p.get("command"),
-            "commit": p.get("commit"),
-            "machine": p.get("machine"),
-            "shard": p["shard"],
-        }
-        for p in parts
-    ]
+    merged["parts"] = [provenance(p) | {"shard": p["shard"]} for p in parts]
     return merged
 
 

@@ -24,8 +24,8 @@ def git_commit() -> str:
 
 
 def machine() -> dict:
-    """The CPU a figure was measured on. One seed's success has spread 8-10 points across sessions of this
-    project on "the same" machine, and float kernels differ between CPU models, so reports record it."""
+    """The CPU a figure was measured on. Runs are deterministic on one CPU model, but one seed's success has
+    moved by up to 5.5 points between sessions with the same code (float kernels differ between CPUs)."""
     info = _cpuinfo()
     model = info.get("model name") or platform.processor() or platform.machine()
     if "cpu family" in info:  # the name alone ("AMD EPYC") does not tell the generations apart
