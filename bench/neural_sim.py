@@ -138,10 +138,11 @@ def cm(predicted: torch.Tensor, true: torch.Tensor) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- agreement
-def agreement(cfg: DictConfig, checkpoint: Path) -> dict:
+def agreement(cfg: DictConfig, checkpoint: Path, nodes: DictConfig | None = None) -> dict:
+    """Every policy of `nodes` (default: bench_neural_sim.policies) in MuJoCo and in the neural simulator."""
     bcfg = cfg.bench_neural_sim
     policies, learned = {}, []
-    for name, node in bcfg.policies.items():
+    for name, node in (bcfg.policies if nodes is None else nodes).items():
         path = node.get("path")
         if path is not None and not Path(path).exists():
             print(f"skipping {name}: no checkpoint at {path}")
