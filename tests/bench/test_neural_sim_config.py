@@ -22,6 +22,7 @@ def test_trained_checkpoints_decode_as_make_results_in_rollouts_and_bench():
     results = compose_config(["experiment=results"]).eval.flow_steps  # what make results decodes with
     cfg = compose_config(["run_dir=outputs/results"])
     vipra = [k.policy for k in cfg.data.rollouts.kinds if "vipra" in str(k.policy)]
-    judged = [n for n in cfg.bench_neural_sim.policies.values() if "vipra" in str(n)]
+    bcfg = cfg.bench_neural_sim
+    judged = [n for n in [*bcfg.policies.values(), *bcfg.controls.values()] if "vipra" in str(n)]
     assert vipra and judged
     assert {int(n.num_inference_steps) for n in vipra + judged} == {results}
