@@ -107,14 +107,13 @@ def fidelity(cfg: DictConfig, checkpoint: Path) -> dict:
     real = val_bank.frames[steps].float() / 255  # (E, T + 1, 3, H, W)
     worlds = world_columns(val_bank)[steps]  # (E, T + 1, 15) robot state and object poses
     actions = val_bank.columns[ACTION][steps[:, :-1]]
-    prev = frame = real[:, 0]
     world = worlds[:, 0]
+    context = sim.start(real[:, 0], world)
     keys = ("psnr", "ssim", "psnr_copy_first", "ee_probe_cm", "ee_dynamics_cm", "object_cm")
     by_h = {k: [] for k in keys}
     for h in range(length):
         last_action = torch.zeros_like(actions[:, 0]) if h == 0 else sim.clip_action(actions[:, h - 1])
-        frame_next, world = sim.step(prev, frame, world, actions[:, h], last_action)
-        prev, frame = frame, frame_next
+        frame, world, context = sim.step(context, world, actions[:, h], last_action)
         target, true = real[:, h + 1], worlds[:, h + 1]
         by_h["psnr"].append(psnr(frame, target).mean().item())
         by_h["ssim"].append(ssim(frame, target).item())

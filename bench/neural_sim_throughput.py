@@ -53,7 +53,11 @@ def imagined_steps(
     def step():
         with cast:
             parts["states"](world, actions, geo)
-            parts["dynamics"](frames[0], frames[1], torch.randn(envs, COND_DIM, device=device))
+            cond = torch.randn(envs, COND_DIM, device=device)
+            if cfg.video == "render":  # from the first frame
+                parts["dynamics"](frames[0], cond)
+            else:  # from the last two
+                parts["dynamics"](frames[0], frames[1], cond)
             parts["judge"](world, geo)
 
     seconds = float(np.mean(time_calls(step, repeats, warmup=3, device=device)))

@@ -49,6 +49,15 @@ def test_untrained_models_keep_the_world_as_it_is():
         NeuralSimConfig(image_size=36, levels=3)
 
 
+def test_an_untrained_renderer_draws_the_first_frame_and_names_are_checked():
+    renderer = build_modules(NeuralSimConfig(**TINY, video="render"))["dynamics"]
+    first = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(renderer(first, torch.randn(2, COND_DIM)), first)  # zero head
+    assert renderer.stem.conv.in_channels == 5  # the frame and two coordinate channels
+    with pytest.raises(ValueError, match="video model 'diffusion' is not one of"):
+        NeuralSimConfig(**TINY, video="diffusion")
+
+
 def test_geometry_features_see_a_grasp():
     world = torch.zeros(2, WORLD_DIM)
     world[:, 7:10] = torch.tensor([0.3, 0.1, 0.02])  # source object
@@ -167,6 +176,25 @@ def test_the_judge_learns_a_hand_made_success_rule():
     assert ((logit > 0).float() == test_success).float().mean() > 0.9
 
 
+def tiny_config(task, rollouts, out_dir, **model):
+    """A tiny simulator's training config: two state steps, then two frame steps."""
+    return OmegaConf.create(
+        {
+            "task": task,
+            "model": {"neural_sim": TINY | model},
+            "train": {
+                "neural_sim": {
+                    "dataset": str(rollouts), "out_dir": str(out_dir), "resume": True, "seed": 0,
+                    "device": "cpu", "state_steps": 2, "state_batch": 4, "state_unroll": 3, "steps": 2,
+                    "batch_size": 2, "unroll": 2, "lr": 1e-3, "lr_warmup": 1, "weight_decay": 0.0,
+                    "grad_clip": 1.0, "val_fraction": 0.34, "log_every": 1, "val_every": 3, "ckpt_every": 3,
+                    "loss": {"state": 1.0, "attach": 1.0, "judge": 1.0, "frame": 1.0, "probe": 1.0},
+                }
+            },
+        }
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny simulator trained for a few steps on 3 generated rollouts of one task: its run folder."""
@@ -188,21 +216,7 @@ def trained(tmp_path_factory):
     finally:
         close_envs()
     assert out["frames"] == 3 * 60
-    cfg = OmegaConf.create(
-        {
-            "task": task,
-            "model": {"neural_sim": TINY},
-            "train": {
-                "neural_sim": {
-                    "dataset": str(root / "rollouts"), "out_dir": str(root / "run"), "resume": True, "seed": 0,
-                    "device": "cpu", "state_steps": 2, "state_batch": 4, "state_unroll": 3, "steps": 2,
-                    "batch_size": 2, "unroll": 2, "lr": 1e-3, "lr_warmup": 1, "weight_decay": 0.0,
-                    "grad_clip": 1.0, "val_fraction": 0.34, "log_every": 1, "val_every": 3, "ckpt_every": 3,
-                    "loss": {"state": 1.0, "attach": 1.0, "judge": 1.0, "frame": 1.0, "probe": 1.0},
-                }
-            },
-        }
-    )  # fmt: skip
+    cfg = tiny_config(task, root / "rollouts", root / "run")
     cfg.train.neural_sim.steps = 0  # stop where the state phase ends
     summary = train(cfg)
     assert summary["steps"] == 2 and np.isfinite(summary["object_cm"])
@@ -250,12 +264,38 @@ class StubSim:
     def clip_action(self, action):
         return action.clamp(max=0.5)
 
-    def step(self, prev, frame, world, action, last_action):
+    def start(self, frame, world):
+        return frame, frame
+
+    def step(self, context, world, action, last_action):
         self.calls.append((action, last_action))
-        return frame, world
+        return context[1], world, context
 
     def judge_state(self, world):
         return {"success": torch.tensor([self.success]), "grasp": torch.tensor([self.grasp])}
+
+
+def test_a_renderer_trains_and_draws_every_frame_from_the_first(trained):
+    """`video: render`: trained on the same rollouts, its env runs; the context stays the first frame and
+    state, so no drawn frame feeds back."""
+    from world_model.neural_sim.env import NeuralTabletopEnv
+    from world_model.neural_sim.train import train
+
+    task = {"tasks": ["stack_block"], "image_size": 32, "fps": 5, "image_key": "observation.images.image"}
+    run = trained.parent / "render"
+    summary = train(tiny_config(task, trained.parent / "rollouts", run, video="render"))
+    assert summary["steps"] == 4 and np.isfinite(summary["psnr_last"])
+    env = NeuralTabletopEnv("stack_block", image_size=32, checkpoint=str(run), max_episode_steps=3)
+    try:
+        assert env.sim.renders
+        obs, _ = env.reset(seed=3)
+        first = env._context
+        for _ in range(3):
+            obs, *_ = env.step(np.zeros(7, np.float32))
+        assert env._context is first
+        assert obs["pixels"]["image"].shape == (32, 32, 3)
+    finally:
+        env.close()
 
 
 def test_the_env_reads_the_judge_and_passes_the_clipped_action_before(trained):

@@ -8,8 +8,9 @@ robot state and object poses. `step(action)` asks the state model for the next r
 poses (`agent_pos` and the privileged `environment_state` the scripted experts read), the video model
 for the frame that shows them, and the judge for `info["is_success"]` / `grasped` on the new state.
 Episodes are rolled out autoregressively for the task's horizon (60-120 steps), past the 16 state steps
-and 2 frame steps the model was trained to unroll: how far they stay faithful is what
-`make bench-neural-sim` measures (PSNR and state errors by horizon).
+the model was trained to unroll (a warp video model also past its 2 frame steps; a renderer draws each
+frame from the first one and the state): how far they stay faithful is what `make bench-neural-sim`
+measures (PSNR and state errors by horizon).
 Actions outside the training range are clipped, with a warning. The checkpoint is read from
 `$NEURAL_SIM_CHECKPOINT` (default outputs/neural_sim), since the harness builds envs by suite name only.
 """
@@ -58,7 +59,7 @@ class NeuralTabletopEnv(gym.Env):
         self.observation_space = self.real.observation_space
         self.action_space = self.real.action_space
         self.render_mode = render_mode
-        self._frames = self._world = self._last_action = None
+        self._context = self._frame = self._world = self._last_action = None
         self._ever_grasped, self._steps = False, 0
 
     @property
@@ -73,8 +74,8 @@ class NeuralTabletopEnv(gym.Env):
         super().reset(seed=seed)
         obs, _ = self.real.reset(seed=seed)
         frame = torch.from_numpy(obs["pixels"]["image"]).permute(2, 0, 1)[None].float() / 255
-        self._frames = (frame, frame)  # t-1 = t at the start, as in training
         self._world = torch.from_numpy(np.concatenate([obs["agent_pos"], obs["environment_state"]]))[None]
+        self._frame, self._context = frame, self.sim.start(frame, self._world)
         self._last_action = torch.zeros(1, *self.action_space.shape)
         self._ever_grasped, self._steps = False, 0
         return obs, {"is_success": False, "grasped": False, "grasped_now": False}
@@ -84,9 +85,10 @@ class NeuralTabletopEnv(gym.Env):
         if action.shape != (1, *self.action_space.shape):
             raise ValueError(f"actions are {self.action_space.shape}, got {tuple(action.shape[1:])}")
         action = self.sim.clip_action(action)
-        frame, self._world = self.sim.step(*self._frames, self._world, action, self._last_action)
+        self._frame, self._world, self._context = self.sim.step(
+            self._context, self._world, action, self._last_action
+        )
         self._last_action = action
-        self._frames = (self._frames[1], frame)
         verdict = self.sim.judge_state(self._world)
         grasped_now = bool(verdict["grasp"][0] > 0.5)
         self._ever_grasped |= grasped_now
@@ -105,7 +107,7 @@ class NeuralTabletopEnv(gym.Env):
         return obs, float(info["is_success"]), False, self._steps >= self.max_episode_steps, info
 
     def render(self) -> np.ndarray:
-        return (self._frames[1][0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        return (self._frame[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
     def close(self) -> None:
         self.real.close()

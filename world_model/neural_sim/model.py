@@ -17,6 +17,10 @@ and the object yaws as angles. NeuralDynamics draws frame t+1 from frames t-1
 and t, conditioned on the states before and after the step and the action, as a warp of frame t by a
 predicted flow plus a residual (the latent action model's decoder, conditioned on states and actions
 instead of latent codes); states and actions condition every level of a small conv U-Net through FiLM.
+With `video: render` the video model is a NeuralRenderer instead: it draws frame t from the episode's
+first frame, conditioned on the states at 0 and t, and no drawn frame is fed back, so its pixel errors
+do not compound over an episode (the state model carries the episode, as a world model's decoder reads
+its latent state); coordinate channels let it draw where a state puts the hand and the objects.
 SuccessJudge is the classifier trained on the sim's labels that decides each imagined episode (success,
 and fingers on the object). FrameProbe reads the world state back off a frame: it measures how faithful
 the imagined frames are (the end-effector trajectory of EWMBench) and plays no part in the rollout.
@@ -37,6 +41,7 @@ COND_DIM = 2 * WORLD_DIM + ACTION_DIM  # the video model's conditioning: state b
 OBJECT_YAWS = [10, 14]  # world-state entries that are object yaws in [-pi, pi): they wrap around
 OBJECT_YAW_MASK = torch.zeros(WORLD_DIM, dtype=torch.bool)
 OBJECT_YAW_MASK[OBJECT_YAWS] = True
+VIDEO_MODELS = ("warp", "render")
 
 
 @dataclass
@@ -49,8 +54,11 @@ class NeuralSimConfig:
     probe_width: int = 32
     state_width: int = 256  # hidden units of the state model and the judge
     state_layers: int = 3
+    video: str = "warp"  # warp: frame t+1 from the drawn t-1, t | render: frame t from frame 0 and states
 
     def __post_init__(self):
+        if self.video not in VIDEO_MODELS:
+            raise ValueError(f"video model {self.video!r} is not one of {VIDEO_MODELS}")
         if self.image_size % 2**self.levels:
             raise ValueError(f"image_size {self.image_size} is not divisible by 2**levels = {2**self.levels}")
 
@@ -75,12 +83,12 @@ class FiLMBlock(nn.Module):
 
 
 class NeuralDynamics(nn.Module):
-    def __init__(self, cfg: NeuralSimConfig):
+    def __init__(self, cfg: NeuralSimConfig, in_channels: int = 6):
         super().__init__()
         self.cfg = cfg
         w, L, D = cfg.width, cfg.levels, cfg.cond_dim
         self.cond = nn.Sequential(nn.Linear(COND_DIM, D), nn.SiLU(), nn.Linear(D, D))
-        self.stem = FiLMBlock(6, w, D)
+        self.stem = FiLMBlock(in_channels, w, D)
         self.down = nn.ModuleList([FiLMBlock(w * 2**i, w * 2 ** (i + 1), D, stride=2) for i in range(L)])
         c = w * 2**L
         self.mid = nn.ModuleList([FiLMBlock(c, c, D) for _ in range(cfg.blocks)])
@@ -92,8 +100,12 @@ class NeuralDynamics(nn.Module):
 
     def forward(self, prev: torch.Tensor, frame: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """prev, frame (B, 3, H, W) in [0, 1]; cond (B, COND_DIM), normalised (video_condition) -> next frame."""
+        return self.draw(torch.cat([prev, frame], dim=1), frame, cond)
+
+    def draw(self, inputs: torch.Tensor, base: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The U-Net over inputs (B, C, H, W) -> `base` (B, 3, H, W) warped by its flow plus its residual."""
         cond = self.cond(cond)  # (B, D)
-        x = self.stem(torch.cat([prev, frame], dim=1), cond)  # (B, w, H, W)
+        x = self.stem(inputs, cond)  # (B, w, H, W)
         skips = [x]
         for block in self.down:
             x = block(x, cond)
@@ -105,7 +117,24 @@ class NeuralDynamics(nn.Module):
             x = block(torch.cat([x, skips[level]], dim=1), cond)  # (B, w 2^level, H / 2^level, ...)
         out = self.head(x)  # (B, 5, H, W)
         flow, residual = out[:, :2] * 4.0, out[:, 2:]  # flows of a few pixels per step
-        return (warp(frame, flow) + residual).clamp(0, 1)
+        return (warp(base, flow) + residual).clamp(0, 1)
+
+
+class NeuralRenderer(NeuralDynamics):
+    """Frame t from the episode's first frame (the scene: lighting, distractors, where things began) and
+    the states at 0 and t; pixel coordinates enter as two channels (CoordConv), so the FiLM conditioning
+    can place the hand and the objects where the state puts them. Untrained, it draws the first frame."""
+
+    def __init__(self, cfg: NeuralSimConfig):
+        super().__init__(cfg, in_channels=3 + 2)
+        ramp = torch.linspace(-1, 1, cfg.image_size)
+        coords = torch.stack(torch.meshgrid(ramp, ramp, indexing="ij"))[None]  # (1, 2, H, W)
+        self.register_buffer("coords", coords, persistent=False)
+
+    def forward(self, first: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """first (B, 3, H, W) in [0, 1]; cond (B, COND_DIM): video_condition(state 0, action t-1, state t)."""
+        coords = self.coords.expand(len(first), -1, -1, -1)  # (B, 2, H, W) rows, columns in [-1, 1]
+        return self.draw(torch.cat([first, coords], dim=1), first, cond)
 
 
 def video_condition(world: torch.Tensor, action: torch.Tensor, next_world: torch.Tensor) -> torch.Tensor:
@@ -195,6 +224,6 @@ def build_modules(cfg: NeuralSimConfig) -> dict[str, nn.Module]:
     return {
         "states": StateDynamics(cfg),
         "judge": SuccessJudge(cfg),
-        "dynamics": NeuralDynamics(cfg),
+        "dynamics": NeuralRenderer(cfg) if cfg.video == "render" else NeuralDynamics(cfg),  # the video model
         "probe": FrameProbe(cfg),
     }

@@ -6,7 +6,13 @@ from pathlib import Path
 import torch
 
 from world_model.neural_sim.dynamics import ACTION, WORLD, denormalize, judge_logits, normalize, state_step
-from world_model.neural_sim.model import STATE_DIM, NeuralSimConfig, build_modules, video_condition
+from world_model.neural_sim.model import (
+    STATE_DIM,
+    NeuralRenderer,
+    NeuralSimConfig,
+    build_modules,
+    video_condition,
+)
 from world_model.training.checkpoint import load_trained
 
 
@@ -16,6 +22,7 @@ class NeuralSim:
     def __init__(self, modules: dict, stats: dict):
         self.states, self.judge = modules["states"].eval(), modules["judge"].eval()
         self.dynamics, self.probe = modules["dynamics"].eval(), modules["probe"].eval()
+        self.renders = isinstance(self.dynamics, NeuralRenderer)  # draws from the first frame, not the last
         self.stats = stats
         self.action_low = torch.tensor(stats[ACTION]["min"])
         self.action_high = torch.tensor(stats[ACTION]["max"])
@@ -33,17 +40,32 @@ class NeuralSim:
             self._warned = True
         return clipped
 
+    def start(self, frame: torch.Tensor, world: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The video model's context at an episode's first frame (B, 3, H, W) and raw state (B, 15): frames
+        t-1 = t = the first frame (warp: it then moves on with the drawn frames), or the first frame and its
+        normalised state (render: they stay for the whole episode)."""
+        if self.renders:
+            return frame, normalize(world, self.stats[WORLD])
+        return frame, frame
+
     @torch.no_grad()
-    def step(self, prev, frame, world, action, last_action) -> tuple[torch.Tensor, torch.Tensor]:
-        """frames (B, 3, H, W) in [0, 1], raw world state (B, 15), raw actions at t and t-1 (B, 7) -> next
-        frame, next world. The action at t-1 is taken as given: pass it as clipped at its own step, and
-        zeros before the first step (as in training)."""
+    def step(self, context, world, action, last_action) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+        """The video model's context (from `start`, then from the last step), raw world state (B, 15), raw
+        actions at t and t-1 (B, 7) -> next frame (B, 3, H, W) in [0, 1], next world, next context. The
+        action at t-1 is taken as given: pass it as clipped at its own step, and zeros before the first
+        step (as in training)."""
         action = normalize(self.clip_action(action), self.stats[ACTION])
         last_action = normalize(last_action, self.stats[ACTION])
         next_world, _ = state_step(self.states, world, action, last_action, self.stats)
         norm = self.stats[WORLD]
+        if self.renders:
+            first, first_world = context
+            frame = self.dynamics(first, video_condition(first_world, action, normalize(next_world, norm)))
+            return frame, next_world, context
+        prev, frame = context
         cond = video_condition(normalize(world, norm), action, normalize(next_world, norm))
-        return self.dynamics(prev, frame, cond), next_world
+        frame_next = self.dynamics(prev, frame, cond)
+        return frame_next, next_world, (frame, frame_next)
 
     @torch.no_grad()
     def judge_state(self, world) -> dict[str, torch.Tensor]:

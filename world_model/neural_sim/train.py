@@ -9,8 +9,9 @@ state at t the state model predicts t+1 .. t+state_unroll autoregressively from 
 own predictions fed back with gradients through them, so it learns to stay on course over long
 horizons; the judge learns success and grasp from the real states and from the predicted ones (detached)
 with the real labels, so it reads imagined states as well as real ones. Then the video model and the
-probe (`steps`): from the real frames t-1, t the video model draws t+1 .. t+unroll autoregressively,
-conditioned on the real states and actions; the probe learns the states from real and drawn frames.
+probe (`steps`): from the real frames t-1, t the video model draws t+1 .. t+unroll autoregressively
+(a renderer draws each from the episode's first frame), conditioned on the real states and actions;
+the probe learns the states from real and drawn frames.
 Inputs are normalised with the dataset's statistics, kept in the checkpoint with the action range the
 model saw (the env clips outside it). Checkpoints are safetensors, resumable (world_model/training/checkpoint.py).
 """
@@ -45,6 +46,7 @@ from world_model.neural_sim.dynamics import (
     world_error,
 )
 from world_model.neural_sim.model import (
+    NeuralRenderer,
     NeuralSimConfig,
     build_modules,
     video_condition,
@@ -77,6 +79,8 @@ class Sequence:
     success: torch.Tensor  # (B, K + 1)
     grasp: torch.Tensor  # (B, K + 1)
     frames: torch.Tensor | None = None  # (B, K + 2, 3, H, W) frames t-1 .. t+K in [0, 1]
+    first_frame: torch.Tensor | None = None  # (B, 3, H, W) the episode's first frame, what a renderer reads
+    first_world: torch.Tensor | None = None  # (B, 15) raw, its state
 
 
 def make_sequences(
@@ -95,6 +99,9 @@ def make_sequences(
     if frames:
         prev = torch.maximum(rows - 1, bank.episode_start[rows])[:, None]
         seq.frames = bank.frames[torch.cat([prev, steps], dim=1)].float() / 255
+        first = bank.episode_start[rows]
+        seq.first_frame = bank.frames[first].float() / 255
+        seq.first_world = torch.cat([c[STATE][first], c[ENV_STATE][first]], dim=-1)
     return seq
 
 
@@ -130,23 +137,34 @@ def state_loss(states, judge, seq: Sequence, stats: dict, loss_cfg: DictConfig) 
 def frame_loss(
     dynamics, probe, seq: Sequence, stats: dict, loss_cfg: DictConfig
 ) -> tuple[torch.Tensor, dict]:
-    """Autoregressive frame losses over the unroll (real states as conditions), probe on real and drawn frames."""
-    K = seq.action.shape[1]
+    """Frame losses over the unroll (real states as conditions), probe on real and drawn frames."""
     world = normalize(seq.world, stats[WORLD])  # (B, K + 1, 15)
-    prev, frame = seq.frames[:, 0], seq.frames[:, 1]
-    frame_l1 = frame_mse = 0.0
-    drawn = []
-    for k in range(K):
-        frame_next = dynamics(prev, frame, video_condition(world[:, k], seq.action[:, k], world[:, k + 1]))
-        real = seq.frames[:, k + 2]
-        frame_l1 = frame_l1 + (frame_next - real).abs().mean() / K
-        frame_mse = frame_mse + (frame_next - real).pow(2).mean() / K
-        drawn.append(frame_next)
-        prev, frame = frame, frame_next
-    both = torch.cat([seq.frames[:, 2:].flatten(0, 1), torch.stack(drawn, 1).flatten(0, 1).detach()])
+    drawn = draw_frames(dynamics, seq, stats)  # (B, K, 3, H, W)
+    real = seq.frames[:, 2:]
+    frame_l1 = (drawn - real).abs().mean()
+    frame_mse = (drawn - real).pow(2).mean()
+    both = torch.cat([real.flatten(0, 1), drawn.flatten(0, 1).detach()])
     probe_mse = F.mse_loss(probe(both), world[:, 1:].flatten(0, 1).repeat(2, 1))
     terms = {"frame_l1": frame_l1, "frame_mse": frame_mse, "probe_mse": probe_mse}
     return loss_cfg.frame * (frame_l1 + frame_mse) + loss_cfg.probe * probe_mse, terms
+
+
+def draw_frames(dynamics, seq: Sequence, stats: dict) -> torch.Tensor:
+    """Frames t+1 .. t+K (B, K, 3, H, W) conditioned on the real states: a warp model draws them
+    autoregressively from the real frames t-1, t (gradients through its own frames), a renderer each
+    from the episode's first frame."""
+    world = normalize(seq.world, stats[WORLD])  # (B, K + 1, 15)
+    K = seq.action.shape[1]
+    if isinstance(dynamics, NeuralRenderer):
+        first = normalize(seq.first_world, stats[WORLD])
+        cond = [video_condition(first, seq.action[:, k], world[:, k + 1]) for k in range(K)]
+        return torch.stack([dynamics(seq.first_frame, c) for c in cond], 1)
+    prev, frame, drawn = seq.frames[:, 0], seq.frames[:, 1], []
+    for k in range(K):
+        cond = video_condition(world[:, k], seq.action[:, k], world[:, k + 1])
+        prev, frame = frame, dynamics(prev, frame, cond)
+        drawn.append(frame)
+    return torch.stack(drawn, 1)
 
 
 # ---------------------------------------------------------------------------------------------- eval
@@ -179,13 +197,7 @@ def evaluate_states(states, judge, bank: EpisodeBank, stats: dict, unroll: int, 
 def evaluate_frames(dynamics, probe, bank: EpisodeBank, stats: dict, unroll: int, num: int = 64) -> dict:
     """Held-out check: PSNR of the last drawn frame against copying frame t; the probe's hand error (cm)."""
     seq = make_sequences(bank, val_rows(bank, unroll, num), unroll, stats)
-    world = normalize(seq.world, stats[WORLD])
-    prev, frame = seq.frames[:, 0], seq.frames[:, 1]
-    for k in range(unroll):
-        prev, frame = (
-            frame,
-            dynamics(prev, frame, video_condition(world[:, k], seq.action[:, k], world[:, k + 1])),
-        )
+    frame = draw_frames(dynamics, seq, stats)[:, -1]
     read = denormalize(probe(frame), stats[WORLD])
     return {
         "psnr_last": psnr(frame, seq.frames[:, -1]).mean().item(),
