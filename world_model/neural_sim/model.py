@@ -5,6 +5,8 @@ physics and a video model that draws it, and the judges that read success off th
     robot_change, attach_logit, free_change = states(x, actions, geo)  # x (B, 15), actions, geo (B, 14)
     dynamics = NeuralDynamics(NeuralSimConfig())
     frame = dynamics(prev, frame, cond)                                # next frame (B, 3, H, W) in [0, 1]
+    renderer = NeuralRenderer(NeuralSimConfig(video="render"))
+    frame = renderer(first, cond)                                      # frame t from frame 0, cond(0, t)
     judge = SuccessJudge(NeuralSimConfig())
     success_logit, grasp_logit = judge(x, geo)
 
