@@ -89,7 +89,8 @@ def backbone_step(cfg: DictConfig, device: torch.device) -> tuple[torch.nn.Modul
 
 def neural_sim_step(cfg: DictConfig, device: torch.device) -> tuple[torch.nn.Module, Step, int]:
     """The neural simulator's video phase (world_model.neural_sim.train.Objective, "frames": the video
-    model and the probe over `unroll` autoregressive frames), on random frames and states."""
+    model and the probe over `unroll` frames, drawn from the last ones or, by a renderer, from the first),
+    on random frames and states."""
     model_cfg = NeuralSimConfig(**OmegaConf.to_container(cfg.model.neural_sim, resolve=True))
     tcfg = cfg.train.neural_sim
     objective = NeuralSimObjective(build_modules(model_cfg), tcfg.loss).to(device)
@@ -103,6 +104,8 @@ def neural_sim_step(cfg: DictConfig, device: torch.device) -> tuple[torch.nn.Mod
         success=torch.zeros(B, K + 1, device=device),
         grasp=torch.zeros(B, K + 1, device=device),
         frames=torch.rand(B, K + 2, 3, S, S, device=device),
+        first_frame=torch.rand(B, 3, S, S, device=device),
+        first_world=torch.randn(B, WORLD_DIM, device=device),
     )
     return objective, lambda: objective(seq, "frames", stats)[0], B
 

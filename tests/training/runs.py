@@ -30,12 +30,14 @@ TINY_POLICY = ["model.policy.chunk_size=6", "model.policy.n_action_steps=3", "mo
                "model.policy.heads=2", "model.policy.layers=1", "train.policy.batch_size=4",
                "model.policy.scheduler_warmup_steps=5"]  # fmt: skip
 STATE_FM = ["experiment=ceiling", "train.policy.batch_size=8", "train.policy.ema.decay=0.9"]
+# warp: the video model the recorded losses (test_same_losses) were trained with
 TINY_NEURAL_SIM = ["task.image_size=32", "model.neural_sim.width=8", "model.neural_sim.levels=2",
                    "model.neural_sim.blocks=1", "model.neural_sim.cond_dim=16", "model.neural_sim.probe_width=8",
                    "model.neural_sim.state_width=16", "model.neural_sim.state_layers=1",
                    "train.neural_sim.state_batch=8", "train.neural_sim.state_unroll=3",
                    "train.neural_sim.batch_size=2", "train.neural_sim.unroll=2", "train.neural_sim.lr_warmup=3",
-                   "train.neural_sim.val_fraction=0.34", "train.neural_sim.val_every=100"]  # fmt: skip
+                   "train.neural_sim.val_fraction=0.34", "train.neural_sim.val_every=100",
+                   "model.neural_sim.video=warp"]  # fmt: skip
 
 
 def compose_cfg(overrides: list[str]):
