@@ -22,6 +22,7 @@ TINY = {
     "image_size": 32, "width": 8, "levels": 2, "blocks": 1, "cond_dim": 16, "probe_width": 8,
     "state_width": 16, "state_layers": 1,
 }  # fmt: skip
+TINY_TASK = {"tasks": ["stack_block"], "image_size": 32, "fps": 5, "image_key": "observation.images.image"}
 
 
 def test_warp_moves_pixels_by_the_flow():
@@ -203,9 +204,7 @@ def trained(tmp_path_factory):
     from world_model.neural_sim.train import train
 
     root = tmp_path_factory.mktemp("neural_sim")
-    task = OmegaConf.create(
-        {"tasks": ["stack_block"], "image_size": 32, "fps": 5, "image_key": "observation.images.image"}
-    )
+    task = OmegaConf.create(TINY_TASK)
     kinds = [
         {"name": "expert", "policy": "expert", "noise": 0.005, "weight": 1},
         {"name": "random", "policy": "random", "weight": 1},
@@ -281,9 +280,8 @@ def test_a_renderer_trains_and_draws_every_frame_from_the_first(trained):
     from world_model.neural_sim.env import NeuralTabletopEnv
     from world_model.neural_sim.train import train
 
-    task = {"tasks": ["stack_block"], "image_size": 32, "fps": 5, "image_key": "observation.images.image"}
     run = trained.parent / "render"
-    summary = train(tiny_config(task, trained.parent / "rollouts", run, video="render"))
+    summary = train(tiny_config(TINY_TASK, trained.parent / "rollouts", run, video="render"))
     assert summary["steps"] == 4 and np.isfinite(summary["psnr_last"])
     env = NeuralTabletopEnv("stack_block", image_size=32, checkpoint=str(run), max_episode_steps=3)
     try:
