@@ -114,10 +114,13 @@ bench-control: install
 # data-efficiency's checkpoints among their controllers, and trains it when missing, ~55 min): agreement
 # over 12 policies (6 trained checkpoints), PSNR/SSIM by horizon, throughput -> reports/bench/neural_sim.json;
 # then its controls (state_fm, which reads no frame, and two checkpoints it was trained on, ~3 min):
-# reports/bench/neural_sim_controls.json.
+# reports/bench/neural_sim_controls.json; then every policy's MuJoCo episodes replayed in its state model
+# with their own actions (~2 min), splitting each gap between the state model and the closed loop:
+# reports/bench/neural_sim_replay.json.
 bench-neural-sim: install
 	$(PYTHON) -m bench.neural_sim run_dir=$(RESULTS_DIR)
 	$(PYTHON) -m bench.neural_sim_controls run_dir=$(RESULTS_DIR)
+	$(PYTHON) -m bench.neural_sim_replay run_dir=$(RESULTS_DIR)
 
 # Training samples/s and MFU of the GPU profiles (128x128), fp32/bf16, eager/compiled: reports/bench/train_cuda.json.
 # Prints why and exits 0 where no GPU is visible.

@@ -318,6 +318,36 @@ def test_the_env_reads_the_judge_and_passes_the_clipped_action_before(trained):
         env.close()
 
 
+def test_a_replay_moves_the_world_as_the_env_does_under_the_same_actions(trained):
+    """bench.neural_sim_replay: episodes recorded in the neural env (2 envs, 3 episodes: a short last
+    wave), replayed open loop from their first states, end in the env's last states and verdicts."""
+    import functools
+
+    import gymnasium as gym
+
+    from bench.neural_sim_replay import record_episodes, replay, split_gap
+    from sim.experts import ScriptedPolicy
+    from world_model.neural_sim.env import NeuralTabletopEnv
+    from world_model.neural_sim.simulator import load_neural_sim
+
+    make = functools.partial(
+        NeuralTabletopEnv, "stack_block", image_size=32, checkpoint=str(trained), max_episode_steps=6
+    )
+    envs = gym.vector.SyncVectorEnv([make] * 2, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    try:
+        run = record_episodes(ScriptedPolicy(task="stack_block", noise=0.05), envs, 3, 6, seed=40)
+    finally:
+        envs.close()
+    assert (
+        run["first"].shape == (3, 15) and run["actions"].shape == (3, 6, 7) and run["success"].shape == (3,)
+    )
+    last, verdicts = replay(load_neural_sim(trained), run["first"], run["actions"])
+    np.testing.assert_allclose(last.numpy(), run["last"], atol=1e-5)
+    assert verdicts.tolist() == run["success"].tolist()
+    gap = split_gap(np.array([True, False, False]), np.array([False, True, True]))
+    assert (gap["lenient"], gap["strict"], gap["replayed"]) == (2, 1, 2 / 3)
+
+
 def test_actions_outside_the_training_range_are_clipped_with_a_warning(trained):
     from world_model.neural_sim.simulator import load_neural_sim
 

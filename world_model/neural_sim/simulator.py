@@ -49,14 +49,21 @@ class NeuralSim:
         return frame, frame
 
     @torch.no_grad()
+    def step_state(self, world, action, last_action) -> torch.Tensor:
+        """The state model alone: raw world state (B, 15), raw actions at t and t-1 (B, 7) -> the next raw
+        world state, as `step` moves it (the action at t clipped, the one before taken as given)."""
+        action = normalize(self.clip_action(action), self.stats[ACTION])
+        last_action = normalize(last_action, self.stats[ACTION])
+        return state_step(self.states, world, action, last_action, self.stats)[0]
+
+    @torch.no_grad()
     def step(self, context, world, action, last_action) -> tuple[torch.Tensor, torch.Tensor, tuple]:
         """The video model's context (from `start`, then from the last step), raw world state (B, 15), raw
         actions at t and t-1 (B, 7) -> next frame (B, 3, H, W) in [0, 1], next world, next context. The
         action at t-1 is taken as given: pass it as clipped at its own step, and zeros before the first
         step (as in training)."""
+        next_world = self.step_state(world, action, last_action)
         action = normalize(self.clip_action(action), self.stats[ACTION])
-        last_action = normalize(last_action, self.stats[ACTION])
-        next_world, _ = state_step(self.states, world, action, last_action, self.stats)
         norm = self.stats[WORLD]
         if self.renders:
             first, first_world = context

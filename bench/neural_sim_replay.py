@@ -1,0 +1,146 @@
+"""Whose error a policy's imagined success is: its MuJoCo episodes replayed open loop in the neural
+simulator's state model with the actions it took there, and judged -> reports/bench/neural_sim_replay.json.
+
+    python -m bench.neural_sim_replay run_dir=outputs/results     # after make bench-neural-sim
+
+Closed loop (make bench-neural-sim), a policy acts on the frames and states the simulator imagines.
+Replayed, the state model and the judge get exactly the actions the policy took in MuJoCo. So the gap
+between imagined and MuJoCo success splits in two:
+- replayed - MuJoCo: the state model and the judge, under that policy's own actions;
+- imagined - replayed: the policy acting otherwise on what the simulator shows it.
+Per episode, `lenient` counts MuJoCo failures the replay calls successes, `strict` the reverse. The scenes
+and seeding are the harness's (sim/evaluate.py: episode i of a task uses seed `seed + i`, torch's
+generator seeded per wave), so the MuJoCo episodes are those make bench-neural-sim scored.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import hydra
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from bench.common import stamp, write_atomic
+from bench.neural_sim import ensure_model
+from sim.evaluate import make_vector_env, obs_to_batch
+from sim.features import FeatureMap
+from sim.tasks import get_task
+from world_model.neural_sim.simulator import NeuralSim, load_neural_sim
+
+
+def world_of(obs: dict) -> np.ndarray:
+    """Vector-env observation -> raw world states (N, 15): robot state and object poses."""
+    return np.concatenate([obs["agent_pos"], obs["environment_state"]], axis=-1)
+
+
+def record_episodes(policy, envs: gym.vector.VectorEnv, episodes: int, max_steps: int, seed: int) -> dict:
+    """Run `episodes` episodes as the harness does; per episode the first and last world states (E, 15),
+    the actions (E, T, 7) and the env's verdict at the last step (E,)."""
+    first, last, actions, success = [], [], [], []
+    n = envs.num_envs
+    for start in range(0, episodes, n):
+        obs, _ = envs.reset(seed=[seed + start + i for i in range(n)])
+        torch.manual_seed(seed + start)
+        policy.reset()
+        if start == 0:
+            match = FeatureMap(policy, obs_to_batch(obs))
+        keep = min(n, episodes - start)
+        first.append(world_of(obs)[:keep])
+        taken = []
+        for _ in range(max_steps):
+            with torch.inference_mode():
+                action = policy.select_action(match(obs_to_batch(obs)))
+            action = np.asarray(torch.as_tensor(action).cpu(), dtype=np.float32)
+            obs, _, _, _, info = envs.step(action)
+            taken.append(action[:keep])
+        last.append(world_of(obs)[:keep])
+        actions.append(np.stack(taken, axis=1))
+        success.append(np.asarray(info["is_success"][:keep], dtype=bool))
+    keys = ("first", "last", "actions", "success")
+    return {k: np.concatenate(v) for k, v in zip(keys, (first, last, actions, success), strict=True)}
+
+
+@torch.no_grad()
+def replay(sim: NeuralSim, first: np.ndarray, actions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Actions (E, T, 7) from first world states (E, 15), open loop in the state model -> the last
+    imagined world states (E, 15) and the judge's verdicts on them (E,) bool."""
+    world, actions = torch.as_tensor(first).float(), torch.as_tensor(actions).float()
+    last_action = torch.zeros_like(actions[:, 0])  # zeros before the first step, as in training
+    for t in range(actions.shape[1]):
+        action = sim.clip_action(actions[:, t])
+        world = sim.step_state(world, action, last_action)
+        last_action = action
+    return world, sim.judge_state(world)["success"] > 0.5
+
+
+def split_gap(mujoco: np.ndarray, replayed: np.ndarray) -> dict:
+    return {
+        "mujoco": float(mujoco.mean()),
+        "replayed": float(replayed.mean()),
+        "lenient": int((replayed & ~mujoco).sum()),  # MuJoCo failures the replay calls successes
+        "strict": int((mujoco & ~replayed).sum()),
+        "episodes": len(mujoco),
+    }
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    bcfg = cfg.bench_neural_sim
+    sim = load_neural_sim(ensure_model(cfg))  # the simulator make bench-neural-sim judged (refused if stale)
+    nodes = {**bcfg.policies, **bcfg.controls}
+    nodes = {k: v for k, v in nodes.items() if v.get("path") is None or Path(v["path"]).exists()}
+    tasks = list(cfg.task.tasks)
+    found = {name: {"mujoco": [], "replayed": []} for name in nodes}
+    with tqdm(total=len(nodes) * len(tasks) * bcfg.episodes, desc="replayed episodes", unit="ep") as bar:
+        for task in tasks:
+            envs = make_vector_env(task, bcfg.protocol, bcfg.num_envs, cfg.task.image_size)
+            try:
+                for name, node in nodes.items():
+                    bar.set_postfix_str(f"{name} {task}")
+                    run = record_episodes(
+                        instantiate(node)(task=task), envs, bcfg.episodes, get_task(task).max_steps, bcfg.seed
+                    )
+                    found[name]["mujoco"].append(run["success"])
+                    found[name]["replayed"].append(replay(sim, run["first"], run["actions"])[1].numpy())
+                    bar.update(bcfg.episodes)
+            finally:
+                envs.close()
+    imagined = {}
+    if Path(bcfg.out).exists():  # make bench-neural-sim's closed-loop figures, on the same scenes
+        report = json.loads(Path(bcfg.out).read_text())
+        imagined = report["agreement"]["success_neural"] | closed_loop_controls(bcfg)
+    policies = {
+        name: split_gap(np.concatenate(v["mujoco"]), np.concatenate(v["replayed"]))
+        | ({"imagined": imagined[name]} if name in imagined else {})
+        for name, v in found.items()
+    }
+    out = Path(bcfg.replay_out)
+    report = {
+        "policies": policies,
+        "learned": [n for n, node in nodes.items() if node.get("path") is not None],
+        "episodes_per_task": bcfg.episodes,
+        **stamp("python -m bench.neural_sim_replay " + " ".join(sys.argv[1:])),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, json.dumps(report, indent=1) + "\n")
+    print(f"{'policy':24s} MuJoCo  replayed  imagined  lenient  strict")
+    for name, p in policies.items():
+        shown = f"{p['imagined']:.3f}" if "imagined" in p else "  -  "
+        print(
+            f"{name:24s} {p['mujoco']:.3f}  {p['replayed']:.3f}     {shown}     {p['lenient']:3d}  {p['strict']:3d}"
+        )
+    print(f"wrote {out}")
+
+
+def closed_loop_controls(bcfg: DictConfig) -> dict:
+    path = Path(bcfg.controls_out)
+    return json.loads(path.read_text())["success_neural"] if path.exists() else {}
+
+
+if __name__ == "__main__":
+    main()
