@@ -11,6 +11,8 @@ between imagined and MuJoCo success splits in two:
 Per episode, `lenient` counts MuJoCo failures the replay calls successes, `strict` the reverse. The scenes
 and seeding are the harness's (sim/evaluate.py: episode i of a task uses seed `seed + i`, torch's
 generator seeded per wave), so the MuJoCo episodes are those make bench-neural-sim scored.
+The simulator's own rollouts are replayed the same way, per controller kind, in training and held out:
+how well the state model fits the episodes of a policy it was trained on, against one it never saw.
 """
 
 import json
@@ -22,15 +24,19 @@ import hydra
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from bench.common import stamp, write_atomic
 from bench.neural_sim import ensure_model
+from data.chunks import split_episodes
+from data.generate_rollouts import KINDS_FILE, draw_kinds
 from sim.evaluate import make_vector_env, obs_to_batch
 from sim.features import FeatureMap
 from sim.tasks import get_task
+from world_model.neural_sim.dynamics import ACTION, SUCCESS, world_columns
 from world_model.neural_sim.simulator import NeuralSim, load_neural_sim
+from world_model.neural_sim.train import load_rollouts
 
 
 def world_of(obs: dict) -> np.ndarray:
@@ -78,6 +84,29 @@ def replay(sim: NeuralSim, first: np.ndarray, actions: np.ndarray) -> tuple[torc
     return world, sim.judge_state(world)["success"] > 0.5
 
 
+def replay_rollouts(sim: NeuralSim, cfg: DictConfig) -> dict:
+    """The simulator's training rollouts replayed from their first states with their actions, against the
+    sim's verdict at their last frame: per controller kind, episodes trained on and held out."""
+    tcfg = cfg.train.neural_sim
+    record = json.loads((Path(tcfg.dataset) / KINDS_FILE).read_text())
+    kinds = [kind.name for kind, _ in draw_kinds(OmegaConf.create(record))]  # by episode index
+    bank = load_rollouts(tcfg.dataset, cfg.task.image_key)
+    _, held_out = split_episodes(len(bank.episodes), tcfg.val_fraction, tcfg.seed)  # the split of training
+    held_out = {bank.episodes[i] for i in held_out}
+    world, actions = world_columns(bank), bank.columns[ACTION]
+    found: dict[str, dict[str, list]] = {}
+    for start in tqdm(torch.unique(bank.episode_start).tolist(), desc="replayed rollouts", unit="ep"):
+        end, episode = int(bank.episode_end[start]), int(bank.episode_index[start])
+        verdict = replay(sim, world[start : start + 1], actions[start:end][None])[1]
+        split = "held_out" if episode in held_out else "training"
+        pairs = found.setdefault(kinds[episode], {}).setdefault(split, [])
+        pairs.append((bool(bank.columns[SUCCESS][end] > 0.5), bool(verdict[0])))
+    return {
+        kind: {split: split_gap(*np.array(pairs).T) for split, pairs in sorted(splits.items(), reverse=True)}
+        for kind, splits in found.items()
+    }
+
+
 def split_gap(mujoco: np.ndarray, replayed: np.ndarray) -> dict:
     return {
         "mujoco": float(mujoco.mean()),
@@ -119,9 +148,11 @@ def main(cfg: DictConfig) -> None:
         | ({"imagined": imagined[name]} if name in imagined else {})
         for name, v in found.items()
     }
+    rollouts = replay_rollouts(sim, cfg)
     out = Path(bcfg.replay_out)
     report = {
         "policies": policies,
+        "rollouts": rollouts,
         "learned": [n for n, node in nodes.items() if node.get("path") is not None],
         "episodes_per_task": bcfg.episodes,
         **stamp("python -m bench.neural_sim_replay " + " ".join(sys.argv[1:])),
@@ -134,6 +165,13 @@ def main(cfg: DictConfig) -> None:
         print(
             f"{name:24s} {p['mujoco']:.3f}  {p['replayed']:.3f}     {shown}     {p['lenient']:3d}  {p['strict']:3d}"
         )
+    print(f"\n{'rollout kind':24s} {'split':9s} episodes  MuJoCo  replayed  lenient  strict")
+    for kind, splits in rollouts.items():
+        for split, p in splits.items():
+            print(
+                f"{kind:24s} {split:9s} {p['episodes']:8d}  {p['mujoco']:.3f}  {p['replayed']:.3f}     "
+                f"{p['lenient']:3d}  {p['strict']:3d}"
+            )
     print(f"wrote {out}")
 
 

@@ -194,19 +194,30 @@ def record(env: TabletopEnv, controller, seed: int, ds) -> bool:
     return bool(info["is_success"])
 
 
+def draw_kinds(cfg: DictConfig) -> list[tuple[DictConfig, int]]:
+    """The controller kind of each of `cfg.episodes` episodes, drawn with `cfg.kinds` weights, and the seed
+    of its controller's noise: what `generate_rollouts` ran, and which episode a kind drove."""
+    kinds = list(cfg.kinds)
+    weights = np.array([k.weight for k in kinds], dtype=float)
+    rng = np.random.default_rng(cfg.seed)
+    drawn = []
+    for _ in range(cfg.episodes):
+        kind = kinds[rng.choice(len(kinds), p=weights / weights.sum())]
+        drawn.append((kind, int(rng.integers(2**31))))
+    return drawn
+
+
 def generate_rollouts(cfg: DictConfig, task_cfg: DictConfig, root: Path) -> dict:
     """`cfg.episodes` episodes, tasks in turn, each by a controller kind drawn with `cfg.kinds` weights."""
-    tasks, kinds = list(task_cfg.tasks), list(cfg.kinds)
-    weights = np.array([k.weight for k in kinds], dtype=float)
-    check_checkpoints(kinds)
-    rng = np.random.default_rng(cfg.seed)
-    successes: dict[str, list[bool]] = {k.name: [] for k in kinds}
+    tasks = list(task_cfg.tasks)
+    check_checkpoints(list(cfg.kinds))
+    successes: dict[str, list[bool]] = {k.name: [] for k in cfg.kinds}
     loaded: dict = {}
     with create_dataset(root, rollout_features(task_cfg.image_size), task_cfg.fps, "widowx_sim") as ds:
-        for i in tqdm(range(cfg.episodes), desc="rollouts", unit="ep"):
-            task, kind = tasks[i % len(tasks)], kinds[rng.choice(len(kinds), p=weights / weights.sum())]
+        for i, (kind, noise_seed) in enumerate(tqdm(draw_kinds(cfg), desc="rollouts", unit="ep")):
+            task = tasks[i % len(tasks)]
             env = _env(task, cfg.protocol, task_cfg, "widowx")
-            controller = make_controller(kind, task, np.random.default_rng(rng.integers(2**31)), loaded)
+            controller = make_controller(kind, task, np.random.default_rng(noise_seed), loaded)
             successes[kind.name].append(record(env, controller, int(cfg.seed) + i, ds))
         frames = ds.meta.total_frames
     (root / KINDS_FILE).write_text(json.dumps(kinds_record(cfg), indent=1) + "\n")

@@ -348,6 +348,22 @@ def test_a_replay_moves_the_world_as_the_env_does_under_the_same_actions(trained
     assert (gap["lenient"], gap["strict"], gap["replayed"]) == (2, 1, 2 / 3)
 
 
+def test_the_rollouts_replay_counts_each_episode_under_the_kind_that_drove_it(trained):
+    import collections
+    import json
+
+    from bench.neural_sim_replay import replay_rollouts
+    from data.generate_rollouts import KINDS_FILE, draw_kinds
+    from world_model.neural_sim.simulator import load_neural_sim
+
+    rollouts = trained.parent / "rollouts"
+    found = replay_rollouts(load_neural_sim(trained), tiny_config(TINY_TASK, rollouts, trained))
+    record = OmegaConf.create(json.loads((rollouts / KINDS_FILE).read_text()))
+    drawn = collections.Counter(kind.name for kind, _ in draw_kinds(record))
+    assert {k: sum(s["episodes"] for s in v.values()) for k, v in found.items()} == drawn
+    assert sum(s.get("held_out", {}).get("episodes", 0) for s in found.values()) == 1  # a third of 3
+
+
 def test_actions_outside_the_training_range_are_clipped_with_a_warning(trained):
     from world_model.neural_sim.simulator import load_neural_sim
 
