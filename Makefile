@@ -115,7 +115,7 @@ bench-control: install
 # over 12 policies (6 trained checkpoints), PSNR/SSIM by horizon, throughput -> reports/bench/neural_sim.json;
 # then its controls (state_fm, which reads no frame, and two checkpoints it was trained on, ~3 min):
 # reports/bench/neural_sim_controls.json; then every policy's MuJoCo episodes replayed in its state model
-# with their own actions (~2 min), splitting each gap between the state model and the closed loop:
+# with their own actions (~3 min), splitting each gap between the state model and the closed loop:
 # reports/bench/neural_sim_replay.json.
 bench-neural-sim: install
 	$(PYTHON) -m bench.neural_sim run_dir=$(RESULTS_DIR)

@@ -139,10 +139,12 @@ def main(cfg: DictConfig) -> None:
                     bar.update(bcfg.episodes)
             finally:
                 envs.close()
-    imagined = {}
+    imagined, imagined_at = {}, None
     if Path(bcfg.out).exists():  # make bench-neural-sim's closed-loop figures, on the same scenes
         report = json.loads(Path(bcfg.out).read_text())
-        imagined = report["agreement"]["success_neural"] | closed_loop_controls(bcfg)
+        if report["episodes_per_task"] == bcfg.episodes:
+            imagined = report["agreement"]["success_neural"] | closed_loop_controls(bcfg)
+            imagined_at = report["commit"]
     policies = {
         name: split_gap(np.concatenate(v["mujoco"]), np.concatenate(v["replayed"]))
         | ({"imagined": imagined[name]} if name in imagined else {})
@@ -154,6 +156,7 @@ def main(cfg: DictConfig) -> None:
         "policies": policies,
         "rollouts": rollouts,
         "learned": [n for n, node in nodes.items() if node.get("path") is not None],
+        "imagined_from": imagined_at,  # the commit of the bench-neural-sim report the imagined rates are from
         "episodes_per_task": bcfg.episodes,
         **stamp("python -m bench.neural_sim_replay " + " ".join(sys.argv[1:])),
     }
