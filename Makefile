@@ -111,7 +111,7 @@ bench-control: install
 	$(PYTHON) -m bench.control experiment=results
 
 # The neural simulator against MuJoCo (generates its rollouts, with make results' and make
-# data-efficiency's checkpoints among their controllers, and trains it when missing, ~55 min): agreement
+# data-efficiency's checkpoints among their controllers, and trains it when missing, ~65 min): agreement
 # over 12 policies (6 trained checkpoints), PSNR/SSIM by horizon, throughput -> reports/bench/neural_sim.json;
 # then its controls (state_fm, which reads no frame, and two checkpoints it was trained on, ~3 min):
 # reports/bench/neural_sim_controls.json; then every policy's MuJoCo episodes replayed in its state model
