@@ -90,7 +90,7 @@ def replay_rollouts(sim: NeuralSim, cfg: DictConfig) -> dict:
     tcfg = cfg.train.neural_sim
     record = json.loads((Path(tcfg.dataset) / KINDS_FILE).read_text())
     kinds = [kind.name for kind, _ in draw_kinds(OmegaConf.create(record))]  # by episode index
-    bank = load_rollouts(tcfg.dataset, cfg.task.image_key)
+    bank = load_rollouts(tcfg.dataset, image_key=None)  # the state model replays no frames
     _, held_out = split_episodes(len(bank.episodes), tcfg.val_fraction, tcfg.seed)  # the split of training
     held_out = {bank.episodes[i] for i in held_out}
     world, actions = world_columns(bank), bank.columns[ACTION]

@@ -39,7 +39,7 @@ class Window:
 
 @dataclass
 class EpisodeBank:
-    frames: torch.Tensor  # (F, 3, H, W) uint8, episodes back to back in dataset order
+    frames: torch.Tensor  # (F, 3, H, W) uint8, episodes back to back in dataset order; (F, 0) if not loaded
     columns: dict[str, torch.Tensor]  # name -> (F, ...) per-frame values
     episode_start: torch.Tensor  # (F,) row of the first frame of each row's episode
     episode_end: torch.Tensor  # (F,) row of the last frame of each row's episode
@@ -50,25 +50,30 @@ class EpisodeBank:
     def load(
         cls,
         root: str | Path,
-        image_key: str,
+        image_key: str | None,
         columns: list[str],
         episodes: list[int] | None = None,
         expect_lossless: bool = True,
     ) -> "EpisodeBank":
         """Decode the chosen episodes (default all) of a dataset with their `columns` and instructions;
-        `expect_lossless` warns when the camera is a lossy video."""
-        meta = load_metadata(root, required_keys=[image_key, *columns])
+        `expect_lossless` warns when the camera is a lossy video. `image_key=None` reads the columns
+        only and decodes no video (`frames` is then an empty (F, 0) tensor)."""
+        meta = load_metadata(root, required_keys=[k for k in (image_key, *columns) if k is not None])
         table = episode_columns(root, [*columns, "task_index"])
         keep = np.ones(len(table["episode_index"]), bool)
         if episodes is not None:
             keep = np.isin(table["episode_index"], episodes)
         chosen = sorted(set(table["episode_index"][keep].tolist()))
-        frames = load_episode_frames(root, image_key, chosen, expect_lossless)
+        if image_key is None:
+            frames = torch.empty((int(keep.sum()), 0), dtype=torch.uint8)
+        else:
+            decoded = load_episode_frames(root, image_key, chosen, expect_lossless)
+            frames = torch.cat([decoded[e] for e in chosen])
         task_names = {
             int(i): name for name, i in zip(meta.tasks.index, meta.tasks["task_index"], strict=True)
         }
         return cls.from_arrays(
-            torch.cat([frames[e] for e in chosen]),
+            frames,
             {k: torch.from_numpy(np.asarray(table[k][keep], dtype=np.float32)) for k in columns},
             torch.from_numpy(table["episode_index"][keep].astype(np.int64)),
             [task_names[int(i)] for i in table["task_index"][keep]],

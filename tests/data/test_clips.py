@@ -51,6 +51,17 @@ def test_clips_of_an_episode_subset_are_that_episodes(datasets):
     )
 
 
+def test_a_bank_without_an_image_key_has_the_columns_and_no_frames(datasets):
+    root, _, _ = datasets
+    full = EpisodeBank.load(root / "demos", IMAGE, ["action"], episodes=[1, 2])
+    columns_only = EpisodeBank.load(root / "demos", None, ["action"], episodes=[1, 2])
+    assert columns_only.frames.shape == (len(full), 0)
+    torch.testing.assert_close(columns_only.columns["action"], full.columns["action"])
+    for name in ("episode_start", "episode_end", "episode_index"):
+        assert torch.equal(getattr(columns_only, name), getattr(full, name))
+    assert columns_only.tasks == full.tasks
+
+
 def test_bad_clip_requests_are_explained(datasets):
     root, _, _ = datasets
     bank = EpisodeBank.load(root / "demos", IMAGE, [])

@@ -58,7 +58,7 @@ from world_model.training.trainer import Trainer, TrainTask, print_run
 
 
 # ---------------------------------------------------------------------------------------------- data
-def load_rollouts(root: str | Path, image_key: str) -> EpisodeBank:
+def load_rollouts(root: str | Path, image_key: str | None) -> EpisodeBank:
     return EpisodeBank.load(root, image_key, columns=COLUMNS)
 
 
