@@ -8,13 +8,16 @@ Replayed, the state model and the judge get exactly the actions the policy took 
 between imagined and MuJoCo success splits in two:
 - replayed - MuJoCo: the state model and the judge, under that policy's own actions;
 - imagined - replayed: the policy acting otherwise on what the simulator shows it.
-Per episode, `lenient` counts MuJoCo failures the replay calls successes, `strict` the reverse. The scenes
+Per episode, `lenient` counts MuJoCo failures the replay calls successes, `strict` the reverse; for the
+trained checkpoints each such episode is listed (`disagreements`) with the task's own placement test on the
+imagined state, which tells the state model's share (the test agrees with the judge) from the judge's. The scenes
 and seeding are the harness's (sim/evaluate.py: episode i of a task uses seed `seed + i`, torch's
 generator seeded per wave), so the MuJoCo episodes are those make bench-neural-sim scored.
 The simulator's own rollouts are replayed the same way, per controller kind, in training and held out:
 how well the state model fits the episodes of a policy it was trained on, against one it never saw.
 """
 
+import collections
 import json
 import sys
 from pathlib import Path
@@ -33,7 +36,7 @@ from data.chunks import split_episodes
 from data.generate_rollouts import KINDS_FILE, draw_kinds
 from sim.evaluate import make_vector_env, obs_to_batch
 from sim.features import FeatureMap
-from sim.tasks import get_task
+from sim.tasks import TaskSpec, get_task
 from world_model.neural_sim.dynamics import ACTION, SUCCESS, world_columns
 from world_model.neural_sim.simulator import NeuralSim, load_neural_sim
 from world_model.neural_sim.train import load_rollouts
@@ -69,6 +72,37 @@ def record_episodes(policy, envs: gym.vector.VectorEnv, episodes: int, max_steps
         success.append(np.asarray(info["is_success"][:keep], dtype=bool))
     keys = ("first", "last", "actions", "success")
     return {k: np.concatenate(v) for k, v in zip(keys, (first, last, actions, success), strict=True)}
+
+
+def yaw_matrix(yaw: float) -> np.ndarray:
+    c, s = np.cos(yaw), np.sin(yaw)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def placed(task: TaskSpec, world: np.ndarray) -> bool:
+    """The task's placement test (the release is not checked) on a raw world state (15,): the source
+    object's x, y, z, yaw at 7:11, the target's at 11:15."""
+    return task.is_placed(world[7:10], yaw_matrix(world[10]), world[11:14], yaw_matrix(world[14]))
+
+
+def disagreements(task: TaskSpec, run: dict, imagined: np.ndarray, verdict: np.ndarray) -> list[dict]:
+    """The episodes whose replayed verdict differs from MuJoCo's: how far the object moved in MuJoCo, how
+    far the imagined object ends from MuJoCo's, and whose error it is: `state` when the task's own test on
+    the imagined state agrees with the judge, else `judge`."""
+    found = []
+    for i in np.nonzero(verdict != run["success"])[0]:
+        real, imag, test = run["last"][i], imagined[i], placed(task, imagined[i])
+        found.append(
+            {
+                "task": task.name,
+                "episode": int(i),
+                "kind": "lenient" if verdict[i] else "strict",
+                "object_moved_cm": round(float(np.linalg.norm(real[7:10] - run["first"][i][7:10])) * 100, 1),
+                "object_error_cm": round(float(np.linalg.norm(imag[7:10] - real[7:10])) * 100, 1),
+                "cause": "state" if test == bool(verdict[i]) else "judge",
+            }
+        )
+    return found
 
 
 @torch.no_grad()
@@ -124,18 +158,23 @@ def main(cfg: DictConfig) -> None:
     nodes = {**bcfg.policies, **bcfg.controls}
     nodes = {k: v for k, v in nodes.items() if v.get("path") is None or Path(v["path"]).exists()}
     tasks = list(cfg.task.tasks)
-    found = {name: {"mujoco": [], "replayed": []} for name in nodes}
+    learned = [n for n, node in nodes.items() if node.get("path") is not None]
+    found = {name: {"mujoco": [], "replayed": [], "disagreements": []} for name in nodes}
     with tqdm(total=len(nodes) * len(tasks) * bcfg.episodes, desc="replayed episodes", unit="ep") as bar:
         for task in tasks:
             envs = make_vector_env(task, bcfg.protocol, bcfg.num_envs, cfg.task.image_size)
             try:
                 for name, node in nodes.items():
                     bar.set_postfix_str(f"{name} {task}")
+                    spec = get_task(task)
                     run = record_episodes(
-                        instantiate(node)(task=task), envs, bcfg.episodes, get_task(task).max_steps, bcfg.seed
+                        instantiate(node)(task=task), envs, bcfg.episodes, spec.max_steps, bcfg.seed
                     )
+                    imagined, verdict = (x.numpy() for x in replay(sim, run["first"], run["actions"]))
                     found[name]["mujoco"].append(run["success"])
-                    found[name]["replayed"].append(replay(sim, run["first"], run["actions"])[1].numpy())
+                    found[name]["replayed"].append(verdict)
+                    if name in learned:
+                        found[name]["disagreements"] += disagreements(spec, run, imagined, verdict)
                     bar.update(bcfg.episodes)
             finally:
                 envs.close()
@@ -148,6 +187,7 @@ def main(cfg: DictConfig) -> None:
     policies = {
         name: split_gap(np.concatenate(v["mujoco"]), np.concatenate(v["replayed"]))
         | ({"imagined": imagined[name]} if name in imagined else {})
+        | ({"disagreements": v["disagreements"]} if name in learned else {})
         for name, v in found.items()
     }
     rollouts = replay_rollouts(sim, cfg)
@@ -155,7 +195,7 @@ def main(cfg: DictConfig) -> None:
     report = {
         "policies": policies,
         "rollouts": rollouts,
-        "learned": [n for n, node in nodes.items() if node.get("path") is not None],
+        "learned": learned,
         "imagined_from": imagined_at,  # the commit of the bench-neural-sim report the imagined rates are from
         "episodes_per_task": bcfg.episodes,
         **stamp("python -m bench.neural_sim_replay " + " ".join(sys.argv[1:])),
@@ -167,6 +207,13 @@ def main(cfg: DictConfig) -> None:
         shown = f"{p['imagined']:.3f}" if "imagined" in p else "  -  "
         print(
             f"{name:24s} {p['mujoco']:.3f}  {p['replayed']:.3f}     {shown}     {p['lenient']:3d}  {p['strict']:3d}"
+        )
+    print(f"\n{'trained checkpoint':24s} lenient: state  judge   strict: state  judge")
+    for name in learned:
+        count = collections.Counter((d["kind"], d["cause"]) for d in policies[name]["disagreements"])
+        print(
+            f"{name:24s} {count['lenient', 'state']:13d} {count['lenient', 'judge']:6d} "
+            f"{count['strict', 'state']:14d} {count['strict', 'judge']:6d}"
         )
     print(f"\n{'rollout kind':24s} {'split':9s} episodes  MuJoCo  replayed  lenient  strict")
     for kind, splits in rollouts.items():

@@ -348,6 +348,38 @@ def test_a_replay_moves_the_world_as_the_env_does_under_the_same_actions(trained
     assert (gap["lenient"], gap["strict"], gap["replayed"]) == (2, 1, 2 / 3)
 
 
+def test_disagreements_blame_the_judge_only_where_the_tasks_own_test_disagrees_with_it():
+    from bench.neural_sim_replay import disagreements, placed
+    from sim.tasks import get_task
+
+    spoon = np.zeros(15, np.float32)
+    spoon[7:10], spoon[11:14] = (
+        [0.57, 0.17, 0.02],
+        [0.5, 0.1, 0.01],
+    )  # 7 cm along x and y of the towel's centre
+    assert placed(get_task("spoon_on_towel"), spoon)  # inside the towel's 7.5 cm square ...
+    spoon[14] = np.pi / 4
+    assert not placed(get_task("spoon_on_towel"), spoon)  # ... not once the towel turns 45 degrees
+
+    task = get_task("carrot_on_plate")
+    on = np.zeros(15, np.float32)
+    on[7:10], on[11:14] = [0.5, 0.1, 0.03], [0.5, 0.1, 0.01]  # the carrot 2 cm above the plate's centre
+    off = on.copy()
+    off[7:9] = [0.3, -0.1]
+    run = {
+        "first": np.stack([off] * 3),
+        "last": np.stack([off, off, on]),
+        "success": np.array([False, False, True]),
+    }
+    found = disagreements(task, run, np.stack([on, off, off]), np.array([True, True, False]))
+    assert [(d["episode"], d["kind"], d["cause"]) for d in found] == [
+        (0, "lenient", "state"),  # the state model put the carrot on the plate: the judge read it right
+        (1, "lenient", "judge"),  # the carrot is off the plate and the judge still says success
+        (2, "strict", "state"),
+    ]
+    assert (found[0]["object_moved_cm"], found[0]["object_error_cm"]) == (0.0, 28.3)
+
+
 def test_the_rollouts_replay_counts_each_episode_under_the_kind_that_drove_it(trained):
     import collections
     import json
