@@ -162,11 +162,11 @@ def main(cfg: DictConfig) -> None:
     found = {name: {"mujoco": [], "replayed": [], "disagreements": []} for name in nodes}
     with tqdm(total=len(nodes) * len(tasks) * bcfg.episodes, desc="replayed episodes", unit="ep") as bar:
         for task in tasks:
+            spec = get_task(task)
             envs = make_vector_env(task, bcfg.protocol, bcfg.num_envs, cfg.task.image_size)
             try:
                 for name, node in nodes.items():
                     bar.set_postfix_str(f"{name} {task}")
-                    spec = get_task(task)
                     run = record_episodes(
                         instantiate(node)(task=task), envs, bcfg.episodes, spec.max_steps, bcfg.seed
                     )
@@ -192,8 +192,17 @@ def main(cfg: DictConfig) -> None:
     }
     rollouts = replay_rollouts(sim, cfg)
     out = Path(bcfg.replay_out)
+    causes = collections.Counter(
+        f"{d['kind']}_{d['cause']}" for name in learned for d in policies[name]["disagreements"]
+    )
     report = {
         "policies": policies,
+        "summary": {  # over every policy: how far the replay is from MuJoCo; the trained ones' errors by cause
+            "sum_abs_gap": sum(abs(p["replayed"] - p["mujoco"]) for p in policies.values()),
+            "lenient": sum(p["lenient"] for p in policies.values()),
+            "strict": sum(p["strict"] for p in policies.values()),
+            "learned_disagreements": dict(sorted(causes.items())),
+        },
         "rollouts": rollouts,
         "learned": learned,
         "imagined_from": imagined_at,  # the commit of the bench-neural-sim report the imagined rates are from
@@ -215,6 +224,7 @@ def main(cfg: DictConfig) -> None:
             f"{name:24s} {count['lenient', 'state']:13d} {count['lenient', 'judge']:6d} "
             f"{count['strict', 'state']:14d} {count['strict', 'judge']:6d}"
         )
+    print(f"sum over the policies of abs(replayed - MuJoCo): {report['summary']['sum_abs_gap']:.3f}")
     print(f"\n{'rollout kind':24s} {'split':9s} episodes  MuJoCo  replayed  lenient  strict")
     for kind, splits in rollouts.items():
         for split, p in splits.items():

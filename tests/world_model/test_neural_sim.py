@@ -353,10 +353,7 @@ def test_disagreements_blame_the_judge_only_where_the_tasks_own_test_disagrees_w
     from sim.tasks import get_task
 
     spoon = np.zeros(15, np.float32)
-    spoon[7:10], spoon[11:14] = (
-        [0.57, 0.17, 0.02],
-        [0.5, 0.1, 0.01],
-    )  # 7 cm along x and y of the towel's centre
+    spoon[7:10], spoon[11:14] = [0.57, 0.17, 0.02], [0.5, 0.1, 0.01]  # 7 cm off the towel's centre in x, y
     assert placed(get_task("spoon_on_towel"), spoon)  # inside the towel's 7.5 cm square ...
     spoon[14] = np.pi / 4
     assert not placed(get_task("spoon_on_towel"), spoon)  # ... not once the towel turns 45 degrees
